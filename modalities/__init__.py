@@ -1,0 +1,1 @@
+"""File -> validated tensor -> encoder features, one module per modality. Never imports gradio."""
