@@ -1,0 +1,354 @@
+"""The composed model: one base LLM, any number of experts, every variant side by side.
+
+The base's target linear layers are wrapped once in RoutedLinear layers; each expert's
+deltas become slots. A request names variants and coefficients; they are resolved into a
+coefficient table (one row per batch row and route) that the forward pass reads, so
+recomposition is free and concurrent requests never share mutable composition state:
+coefficients live in the request, not in the model.
+"""
+from __future__ import annotations
+
+import threading
+import time
+import zlib
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Sequence
+
+import torch
+
+from .errors import CompositionError
+from .expert import Expert, load_expert
+from .generate import GenerationConfig, RoutedBatch, generate_batch, pad_rows, prefill_logits
+from .prompt import PromptRow, build_prompt_row, user_message
+from .routing import Router, attach_routed_linears, linear_shapes
+from .variants import (DAMC, EXPERT_PREFIX, NAIVE, TEXT_ROUTE, Coefficients, ResolvedVariant, SlotTable, VariantSpec,
+                       participants, resolve_variant, route_names)
+
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# Each dense merge result is as large as the model's target layers: keep only a few.
+MAX_DENSE_RESULTS = 2
+
+
+@dataclass
+class ModalInput:
+    """One input file after loading: the validated tensor its encoder consumes."""
+
+    modality: str
+    data: torch.Tensor
+    source_name: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_loaded(cls, loaded) -> "ModalInput":
+        return cls(loaded.modality, loaded.data, loaded.source_name, list(loaded.notes))
+
+
+@dataclass
+class VariantAnswer:
+    name: str
+    answer: str
+    seconds: float
+    new_tokens: int
+    prompt_tokens: int
+    notes: list[str] = field(default_factory=list)
+    token_ids: list[int] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "answer": self.answer, "seconds": round(self.seconds, 4), "new_tokens": self.new_tokens,
+                "prompt_tokens": self.prompt_tokens, "notes": self.notes}
+
+
+FeatureFn = Callable[[Expert, ModalInput], torch.Tensor]
+
+
+def encode_with_registry(expert: Expert, item: ModalInput) -> torch.Tensor:
+    """Features of ``item`` from the expert's frozen encoder (shared across experts of one kind)."""
+    from modalities.encoders import get_encoder
+
+    ref = expert.config.encoder
+    encoder = get_encoder(ref.kind, ref.source, state_dict=expert.encoder_state or None)
+    return encoder.encode(item.data)
+
+
+class ComposedModel:
+    """A base LLM with routed expert deltas; answers many variants in one batch.
+
+    Args:
+        base: a loaded base LLM (``composition.base_llm.BaseLLM`` or anything with the same
+            fields: model, tokenizer, template, eos_token_ids, name, sha256).
+        experts: experts to attach now.
+        feature_fn: turns (expert, input) into encoder features; defaults to the encoder registry.
+        targets: the linear layer names (last component) that may carry deltas.
+    """
+
+    def __init__(self, base, experts: Iterable[Expert] = (), *, feature_fn: FeatureFn | None = None,
+                 targets: Sequence[str] = DEFAULT_TARGETS) -> None:
+        self.base = base
+        self.model = base.model
+        self.router = Router()
+        self.slots = SlotTable()
+        self.feature_fn = feature_fn or encode_with_registry
+        names = [n for n, m in self.model.named_modules() if n.rsplit(".", 1)[-1] in targets and isinstance(m, torch.nn.Linear)]
+        self.layers = attach_routed_linears(self.model, names, self.router)
+        self.linear_shapes = {n: (layer.out_features, layer.in_features) for n, layer in self.layers.items()}
+        self.experts: dict[str, Expert] = {}
+        self._dense_results: OrderedDict[tuple, int] = OrderedDict()
+        self._baseline: torch.Tensor | None = None  # coefficients written into the weights
+        self.materialized_variant: str | None = None
+        # One forward pass at a time: the router is per-model state during a pass.
+        self.lock = threading.RLock()
+        for expert in experts:
+            self.add_expert(expert)
+
+    # --- experts ------------------------------------------------------------
+    @property
+    def hidden_size(self) -> int:
+        return self.model.get_input_embeddings().weight.shape[1]
+
+    def load_expert(self, folder) -> Expert:
+        expert = load_expert(folder, base_sha256=getattr(self.base, "sha256", None),
+                             linear_shapes=self.linear_shapes, hidden_size=self.hidden_size)
+        self.add_expert(expert)
+        return expert
+
+    def add_expert(self, expert: Expert) -> None:
+        from .lora import check_against_base
+
+        if expert.name in self.experts:
+            raise CompositionError(f"an expert named {expert.name!r} is already loaded; rename one of them.")
+        if expert.config.projector.out_dim != self.hidden_size:
+            raise CompositionError(f"expert {expert.name!r} projects to {expert.config.projector.out_dim} dims but the base "
+                                   f"model's hidden size is {self.hidden_size}; it was made for another base.")
+        for delta_name, delta in expert.deltas.items():
+            check_against_base(delta, self.linear_shapes, what=f"expert {expert.name!r}, adapter {delta_name}/")
+        weight = self.model.get_input_embeddings().weight
+        expert.projector.to(weight.device)
+        with self.lock:
+            for delta_name, delta in expert.deltas.items():
+                slot = self.slots.slot((expert.name, delta_name))
+                for module in delta.modules:
+                    self.layers[module].set_lowrank(slot, delta.A[module], delta.B[module], delta.scale)
+            self.experts[expert.name] = expert
+
+    def remove_expert(self, name: str) -> None:
+        with self.lock:
+            expert = self.experts.pop(name, None)
+            if expert is None:
+                return
+            for delta_name in expert.deltas:
+                slot = self.slots.index.get((name, delta_name))
+                for layer in self.layers.values():
+                    layer.remove_slot(slot)
+            self._dense_results.clear()  # they may include this expert
+            for layer in self.layers.values():
+                for slot in list(layer.dense):
+                    layer.remove_slot(slot)
+
+    # --- variants -----------------------------------------------------------
+    def default_variants(self, input_modalities: Iterable[str]) -> list[str]:
+        """NaiveMC and DAMC where their experts exist, then every expert that has an input."""
+        present = set(input_modalities)
+        experts = list(self.experts.values())
+        names = []
+        if participants(experts, "shared", present) and self._covers(experts, "shared", present):
+            names.append(NAIVE)
+        if participants(experts, "decoupled", present) and self._covers(experts, "decoupled", present):
+            names.append(DAMC)
+        names += [EXPERT_PREFIX + e.name for e in experts if e.modality in present]
+        return names
+
+    @staticmethod
+    def _covers(experts: list[Expert], kind: str, present: set[str]) -> bool:
+        return present <= {e.modality for e in experts if e.training == kind}
+
+    def resolve(self, variants: Sequence[str | VariantSpec], coefficients: Coefficients, input_modalities: set[str]) -> list[ResolvedVariant]:
+        resolved = []
+        for v in variants:
+            spec = v if isinstance(v, VariantSpec) else VariantSpec.parse(v)
+            rv = resolve_variant(spec, list(self.experts.values()), self.slots, coefficients, input_modalities)
+            if spec.kind != "expert":
+                missing = sorted(input_modalities - rv.modalities)
+                if missing:
+                    raise CompositionError(f"variant {spec.name!r} has no expert for the {', '.join(missing)} input(s); "
+                                           f"load an expert for {missing[0]} or remove that input.")
+            if rv.dense is not None:
+                self._fill_dense(rv)
+            resolved.append(rv)
+        return resolved
+
+    def _fill_dense(self, rv: ResolvedVariant) -> None:
+        """Compute (or reuse) the per-layer dense result of a non-linear merge method."""
+        from .methods import merge_deltas
+
+        req = rv.dense
+        key = (req.method, tuple(sorted(req.hyper.items())), tuple(req.slots), tuple(req.weights), req.seed)
+        with self.lock:
+            if key in self._dense_results:
+                self._dense_results.move_to_end(key)
+                slot = self._dense_results[key]
+            else:
+                while len(self._dense_results) >= MAX_DENSE_RESULTS:
+                    _, old = self._dense_results.popitem(last=False)
+                    for layer in self.layers.values():
+                        layer.remove_slot(old)
+                slot = self.slots.slot(("dense", repr(key)))
+                for name, layer in self.layers.items():
+                    inputs = [layer.slot_delta(s) for s in req.slots]
+                    if all(d is None for d in inputs):
+                        continue
+                    zeros = torch.zeros(layer.out_features, layer.in_features, device=layer.weight.device)  # slot_delta is fp32
+                    inputs = [d if d is not None else zeros for d in inputs]
+                    # A stable per-layer seed so random methods (DARE) differ by layer yet repeat exactly.
+                    layer_seed = (req.seed * 1_000_003 + zlib.crc32(name.encode())) % (2**31)
+                    layer.set_dense(slot, merge_deltas(req.method, inputs, req.weights, seed=layer_seed, **req.hyper))
+                self._dense_results[key] = slot
+        for route in rv.dense_routes:
+            rv.routes[route] = {slot: 1.0}
+
+    def coef_table(self, variants: Sequence[ResolvedVariant]) -> torch.Tensor:
+        """``(len(variants) * n_routes, n_slots)``: row ``v * n_routes + route`` holds that route's coefficients."""
+        names = route_names()
+        n_slots = max(len(self.slots), 1)
+        table = torch.zeros(len(variants) * len(names), n_slots)
+        for v, rv in enumerate(variants):
+            for r, route in enumerate(names):
+                for slot, c in rv.routes.get(route, {}).items():
+                    table[v * len(names) + r, slot] = c
+        if self._baseline is not None:
+            base = torch.zeros(n_slots)
+            base[: self._baseline.numel()] = self._baseline
+            table -= base
+        weight = self.model.get_input_embeddings().weight
+        return table.to(weight.device, weight.dtype)
+
+    # --- prompts ------------------------------------------------------------
+    def encode_inputs(self, variants: Sequence[ResolvedVariant], inputs: Sequence[ModalInput]) -> dict[tuple[str, int], torch.Tensor]:
+        """Modality blocks keyed by (expert name, input index); each encoder runs once per input."""
+        features: dict[tuple, torch.Tensor] = {}
+        blocks: dict[tuple[str, int], torch.Tensor] = {}
+        for rv in variants:
+            for i, item in enumerate(inputs):
+                expert = rv.block_experts.get(item.modality)
+                if expert is None or (expert.name, i) in blocks:
+                    continue
+                ref = expert.config.encoder
+                fkey = (ref.kind, ref.source, expert.name if expert.encoder_state else "", i)
+                if fkey not in features:
+                    features[fkey] = self.feature_fn(expert, item)
+                blocks[(expert.name, i)] = expert.modality_block(features[fkey])
+        return blocks
+
+    def prompt_rows(self, question: str, inputs: Sequence[ModalInput], variants: Sequence[ResolvedVariant]) -> list[PromptRow]:
+        blocks = self.encode_inputs(variants, inputs)
+        rows = []
+        embed = self.model.get_input_embeddings()
+        for rv in variants:
+            taken = [(i, item) for i, item in enumerate(inputs) if item.modality in rv.block_experts]
+            message = user_message(question, [item.modality for _, item in taken])
+            prompt = self.base.template.format_prompt(message)
+            per_modality: dict[str, list[torch.Tensor]] = {}
+            for i, item in taken:
+                per_modality.setdefault(item.modality, []).append(blocks[(rv.block_experts[item.modality].name, i)])
+            rows.append(build_prompt_row(prompt, per_modality, self.base.tokenizer, embed))
+        return rows
+
+    def routed_batch(self, rows: Sequence[PromptRow]) -> RoutedBatch:
+        names = route_names()
+        index = {r: i for i, r in enumerate(names)}
+        route_ids = [torch.tensor([v * len(names) + index[r] for r in row.routes]) for v, row in enumerate(rows)]
+        text_ids = torch.tensor([v * len(names) for v in range(len(rows))])
+        return pad_rows([row.embeds for row in rows], route_ids, text_ids)
+
+    # --- running ------------------------------------------------------------
+    def compare(self, question: str, inputs: Sequence[ModalInput] = (), variants: Sequence[str] | None = None,
+                coefficients: Coefficients | None = None, config: GenerationConfig | None = None, *, batched: bool = True,
+                on_step: Callable[[list[str]], None] | None = None, should_stop: Callable[[], bool] | None = None) -> list[VariantAnswer]:
+        """Answer ``question`` with every variant, side by side (one batch unless ``batched=False``)."""
+        if not isinstance(question, str) or not question.strip():
+            raise CompositionError("the question is empty; type a question for the models to answer.")
+        coefficients = coefficients or Coefficients()
+        config = config or GenerationConfig()
+        present = {item.modality for item in inputs}
+        names = list(variants) if variants else self.default_variants(present)
+        if not names:
+            raise CompositionError("no variant can answer: load experts (or name variants) first.")
+        with self.lock:
+            resolved = self.resolve(names, coefficients, present)
+            rows = self.prompt_rows(question, inputs, resolved)
+            groups = [list(range(len(rows)))] if batched else [[i] for i in range(len(rows))]
+            answers: list[VariantAnswer | None] = [None] * len(rows)
+            for group in groups:
+                start = time.perf_counter()
+                table = self.coef_table([resolved[i] for i in group])
+                batch = self.routed_batch([rows[i] for i in group])
+                step_cb = None
+                if on_step is not None:
+                    step_cb = lambda toks, g=group: on_step(self._partial(toks, g, len(rows)))  # noqa: E731
+                tokens = generate_batch(self.model, self.router, batch, table, config, self.base.eos_token_ids, step_cb, should_stop)
+                seconds = time.perf_counter() - start
+                for j, i in enumerate(group):
+                    answers[i] = VariantAnswer(resolved[i].name, self.decode(tokens[j]), seconds, len(tokens[j]),
+                                               rows[i].length, self._notes(resolved[i], inputs), tokens[j])
+        return answers
+
+    def _partial(self, tokens: list[list[int]], group: list[int], total: int) -> list[str]:
+        texts = [""] * total
+        for j, i in enumerate(group):
+            texts[i] = self.decode(tokens[j])
+        return texts
+
+    def decode(self, ids: list[int]) -> str:
+        return self.base.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+    @staticmethod
+    def _notes(rv: ResolvedVariant, inputs: Sequence[ModalInput]) -> list[str]:
+        notes = []
+        given = {item.modality for item in inputs}
+        for modality, expert in rv.block_experts.items():
+            if modality not in given and rv.name.startswith(EXPERT_PREFIX):
+                notes.append(f"the {modality} expert got no {modality} input")
+        for item in inputs:
+            if item.modality in rv.block_experts:
+                notes += [f"{item.source_name}: {n}" if item.source_name else n for n in item.notes]
+        return notes
+
+    @torch.no_grad()
+    def logits(self, question: str, inputs: Sequence[ModalInput], variants: Sequence[str],
+               coefficients: Coefficients | None = None) -> list[torch.Tensor]:
+        """Prompt logits per variant, padding removed: a list of ``(T_i, vocab)`` (for tests and tools)."""
+        with self.lock:
+            resolved = self.resolve(variants, coefficients or Coefficients(), {i.modality for i in inputs})
+            rows = self.prompt_rows(question, inputs, resolved)
+            batch = self.routed_batch(rows)
+            out = prefill_logits(self.model, self.router, batch, self.coef_table(resolved))
+        t = out.shape[1]
+        return [out[i, t - n:].float() for i, n in enumerate(batch.lengths)]
+
+    # --- materialization ------------------------------------------------------
+    def materialize(self, variant: str, coefficients: Coefficients | None = None, input_modalities: Iterable[str] = ()) -> float:
+        """Write the variant's text-route merge into the weights; returns the seconds it took.
+
+        Every variant stays correct afterwards: the coefficient table subtracts what is in the
+        weights, so modality routes (and other variants) apply only their difference.
+        """
+        start = time.perf_counter()
+        with self.lock:
+            self.dematerialize()
+            present = set(input_modalities)
+            rv = self.resolve([variant], coefficients or Coefficients(), present)[0]
+            coef = torch.zeros(len(self.slots))
+            for slot, c in rv.routes[TEXT_ROUTE].items():
+                coef[slot] = c
+            for layer in self.layers.values():
+                layer.materialize(coef)
+            self._baseline = coef
+            self.materialized_variant = rv.name
+        return time.perf_counter() - start
+
+    def dematerialize(self) -> None:
+        with self.lock:
+            for layer in self.layers.values():
+                layer.dematerialize()
+            self._baseline = None
+            self.materialized_variant = None

@@ -1,0 +1,127 @@
+"""Batched generation over routed rows: left padding, KV cache, greedy or nucleus sampling.
+
+Each row is its own prompt (embeddings + a route id per position); rows are left-padded
+so the last prompt token of every row sits in the last column and decoding appends one
+column per step. Generated tokens are text: at each decode step every row's new token
+takes its row's text route.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .errors import CompositionError
+from .routing import Router
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """Decoding settings; temperature 0 means greedy."""
+
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_new_tokens, int) or not 1 <= self.max_new_tokens <= 1024:
+            raise CompositionError(f"max_new_tokens={self.max_new_tokens!r}; expected an integer in [1, 1024].")
+        if not isinstance(self.temperature, (int, float)) or not math.isfinite(self.temperature) or not 0 <= self.temperature <= 5:
+            raise CompositionError(f"temperature={self.temperature!r}; expected a number in [0, 5] (0 = greedy).")
+        if not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:
+            raise CompositionError(f"top_p={self.top_p!r}; expected a number in (0, 1].")
+
+
+@dataclass
+class RoutedBatch:
+    """Left-padded prompt batch with per-position global route ids."""
+
+    embeds: torch.Tensor  # (B, T, H)
+    attention_mask: torch.Tensor  # (B, T) long
+    position_ids: torch.Tensor  # (B, T)
+    route_ids: torch.Tensor  # (B, T) long, index into the coefficient table
+    text_route_ids: torch.Tensor  # (B,) long
+    lengths: list[int]
+
+
+def pad_rows(rows_embeds: list[torch.Tensor], rows_route_ids: list[torch.Tensor], text_route_ids: torch.Tensor) -> RoutedBatch:
+    lengths = [e.shape[0] for e in rows_embeds]
+    b, t, h = len(rows_embeds), max(lengths), rows_embeds[0].shape[1]
+    ref = rows_embeds[0]
+    embeds = ref.new_zeros(b, t, h)
+    mask = torch.zeros(b, t, dtype=torch.long, device=ref.device)
+    routes = text_route_ids.to(ref.device)[:, None].repeat(1, t)
+    for i, (e, r) in enumerate(zip(rows_embeds, rows_route_ids)):
+        embeds[i, t - e.shape[0]:] = e
+        mask[i, t - e.shape[0]:] = 1
+        routes[i, t - e.shape[0]:] = r.to(ref.device)
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    return RoutedBatch(embeds, mask, position_ids, routes, text_route_ids.to(ref.device), lengths)
+
+
+def _pick(logits: torch.Tensor, config: GenerationConfig, generator: torch.Generator | None) -> torch.Tensor:
+    if config.temperature == 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / config.temperature, dim=-1)
+    if config.top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        # Keep the smallest prefix whose mass reaches top_p (always at least the top token).
+        drop = sorted_probs.cumsum(-1) - sorted_probs >= config.top_p
+        sorted_probs = sorted_probs.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(logits.device)
+
+
+@torch.no_grad()
+def prefill_logits(model, router: Router, batch: RoutedBatch, coef_table: torch.Tensor) -> torch.Tensor:
+    """Logits of every prompt position, ``(B, T, vocab)`` (left-padded)."""
+    router.set(coef_table[batch.route_ids])
+    try:
+        return model(inputs_embeds=batch.embeds, attention_mask=batch.attention_mask,
+                     position_ids=batch.position_ids, use_cache=False).logits
+    finally:
+        router.set(None)
+
+
+@torch.no_grad()
+def generate_batch(model, router: Router, batch: RoutedBatch, coef_table: torch.Tensor, config: GenerationConfig,
+                   eos_token_ids: list[int], on_step: Callable[[list[list[int]]], None] | None = None,
+                   should_stop: Callable[[], bool] | None = None) -> list[list[int]]:
+    """Generate new token ids for every row (EOS excluded).
+
+    ``on_step`` sees the tokens so far after each step (for streaming); ``should_stop``
+    returning True ends generation early (a user cancelling).
+    """
+    generator = torch.Generator().manual_seed(config.seed) if config.temperature > 0 else None
+    eos = torch.tensor(sorted(set(eos_token_ids)), device=batch.embeds.device)
+    b = batch.embeds.shape[0]
+    tokens: list[list[int]] = [[] for _ in range(b)]
+    done = torch.zeros(b, dtype=torch.bool, device=batch.embeds.device)
+    text_coef = coef_table[batch.text_route_ids][:, None, :]
+    mask = batch.attention_mask
+    position = batch.position_ids[:, -1:]
+    try:
+        router.set(coef_table[batch.route_ids])
+        out = model(inputs_embeds=batch.embeds, attention_mask=mask, position_ids=batch.position_ids, use_cache=True)
+        for step in range(config.max_new_tokens):
+            next_tokens = _pick(out.logits[:, -1], config, generator)
+            finished_now = torch.isin(next_tokens, eos) if eos.numel() else torch.zeros_like(done)
+            for i, token in enumerate(next_tokens.tolist()):
+                if not done[i] and not finished_now[i]:
+                    tokens[i].append(token)
+            done |= finished_now
+            if on_step is not None:
+                on_step(tokens)
+            if bool(done.all()) or step == config.max_new_tokens - 1 or (should_stop is not None and should_stop()):
+                break
+            mask = torch.cat([mask, mask.new_ones(b, 1)], dim=1)
+            position = position + 1
+            router.set(text_coef)
+            out = model(input_ids=next_tokens[:, None], attention_mask=mask, position_ids=position,
+                        past_key_values=out.past_key_values, use_cache=True)
+    finally:
+        router.set(None)
+    return tokens

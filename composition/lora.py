@@ -1,0 +1,199 @@
+"""Low-rank deltas (LoRA) and their on-disk form, peft's own adapter format.
+
+A delta holds, for each target linear layer, the factors of ``ΔW = scale · B @ A`` with
+``A: (r, in)``, ``B: (out, r)`` and ``scale = alpha / r``. We read and write exactly the
+files peft writes (``adapter_config.json`` + ``adapter_model.safetensors``, keys
+``base_model.model.<module>.lora_A.weight``), so any peft user can load an expert's text
+adapter onto the base model, and adapters trained with peft load here.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .errors import ExpertError
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+_PEFT_PREFIX = "base_model.model."
+_KEY_RE = re.compile(r"^base_model\.model\.(?P<module>.+)\.lora_(?P<factor>[AB])(?:\.default)?\.weight$")
+
+
+@dataclass
+class LoraDelta:
+    """The low-rank factors of one adapter, keyed by full module name.
+
+    Args:
+        r: the rank every module shares (peft's ``r``).
+        alpha: peft's ``lora_alpha``; the delta is scaled by ``alpha / r``.
+        A: module name -> ``(r, in_features)`` factor.
+        B: module name -> ``(out_features, r)`` factor.
+    """
+
+    r: int
+    alpha: float
+    A: dict[str, torch.Tensor] = field(default_factory=dict)
+    B: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.r, int) or self.r < 1:
+            raise ExpertError(f"LoRA rank r={self.r!r} must be a positive integer.")
+        if not (isinstance(self.alpha, (int, float)) and self.alpha > 0):
+            raise ExpertError(f"LoRA alpha={self.alpha!r} must be a positive number.")
+        if set(self.A) != set(self.B):
+            only_a = sorted(set(self.A) - set(self.B))
+            only_b = sorted(set(self.B) - set(self.A))
+            raise ExpertError(f"LoRA factors do not pair up: A without B for {only_a[:3]}, B without A for {only_b[:3]}.")
+        for name in self.A:
+            a, b = self.A[name], self.B[name]
+            if a.ndim != 2 or b.ndim != 2 or a.shape[0] != self.r or b.shape[1] != self.r:
+                raise ExpertError(
+                    f"LoRA factors of {name} have shapes A{tuple(a.shape)} B{tuple(b.shape)}; "
+                    f"expected A (r={self.r}, in) and B (out, r={self.r})."
+                )
+
+    @property
+    def scale(self) -> float:
+        return float(self.alpha) / self.r
+
+    @property
+    def modules(self) -> list[str]:
+        return list(self.A)
+
+    def dense(self, module: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The full ``(out, in)`` delta ``scale · B @ A`` of one module."""
+        return self.scale * (self.B[module].to(dtype) @ self.A[module].to(dtype))
+
+    def to(self, dtype: torch.dtype) -> "LoraDelta":
+        return LoraDelta(self.r, self.alpha, {k: v.to(dtype) for k, v in self.A.items()}, {k: v.to(dtype) for k, v in self.B.items()})
+
+    @staticmethod
+    def zeros_like_modules(shapes: dict[str, tuple[int, int]], r: int, alpha: float) -> "LoraDelta":
+        """A delta that changes nothing (B = 0), like a freshly initialised peft adapter."""
+        a = {m: torch.zeros(r, fin) for m, (fout, fin) in shapes.items()}
+        b = {m: torch.zeros(fout, r) for m, (fout, fin) in shapes.items()}
+        return LoraDelta(r, alpha, a, b)
+
+
+def short_target_names(modules: list[str]) -> list[str]:
+    """peft's ``target_modules``: the last name component of each module, deduplicated in order."""
+    seen: dict[str, None] = {}
+    for m in modules:
+        seen.setdefault(m.rsplit(".", 1)[-1], None)
+    return list(seen)
+
+
+def save_lora(delta: LoraDelta, folder: Path, *, base_model_name: str, dtype: torch.dtype | None = None) -> None:
+    """Write ``delta`` in peft's adapter format into ``folder`` (created if needed)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base_model_name,
+        "r": delta.r,
+        "lora_alpha": delta.alpha,
+        "lora_dropout": 0.0,
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "target_modules": short_target_names(delta.modules),
+        "inference_mode": True,
+        "use_rslora": False,
+        "use_dora": False,
+    }
+    tensors = {}
+    for name in delta.modules:
+        a, b = delta.A[name], delta.B[name]
+        if dtype is not None:
+            a, b = a.to(dtype), b.to(dtype)
+        tensors[f"{_PEFT_PREFIX}{name}.lora_A.weight"] = a.contiguous()
+        tensors[f"{_PEFT_PREFIX}{name}.lora_B.weight"] = b.contiguous()
+    (folder / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    save_file(tensors, str(folder / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+
+
+def read_json(path: Path, what: str) -> dict:
+    """Parse a JSON object file, turning every failure into an ExpertError that names the file."""
+    if not path.is_file():
+        raise ExpertError(f"{what}: {path.name} is missing from {path.parent.name}/.")
+    try:
+        data = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ExpertError(f"{what}: {path.parent.name}/{path.name} is not valid JSON ({exc}).") from None
+    if not isinstance(data, dict):
+        raise ExpertError(f"{what}: {path.parent.name}/{path.name} must hold a JSON object, found {type(data).__name__}.")
+    return data
+
+
+def read_safetensors(path: Path, what: str) -> dict[str, torch.Tensor]:
+    """Load a safetensors file (never a pickle), naming the file in every error."""
+    if not path.is_file():
+        raise ExpertError(f"{what}: {path.name} is missing from {path.parent.name}/.")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise ExpertError(
+            f"{what}: {path.parent.name}/{path.name} is not a readable safetensors file "
+            f"(truncated or corrupt: {str(exc).splitlines()[0][:160]}). Re-export or re-download the expert."
+        ) from None
+
+
+def load_lora(folder: Path, *, what: str) -> LoraDelta:
+    """Read a peft LoRA adapter folder with strict checks.
+
+    Raises:
+        ExpertError: missing files, bad JSON, unsupported options (DoRA, rsLoRA, bias),
+            keys that are not LoRA factors, unpaired factors or inconsistent ranks.
+    """
+    folder = Path(folder)
+    config = read_json(folder / ADAPTER_CONFIG, what)
+    if config.get("peft_type", "LORA") != "LORA":
+        raise ExpertError(f"{what}: adapter type {config.get('peft_type')!r} is not supported; expected 'LORA'.")
+    for flag in ("use_dora", "use_rslora"):
+        if config.get(flag):
+            raise ExpertError(f"{what}: {flag}=true is not supported; retrain or convert the adapter to plain LoRA.")
+    r, alpha = config.get("r"), config.get("lora_alpha")
+    if not isinstance(r, int) or isinstance(r, bool) or r < 1:
+        raise ExpertError(f"{what}: adapter_config.json has r={r!r}; expected a positive integer.")
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or alpha <= 0:
+        raise ExpertError(f"{what}: adapter_config.json has lora_alpha={alpha!r}; expected a positive number.")
+    tensors = read_safetensors(folder / ADAPTER_WEIGHTS, what)
+    a: dict[str, torch.Tensor] = {}
+    b: dict[str, torch.Tensor] = {}
+    unexpected = []
+    for key, value in tensors.items():
+        match = _KEY_RE.match(key)
+        if match is None:
+            unexpected.append(key)
+            continue
+        (a if match["factor"] == "A" else b)[match["module"]] = value
+    if unexpected:
+        raise ExpertError(f"{what}: {ADAPTER_WEIGHTS} has {len(unexpected)} unexpected key(s), e.g. {unexpected[0]!r}; "
+                          "expected only 'base_model.model.<module>.lora_A/B.weight'.")
+    if not a:
+        raise ExpertError(f"{what}: {ADAPTER_WEIGHTS} holds no LoRA factors.")
+    try:
+        return LoraDelta(r, float(alpha), a, b)
+    except ExpertError as exc:
+        raise ExpertError(f"{what}: {exc}") from None
+
+
+def check_against_base(delta: LoraDelta, linear_shapes: dict[str, tuple[int, int]], *, what: str) -> None:
+    """Every module of ``delta`` must exist in the base with matching (out, in) shape."""
+    missing = [m for m in delta.modules if m not in linear_shapes]
+    if missing:
+        raise ExpertError(f"{what}: the adapter targets {len(missing)} module(s) the base model does not have, "
+                          f"e.g. {missing[0]!r}. Is this expert made for another base model?")
+    for m in delta.modules:
+        out_f, in_f = linear_shapes[m]
+        if delta.A[m].shape[1] != in_f or delta.B[m].shape[0] != out_f:
+            raise ExpertError(
+                f"{what}: {m} has A{tuple(delta.A[m].shape)} B{tuple(delta.B[m].shape)} but the base layer is "
+                f"(out={out_f}, in={in_f}). Is this expert made for another base model?"
+            )

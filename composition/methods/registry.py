@@ -1,0 +1,311 @@
+"""The registry of merge methods and its single entry point, :func:`merge_deltas`.
+
+A merge method combines the dense deltas ``ΔW_1..ΔW_K`` of one linear layer (one per
+expert) into one delta, given per-expert coefficients ``w_1..w_K`` (DAMC's text merge
+coefficients λ). Every method is one small pure function registered here by name; the
+registry is the only list of methods, and the UI builds its sliders from the
+:class:`HyperParam` s a method declares.
+
+Contract of a method function (what :func:`register_method` decorates)::
+
+    func(deltas: Tensor, weights: Tensor, *, generator: torch.Generator, **hyper) -> Tensor
+
+``deltas`` is a fresh ``(K, *shape)`` stack (a copy: the function may modify it),
+``weights`` a ``(K,)`` tensor, both in the compute dtype (float32 for half inputs) on the
+deltas' device; ``generator`` is seeded by the caller and is the only randomness a method
+may use; ``hyper`` holds every declared hyper-parameter, already validated and typed.
+The function returns a ``shape`` tensor. Validation, copying, dtype handling and the
+finiteness check of the result live in :func:`merge_deltas`, once for all methods.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from ..errors import CompositionError
+
+_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+class MethodError(CompositionError):
+    """A merge method or its arguments are invalid (unknown name, bad delta, bad value)."""
+
+
+@dataclass(frozen=True)
+class HyperParam:
+    """A typed, bounded hyper-parameter of a merge method (the UI shows it as a slider).
+
+    Args:
+        name: keyword the method function receives.
+        default: value used when the caller gives none.
+        minimum: smallest accepted value (inclusive).
+        maximum: largest accepted value (inclusive).
+        step: slider step in the UI.
+        help: one sentence for the UI.
+        kind: ``"float"`` or ``"int"``; int values must be integral.
+    """
+
+    name: str
+    default: float
+    minimum: float
+    maximum: float
+    step: float
+    help: str
+    kind: Literal["float", "int"] = "float"
+
+    def __post_init__(self) -> None:
+        if not _NAME_RE.match(self.name):
+            raise MethodError(f"hyper-parameter name {self.name!r} must be lowercase letters, digits and '_'")
+        if self.kind not in ("float", "int"):
+            raise MethodError(f"hyper-parameter {self.name!r}: kind must be 'float' or 'int', got {self.kind!r}")
+        for field_name in ("default", "minimum", "maximum", "step"):
+            value = getattr(self, field_name)
+            if not _is_real(value) or not math.isfinite(value):
+                raise MethodError(f"hyper-parameter {self.name!r}: {field_name} must be a finite number, got {value!r}")
+            if self.kind == "int" and value != int(value):
+                raise MethodError(f"hyper-parameter {self.name!r} is an int: {field_name} must be integral, got {value!r}")
+        if not self.minimum <= self.default <= self.maximum:
+            raise MethodError(
+                f"hyper-parameter {self.name!r}: need minimum <= default <= maximum, "
+                f"got {self.minimum} <= {self.default} <= {self.maximum}"
+            )
+        if self.step <= 0:
+            raise MethodError(f"hyper-parameter {self.name!r}: step must be > 0, got {self.step}")
+        if not self.help.strip():
+            raise MethodError(f"hyper-parameter {self.name!r} needs a help sentence for the UI")
+
+    def validate(self, value: object, method: str) -> float | int:
+        """Check one value given for this parameter and return it typed.
+
+        Args:
+            value: what the caller passed.
+            method: the method's name, for the error message.
+        Returns:
+            ``value`` as ``int`` or ``float`` according to ``kind``.
+        """
+        where = f"{method}: {self.name}={value!r}"
+        if not _is_real(value) or not math.isfinite(float(value)):
+            raise MethodError(f"{where} must be a finite number")
+        if self.kind == "int" and float(value) != int(value):
+            raise MethodError(f"{where} must be an integer")
+        if not self.minimum <= float(value) <= self.maximum:
+            raise MethodError(f"{where} is outside the accepted range [{self.minimum}, {self.maximum}]")
+        return int(value) if self.kind == "int" else float(value)
+
+
+@dataclass(frozen=True)
+class MergeMethod:
+    """One registered merge method.
+
+    Args:
+        name: registry key (lowercase identifier), e.g. ``"ties"``.
+        label: short UI label, e.g. ``"TIES"``.
+        help: one or two sentences for the UI, citing the paper.
+        params: the hyper-parameters the function accepts, in UI order.
+        linear: True when the result is ``Σ_i w_i·ΔW_i`` exactly, so the engine may keep
+            the deltas low-rank and route them online instead of calling ``func``.
+        func: the pure tensor function (see the module docstring for its contract).
+    """
+
+    name: str
+    label: str
+    help: str
+    params: tuple[HyperParam, ...]
+    linear: bool
+    func: Callable[..., torch.Tensor]
+
+    def __post_init__(self) -> None:
+        if not _NAME_RE.match(self.name):
+            raise MethodError(f"method name {self.name!r} must be lowercase letters, digits and '_'")
+        if not self.label.strip() or not self.help.strip():
+            raise MethodError(f"method {self.name!r} needs a label and a help text for the UI")
+        names = [p.name for p in self.params]
+        if len(set(names)) != len(names):
+            raise MethodError(f"method {self.name!r} declares a hyper-parameter twice: {names}")
+        if not callable(self.func):
+            raise MethodError(f"method {self.name!r}: func must be callable")
+
+    def defaults(self) -> dict[str, float | int]:
+        """Returns: ``{name: default}`` for every hyper-parameter of this method."""
+        return {p.name: (int(p.default) if p.kind == "int" else float(p.default)) for p in self.params}
+
+
+_REGISTRY: dict[str, MergeMethod] = {}
+
+
+def register_method(
+    name: str,
+    *,
+    label: str,
+    help: str,
+    params: Sequence[HyperParam] = (),
+    linear: bool = False,
+) -> Callable[[Callable[..., torch.Tensor]], Callable[..., torch.Tensor]]:
+    """Decorator registering a merge function under ``name`` (registration order is UI order).
+
+    Args:
+        name: registry key; registering it twice is an error.
+        label, help, params, linear: see :class:`MergeMethod`.
+    Returns:
+        The decorator; it returns the function unchanged so it stays directly callable.
+    """
+
+    def decorate(func: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        if name in _REGISTRY:
+            raise MethodError(f"merge method {name!r} is already registered")
+        _REGISTRY[name] = MergeMethod(name, label, help, tuple(params), bool(linear), func)
+        return func
+
+    return decorate
+
+
+def get_method(name: str) -> MergeMethod:
+    """Look a method up by name.
+
+    Args:
+        name: a registered name.
+    Returns:
+        The :class:`MergeMethod`.
+    """
+    try:
+        return _REGISTRY[name]
+    except (KeyError, TypeError):
+        raise MethodError(
+            f"unknown merge method {name!r}; registered methods: {', '.join(_REGISTRY)}"
+        ) from None
+
+
+def list_methods() -> list[MergeMethod]:
+    """Returns: every registered method, in registration order (a new list)."""
+    return list(_REGISTRY.values())
+
+
+def merge_deltas(
+    name: str,
+    deltas: Sequence[torch.Tensor],
+    weights: Sequence[float],
+    *,
+    seed: int = 0,
+    **hyper: float,
+) -> torch.Tensor:
+    """Merge the per-expert deltas of one layer with the method ``name``.
+
+    Everything is validated before anything is computed; the method runs on a copy, so
+    the inputs are never modified.
+
+    Args:
+        name: a registered method name.
+        deltas: one dense ``ΔW`` per expert, all of the same shape, dtype and device.
+        weights: one finite coefficient per delta (λ_i; the caller chooses the default).
+        seed: seeds a local ``torch.Generator`` for random methods (the global RNG is never
+            touched). Same seed, inputs and device give the same result.
+        **hyper: the method's hyper-parameters; missing ones take their defaults.
+    Returns:
+        A new tensor with the shape and dtype of the deltas. Half inputs are merged in
+        float32 and cast back.
+    Raises:
+        MethodError: with a message naming the bad value and what was expected.
+    """
+    method = get_method(name)
+    _check_deltas(deltas)
+    _check_weights(weights, len(deltas))
+    values = _check_hyper(method, hyper)
+    _check_seed(seed)
+
+    reference = deltas[0]
+    compute_dtype = torch.float32 if reference.dtype in _HALF_DTYPES else reference.dtype
+    # torch.stack always allocates: the method works on its own copy of the inputs.
+    stacked = torch.stack([d.detach().to(compute_dtype) for d in deltas])
+    weight_tensor = torch.tensor([float(w) for w in weights], dtype=compute_dtype, device=reference.device)
+    generator = torch.Generator(device=reference.device)
+    generator.manual_seed(seed)
+
+    with torch.no_grad():
+        merged = method.func(stacked, weight_tensor, generator=generator, **values)
+    if merged.shape != reference.shape:
+        raise MethodError(f"method {name!r} returned shape {tuple(merged.shape)}, expected {tuple(reference.shape)}")
+    merged = merged.to(reference.dtype)
+    # After the cast: a float32 result can still overflow float16.
+    if not bool(torch.isfinite(merged).all()):
+        raise MethodError(
+            f"method {name!r} produced non-finite values (overflow in {reference.dtype}?); "
+            "use smaller weights or a wider dtype"
+        )
+    return merged
+
+
+def _is_real(value: object) -> bool:
+    # bool is an int in Python, but True as a coefficient is almost surely a mistake.
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _check_deltas(deltas: Sequence[torch.Tensor]) -> None:
+    if isinstance(deltas, torch.Tensor) or not isinstance(deltas, Sequence):
+        raise MethodError(
+            f"deltas must be a list of tensors, one per expert; got {type(deltas).__name__}"
+        )
+    if len(deltas) == 0:
+        raise MethodError("need at least one delta to merge, got none")
+    for i, delta in enumerate(deltas):
+        if not isinstance(delta, torch.Tensor):
+            raise MethodError(f"delta {i} must be a torch.Tensor, got {type(delta).__name__}")
+        if not delta.is_floating_point():
+            raise MethodError(f"delta {i} must be a floating-point tensor, got dtype {delta.dtype}")
+        if delta.numel() == 0:
+            raise MethodError(f"delta {i} is empty (shape {tuple(delta.shape)})")
+    first = deltas[0]
+    for i, delta in enumerate(deltas[1:], start=1):
+        if delta.shape != first.shape:
+            raise MethodError(
+                f"delta {i} has shape {tuple(delta.shape)} but delta 0 has shape {tuple(first.shape)}; "
+                "all deltas of a layer must have the same shape"
+            )
+        if delta.dtype != first.dtype:
+            raise MethodError(f"delta {i} has dtype {delta.dtype} but delta 0 has dtype {first.dtype}")
+        if delta.device != first.device:
+            raise MethodError(f"delta {i} is on {delta.device} but delta 0 is on {first.device}")
+    for i, delta in enumerate(deltas):
+        if not bool(torch.isfinite(delta).all()):
+            raise MethodError(f"delta {i} contains NaN or infinite values")
+
+
+def _check_weights(weights: Sequence[float], count: int) -> None:
+    if isinstance(weights, torch.Tensor):
+        if weights.dim() != 1:
+            raise MethodError(f"weights must be one number per delta; got a tensor of shape {tuple(weights.shape)}")
+        weights = weights.tolist()
+    if not isinstance(weights, Sequence):
+        raise MethodError(f"weights must be a list of numbers, one per delta; got {type(weights).__name__}")
+    if len(weights) != count:
+        raise MethodError(f"got {len(weights)} weights for {count} deltas; give one weight per delta")
+    for i, weight in enumerate(weights):
+        if not _is_real(weight) or not math.isfinite(weight):
+            raise MethodError(f"weight {i} is {weight!r}; weights must be finite numbers")
+
+
+def _check_hyper(method: MergeMethod, hyper: dict[str, object]) -> dict[str, float | int]:
+    declared = {p.name: p for p in method.params}
+    unknown = sorted(set(hyper) - set(declared))
+    if unknown:
+        accepted = ", ".join(declared) or "none"
+        raise MethodError(
+            f"method {method.name!r} has no hyper-parameter {', '.join(map(repr, unknown))}; accepted: {accepted}"
+        )
+    values = method.defaults()
+    for key, value in hyper.items():
+        values[key] = declared[key].validate(value, method.name)
+    return values
+
+
+def _check_seed(seed: int) -> None:
+    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool):
+        raise MethodError(f"seed must be an int, got {seed!r}")
+    if not 0 <= seed < 2**64:
+        raise MethodError(f"seed={seed} is outside [0, 2**64)")

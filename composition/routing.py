@@ -1,0 +1,183 @@
+"""Routed low-rank linear layers: one forward pass serves many variants and token routes.
+
+Every delta of every expert (and every dense delta a non-linear merge method produced) is
+a *slot* with a global index. A forward pass carries a coefficient per (batch row, token,
+slot): ``y = x W^T + Σ_slot c[b, t, slot] · ΔW_slot x``. The coefficients come from a
+small table (one row per route: a variant's text tokens, or its tokens of one modality)
+gathered by per-token route ids, so changing a λ or μ changes one table entry and costs
+nothing, and the rows of one batch can be different compositions.
+
+Low-rank slots stay factored: ``h = x A_cat^T`` over all slots at once, scale ``h`` per
+(token, rank column) by the slot's coefficient, then ``h B_cat^T``. This computes
+``Σ c·s·B·A x`` exactly (the mean of the *deltas*, not of the factors).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Router:
+    """Per-forward routing state shared by every RoutedLinear of one model.
+
+    ``token_coef`` is ``(batch, tokens, slots)``; None means "base model only".
+    Expanded views per rank layout are cached for the duration of one forward pass.
+    """
+
+    def __init__(self) -> None:
+        self.token_coef: torch.Tensor | None = None
+        self._expanded: dict[tuple, torch.Tensor] = {}
+
+    def set(self, token_coef: torch.Tensor | None) -> None:
+        self.token_coef = token_coef
+        self._expanded = {}
+
+    def rank_coef(self, layout_key: tuple, rank_slot: torch.Tensor) -> torch.Tensor:
+        """Coefficients per rank column, ``(batch, tokens, R)``; shared by layers with one layout."""
+        cached = self._expanded.get(layout_key)
+        if cached is None:
+            cached = self.token_coef.index_select(-1, rank_slot.to(self.token_coef.device))
+            self._expanded[layout_key] = cached
+        return cached
+
+
+@dataclass
+class SlotFactors:
+    """One low-rank slot of one layer: ``ΔW = B_scaled @ A``."""
+
+    A: torch.Tensor  # (r, in)
+    B_scaled: torch.Tensor  # (out, r), the LoRA scale folded in
+
+
+class RoutedLinear(nn.Module):
+    """A frozen ``nn.Linear`` plus routed deltas (see the module docstring)."""
+
+    def __init__(self, base: nn.Linear, router: Router) -> None:
+        super().__init__()
+        self.base = base
+        self.router = router
+        self.lowrank: dict[int, SlotFactors] = {}
+        self.dense: dict[int, torch.Tensor] = {}
+        self._A_cat: torch.Tensor | None = None
+        self._B_cat: torch.Tensor | None = None
+        self._rank_slot: torch.Tensor | None = None
+        self._layout_key: tuple = ()
+        self._original_weight: torch.Tensor | None = None
+
+    @property
+    def in_features(self) -> int:
+        return self.base.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.base.out_features
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.base.weight
+
+    # --- slot management -------------------------------------------------
+    def set_lowrank(self, slot: int, A: torch.Tensor, B: torch.Tensor, scale: float) -> None:
+        w = self.base.weight
+        self.lowrank[slot] = SlotFactors(A.to(w.device, w.dtype), (B.to(torch.float32) * scale).to(w.device, w.dtype))
+        self._rebuild()
+
+    def set_dense(self, slot: int, delta: torch.Tensor) -> None:
+        w = self.base.weight
+        if tuple(delta.shape) != tuple(w.shape):
+            raise ValueError(f"dense delta of shape {tuple(delta.shape)} does not fit layer weight {tuple(w.shape)}")
+        self.dense[slot] = delta.to(w.device, w.dtype)
+
+    def remove_slot(self, slot: int) -> None:
+        self.dense.pop(slot, None)
+        if self.lowrank.pop(slot, None) is not None:
+            self._rebuild()
+
+    def slot_delta(self, slot: int) -> torch.Tensor | None:
+        """The full ``(out, in)`` delta of a slot in fp32, or None when this layer has none."""
+        if slot in self.dense:
+            return self.dense[slot].float()
+        if slot in self.lowrank:
+            f = self.lowrank[slot]
+            return f.B_scaled.float() @ f.A.float()
+        return None
+
+    def _rebuild(self) -> None:
+        """Concatenate all low-rank slots so one matmul pair serves them all."""
+        slots = sorted(self.lowrank)
+        if not slots:
+            self._A_cat = self._B_cat = self._rank_slot = None
+            self._layout_key = ()
+            return
+        self._A_cat = torch.cat([self.lowrank[s].A for s in slots], dim=0)
+        self._B_cat = torch.cat([self.lowrank[s].B_scaled for s in slots], dim=1)
+        ranks = [self.lowrank[s].A.shape[0] for s in slots]
+        self._rank_slot = torch.repeat_interleave(torch.tensor(slots), torch.tensor(ranks)).to(self._A_cat.device)
+        self._layout_key = tuple(zip(slots, ranks))
+
+    # --- materialization --------------------------------------------------
+    def materialize(self, coef: torch.Tensor) -> None:
+        """Write ``W + Σ coef[slot]·ΔW_slot`` into the weight, keeping the original to restore."""
+        if self._original_weight is None:
+            self._original_weight = self.base.weight.detach().clone()
+        merged = self._original_weight.float().clone()
+        for slot in set(self.lowrank) | set(self.dense):
+            c = float(coef[slot])
+            if c != 0.0:
+                merged += c * self.slot_delta(slot)
+        with torch.no_grad():
+            self.base.weight.copy_(merged.to(self.base.weight.dtype))
+
+    def dematerialize(self) -> None:
+        if self._original_weight is not None:
+            with torch.no_grad():
+                self.base.weight.copy_(self._original_weight)
+            self._original_weight = None
+
+    # --- forward ----------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        coef = self.router.token_coef
+        if coef is None:
+            return y
+        if self._A_cat is not None:
+            c = self.router.rank_coef(self._layout_key, self._rank_slot).to(x.dtype)
+            h = F.linear(x, self._A_cat) * c
+            y = y + F.linear(h, self._B_cat)
+        for slot, delta in self.dense.items():
+            c = coef[..., slot]
+            rows = torch.nonzero(c.abs().sum(-1)).flatten()
+            if rows.numel():
+                # Dense deltas are a full matmul: only the rows that use the slot pay for it.
+                y = y.index_add(0, rows, c[rows].unsqueeze(-1).to(x.dtype) * F.linear(x[rows], delta))
+        return y
+
+
+def attach_routed_linears(model: nn.Module, module_names: list[str], router: Router) -> dict[str, RoutedLinear]:
+    """Replace the named ``nn.Linear`` modules of ``model`` by RoutedLinear wrappers (idempotent)."""
+    routed = {}
+    for name in module_names:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        module = getattr(parent, child)
+        if isinstance(module, RoutedLinear):
+            routed[name] = module
+            continue
+        if not isinstance(module, nn.Linear):
+            raise TypeError(f"{name} is a {type(module).__name__}, not an nn.Linear")
+        wrapper = RoutedLinear(module, router)
+        setattr(parent, child, wrapper)
+        routed[name] = wrapper
+    return routed
+
+
+def linear_shapes(model: nn.Module, module_names: list[str]) -> dict[str, tuple[int, int]]:
+    """``{module: (out_features, in_features)}`` for the named linear layers."""
+    shapes = {}
+    for name in module_names:
+        module = model.get_submodule(name)
+        shapes[name] = (module.out_features, module.in_features)
+    return shapes

@@ -1,0 +1,152 @@
+"""Video files -> float32 (F, 3, H, W) in [0, 1]: F frames sampled uniformly with decord.
+
+Frame indices are the centres of F equal segments of the video (deterministic; no random
+flips or crops, which belong to training, not to inference). Duration and resolution are
+checked from metadata before any frame is decoded (ffprobe when it is installed, which
+reads only the container header; otherwise decord's frame count/fps plus one decoded frame),
+and frames are decoded already downscaled so a 4K video never sits in memory at full size.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .base import MB, Limits, LoadedInput, Modality, ModalityError, check_positive
+from .registry import register_modality
+from .sniff import Sniffed
+
+
+@dataclass(frozen=True)
+class VideoLimits(Limits):
+    """num_frames: frames sampled per video; max_seconds / max_width / max_height: refused beyond these;
+    frame_max_side: frames are downscaled so their longest side is at most this; strip_height: preview height."""
+
+    max_bytes: int = 200 * MB
+    num_frames: int = 8
+    max_seconds: float = 600.0
+    max_width: int = 4096
+    max_height: int = 4096
+    frame_max_side: int = 448
+    strip_height: int = 96
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("num_frames", "max_width", "max_height", "frame_max_side", "strip_height"):
+            check_positive(self, name, int)
+        check_positive(self, "max_seconds", float)
+
+
+def segment_centres(total: int, count: int) -> list[int]:
+    """Indices of the centres of `count` equal segments of `total` frames (repeats when total < count)."""
+    if total <= 0 or count <= 0:
+        raise ValueError(f"need total > 0 and count > 0, got total={total}, count={count}")
+    return [min(total - 1, int((i + 0.5) * total / count)) for i in range(count)]
+
+
+def scaled_size(width: int, height: int, max_side: int) -> tuple[int, int]:
+    """(w, h) scaled so max(w, h) <= max_side, aspect kept, even sizes (what video scalers prefer)."""
+    longest = max(width, height)
+    if longest <= max_side:
+        return width, height
+    scale = max_side / longest
+    return max(2, int(round(width * scale / 2)) * 2), max(2, int(round(height * scale / 2)) * 2)
+
+
+class VideoModality(Modality):
+    name = "video"
+    label = "video"
+    what = "a video"
+    extensions = (".mp4", ".avi", ".webm", ".mov", ".mkv", ".m4v")
+    content_kinds = frozenset({"video", "av"})
+    limits_type = VideoLimits
+
+    def _fix_hint(self) -> str:
+        return "Trim it or re-encode it at a lower resolution (e.g. 720p MP4) and upload it again."
+
+    def _decode(self, file: Path, sniffed: Sniffed) -> LoadedInput:
+        import decord
+
+        limits: VideoLimits = self.limits
+        probed = _ffprobe(file)
+        reader = decord.VideoReader(str(file), ctx=decord.cpu(0), num_threads=1)
+        total = len(reader)
+        fps = float(reader.get_avg_fps())
+        if total <= 0:
+            raise ModalityError(f"{file.name} contains no video frames; export it again.")
+        if not fps > 0:
+            raise ModalityError(f"{file.name} has no valid frame rate (fps={fps}); re-encode it as MP4.")
+        duration = total / fps
+        if probed and probed.get("duration"):
+            duration = max(duration, probed["duration"])
+        if duration > limits.max_seconds:
+            raise ModalityError(f"{file.name} is {duration / 60:.1f} min long; videos are limited to "
+                                f"{limits.max_seconds / 60:.1f} min. {self._fix_hint()}")
+        if probed and probed.get("width"):
+            width, height = probed["width"], probed["height"]
+        else:  # no ffprobe: one decoded frame tells the size
+            height, width = reader.next().shape[:2]
+            reader.seek(0)
+        if width > limits.max_width or height > limits.max_height:
+            raise ModalityError(f"{file.name} is {width}×{height}; videos are limited to "
+                                f"{limits.max_width}×{limits.max_height}. {self._fix_hint()}")
+        target_w, target_h = scaled_size(width, height, limits.frame_max_side)
+        if (target_w, target_h) != (width, height):
+            del reader  # reopen with decoder-side scaling
+            reader = decord.VideoReader(str(file), ctx=decord.cpu(0), width=target_w, height=target_h, num_threads=1)
+        indices = segment_centres(total, limits.num_frames)
+        frames = reader.get_batch(indices).asnumpy()  # (F, H, W, 3) uint8
+        if frames.ndim != 4 or frames.shape[0] != len(indices) or frames.shape[-1] != 3:
+            raise ModalityError(f"{file.name} returned frames of an unexpected shape {frames.shape}; re-encode it as MP4.")
+        data = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).to(torch.float32).div_(255.0).contiguous()
+        notes: list[str] = []
+        if total < limits.num_frames:
+            notes.append(f"the video has only {total} frames; some of the {limits.num_frames} sampled frames repeat")
+        if (target_w, target_h) != (width, height):
+            notes.append(f"frames downscaled from {width}×{height} to {data.shape[3]}×{data.shape[2]}")
+        meta: dict[str, Any] = {"frame_count": total, "fps": fps, "duration_s": duration, "width": width,
+                                "height": height, "frame_indices": indices,
+                                "frame_times_s": [round(i / fps, 3) for i in indices]}
+        return LoadedInput(self.name, data, file.name, notes, meta)
+
+    def preview(self, loaded: LoadedInput) -> dict[str, Any]:
+        from .previews import keyframe_strip
+
+        self._check_loaded(loaded)
+        return {"keyframes": keyframe_strip(loaded.data, self.limits.strip_height)}
+
+
+def _ffprobe(file: Path, timeout: float = 10.0) -> dict[str, float] | None:
+    """Width, height and duration from the container header, or None without ffprobe / on failure."""
+    exe = shutil.which("ffprobe")
+    if exe is None:
+        return None
+    cmd = [exe, "-v", "error", "-select_streams", "v:0", "-show_entries", "stream=width,height,duration:format=duration",
+           "-of", "json", str(file)]
+    try:
+        result = subprocess.run(cmd, capture_output=True, timeout=timeout, check=False)
+        info = json.loads(result.stdout or b"{}")
+    except (OSError, subprocess.TimeoutExpired, ValueError):
+        return None
+    streams = info.get("streams") or [{}]
+    if not streams or not streams[0].get("width"):
+        return None
+
+    def number(value: Any) -> float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            return 0.0
+
+    stream = streams[0]
+    duration = number(stream.get("duration")) or number((info.get("format") or {}).get("duration"))
+    return {"width": int(stream["width"]), "height": int(stream["height"]), "duration": duration}
+
+
+register_modality(VideoModality())

@@ -1,0 +1,143 @@
+"""The expert folder format: bit-exact round trip, peft compatibility, strict errors."""
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from composition.errors import ExpertError
+from composition.expert import load_expert, save_expert
+from tests.tiny import linear_shapes, random_expert, tiny_base
+
+
+@pytest.fixture(scope="module")
+def base():
+    return tiny_base()
+
+
+@pytest.fixture
+def saved(base, tmp_path):
+    expert = random_expert(base, "image", "image", "decoupled", seed=1)
+    return expert, save_expert(expert, tmp_path / "image")
+
+
+def load(base, folder):
+    return load_expert(folder, base_sha256=base.sha256, linear_shapes=linear_shapes(base.model), hidden_size=32)
+
+
+@pytest.mark.parametrize("training", ["shared", "decoupled"])
+def test_save_load_is_bit_exact(base, tmp_path, training):
+    expert = random_expert(base, "audio", "audio", training, seed=2)
+    loaded = load(base, save_expert(expert, tmp_path / "e"))
+    assert loaded.config == expert.config
+    for name, delta in expert.deltas.items():
+        other = loaded.deltas[name]
+        assert (other.r, other.alpha) == (delta.r, delta.alpha)
+        for m in delta.modules:
+            assert torch.equal(other.A[m], delta.A[m]) and torch.equal(other.B[m], delta.B[m])
+    for (k, v), (k2, v2) in zip(expert.projector.state_dict().items(), loaded.projector.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2)
+    assert torch.equal(loaded.prefix, expert.prefix) and torch.equal(loaded.suffix, expert.suffix)
+
+
+def test_text_adapter_loads_in_peft_and_matches_our_delta(base, saved):
+    from peft import PeftModel
+
+    expert, folder = saved
+    model = tiny_base().model
+    peft_model = PeftModel.from_pretrained(model, str(folder / "text"))
+    name = "model.layers.0.self_attn.q_proj"
+    peft_delta = peft_model.base_model.model.get_submodule(name).get_delta_weight("default")
+    assert torch.allclose(peft_delta, expert.deltas["text"].dense(name), atol=1e-6)
+
+
+def test_fp16_storage_halves_the_size(base, saved, tmp_path):
+    expert, folder = saved
+    small = save_expert(expert, tmp_path / "small", dtype=torch.float16)
+    size = lambda d: sum(p.stat().st_size for p in d.rglob("*.safetensors"))  # noqa: E731
+    assert size(small) < 0.6 * size(folder)
+    assert load(base, small).deltas["text"].A[next(iter(expert.deltas["text"].A))].dtype == torch.float16
+
+
+def corrupt(folder, how):
+    weights = folder / "text" / "adapter_model.safetensors"
+    if how == "truncated":
+        data = weights.read_bytes()
+        weights.write_bytes(data[: len(data) // 2])
+    elif how == "garbage":
+        weights.write_bytes(b"\x00" * 100)
+    elif how == "missing_key":
+        t = load_file(str(weights))
+        t.pop(next(k for k in t if k.endswith("lora_B.weight")))
+        save_file(t, str(weights))
+    elif how == "unexpected_key":
+        t = load_file(str(weights))
+        t["base_model.model.model.layers.0.self_attn.q_proj.magnitude"] = torch.zeros(3)
+        save_file(t, str(weights))
+    elif how == "wrong_shape":
+        t = load_file(str(weights))
+        key = next(k for k in t if k.endswith("lora_A.weight"))
+        t[key] = torch.zeros(t[key].shape[0], t[key].shape[1] + 1)
+        save_file(t, str(weights))
+    elif how == "unknown_modality":
+        cfg = json.loads((folder / "expert.json").read_text())
+        cfg["modality"] = "smell"
+        (folder / "expert.json").write_text(json.dumps(cfg))
+    elif how == "future_version":
+        cfg = json.loads((folder / "expert.json").read_text())
+        cfg["format_version"] = 99
+        (folder / "expert.json").write_text(json.dumps(cfg))
+    elif how == "bad_json":
+        (folder / "expert.json").write_text("{not json")
+    elif how == "wrong_types":
+        cfg = json.loads((folder / "expert.json").read_text())
+        cfg["prefix_tokens"] = "two"
+        (folder / "expert.json").write_text(json.dumps(cfg))
+    elif how == "missing_projector":
+        (folder / "projector.safetensors").unlink()
+    elif how == "projector_shape":
+        t = load_file(str(folder / "projector.safetensors"))
+        t["prefix"] = torch.zeros(5, 32)
+        save_file(t, str(folder / "projector.safetensors"))
+    elif how == "missing_adapter":
+        shutil.rmtree(folder / "modality")
+
+
+CASES = {
+    "truncated": "adapter text/: text/adapter_model.safetensors is not a readable safetensors file",
+    "garbage": "not a readable safetensors file",
+    "missing_key": "do not pair up",
+    "unexpected_key": "unexpected key",
+    "wrong_shape": "base layer is",
+    "unknown_modality": "modality 'smell' is unknown",
+    "future_version": "format_version 99 is not supported",
+    "bad_json": "expert.json is not valid JSON",
+    "wrong_types": "prefix_tokens='two'",
+    "missing_projector": "projector.safetensors is missing",
+    "projector_shape": "prefix tokens have shape",
+    "missing_adapter": "adapter_config.json is missing",
+}
+
+
+@pytest.mark.parametrize("how", sorted(CASES))
+def test_corrupt_expert_gives_a_clear_error(base, saved, how):
+    _, folder = saved
+    corrupt(folder, how)
+    with pytest.raises(ExpertError) as info:
+        load(base, folder)
+    message = str(info.value)
+    assert CASES[how] in message
+    assert "'image'" in message  # names the expert folder
+    assert str(folder.parent) not in message  # never the server path
+
+
+def test_base_mismatch_warns_but_loads(base, saved):
+    _, folder = saved
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_expert(folder, base_sha256="f" * 64)
+    assert any("was trained on base" in str(w.message) for w in caught)
