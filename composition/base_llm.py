@@ -31,11 +31,12 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Mapping, Any
 
 import torch
 from torch import nn
 
+from .routing import plain_state_dict
 from .errors import CompositionError
 from .templates import TOKENIZER_TEMPLATE, ChatTemplate, get_template
 
@@ -59,8 +60,11 @@ class BaseLLMError(CompositionError):
 # --- hashing ----------------------------------------------------------------------------
 
 
-def weights_sha256(model: nn.Module) -> str:
+def weights_sha256(model: nn.Module | Mapping[str, torch.Tensor]) -> str:
     """A hash of the model's weight values, independent of file format and load dtype.
+
+    ``model`` is a module (hashed as its plain, un-merged weights even when routed expert
+    layers wrap it or a composition is materialized into it) or a state dict.
 
     For each state-dict entry in sorted key order it hashes the key, the shape, a dtype
     tag and the bytes. Floating tensors are hashed as contiguous float32 on CPU (tag
@@ -70,7 +74,7 @@ def weights_sha256(model: nn.Module) -> str:
     Takes about 1 s for 135M parameters.
     """
     digest = hashlib.sha256()
-    state = model.state_dict()
+    state = plain_state_dict(model, original=True) if isinstance(model, nn.Module) else model
     for key in sorted(state):
         tensor = state[key].detach()
         if tensor.is_floating_point():

@@ -155,8 +155,9 @@ class ComposedModel:
             names.append(NAIVE)
         if participants(experts, "decoupled", present) and self._covers(experts, "decoupled", present):
             names.append(DAMC)
-        names += [EXPERT_PREFIX + e.name for e in experts if e.modality in present]
-        return names
+        order = {m: i for i, m in enumerate(route_names())}
+        with_input = sorted((e for e in experts if e.modality in present), key=lambda e: (order[e.modality], e.training == "shared"))
+        return names + [EXPERT_PREFIX + e.name for e in with_input]
 
     @staticmethod
     def _covers(experts: list[Expert], kind: str, present: set[str]) -> bool:

@@ -25,15 +25,11 @@ from .composer import ComposedModel
 from .errors import CompositionError
 from .expert import EncoderRef, Expert, ExpertConfig, save_expert
 from .lora import LoraDelta
+from .routing import plain_state_dict
 from .variants import TEXT_ROUTE, Coefficients
 
 EXPORT_FORMAT_VERSION = 1
 COMPOSITION_JSON = "composition.json"
-
-
-def plain_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The model's state dict with the routed wrappers removed (``x.base.weight`` -> ``x.weight``)."""
-    return {k.replace(".base.weight", ".weight").replace(".base.bias", ".bias"): v for k, v in model.state_dict().items()}
 
 
 def _correction_factors(cm: ComposedModel, module: str, correction: dict[int, float]) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -101,10 +97,10 @@ def export_composition(cm: ComposedModel, variant: str, folder: Path, *, coeffic
                     factors[module] = f
             corrections[modality] = factors
 
+    exported_sha = weights_sha256(state)  # before saving: save_pretrained consumes the dict
     folder.mkdir(parents=True, exist_ok=True)
     cm.model.save_pretrained(folder, state_dict=state)
     cm.base.tokenizer.save_pretrained(folder)
-    exported_sha = weights_sha256(state)
     shapes = cm.linear_shapes
     names = {}
     for modality, factors in corrections.items():

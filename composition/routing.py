@@ -181,3 +181,20 @@ def linear_shapes(model: nn.Module, module_names: list[str]) -> dict[str, tuple[
         module = model.get_submodule(name)
         shapes[name] = (module.out_features, module.in_features)
     return shapes
+
+
+def plain_state_dict(model: nn.Module, *, original: bool = False) -> dict[str, torch.Tensor]:
+    """The model's state dict as a plain checkpoint has it (``x.base.weight`` -> ``x.weight``).
+
+    With ``original=True`` a materialized layer contributes its un-merged weight.
+    """
+    state = {}
+    routed = {name: m for name, m in model.named_modules() if isinstance(m, RoutedLinear)}
+    for key, value in model.state_dict().items():
+        owner, _, leaf = key.rpartition(".base.")
+        if leaf and owner in routed:
+            if original and leaf == "weight" and routed[owner]._original_weight is not None:
+                value = routed[owner]._original_weight
+            key = f"{owner}.{leaf}"
+        state[key] = value
+    return state

@@ -86,8 +86,8 @@ class VideoModality(Modality):
         if probed and probed.get("duration"):
             duration = max(duration, probed["duration"])
         if duration > limits.max_seconds:
-            raise ModalityError(f"{file.name} is {duration / 60:.1f} min long; videos are limited to "
-                                f"{limits.max_seconds / 60:.1f} min. {self._fix_hint()}")
+            raise ModalityError(f"{file.name} is {_human_seconds(duration)} long; videos are limited to "
+                                f"{_human_seconds(limits.max_seconds)}. {self._fix_hint()}")
         if probed and probed.get("width"):
             width, height = probed["width"], probed["height"]
         else:  # no ffprobe: one decoded frame tells the size
@@ -120,6 +120,11 @@ class VideoModality(Modality):
 
         self._check_loaded(loaded)
         return {"keyframes": keyframe_strip(loaded.data, self.limits.strip_height)}
+
+
+def _human_seconds(seconds: float) -> str:
+    """12.5 -> '12.5 s', 754 -> '12.6 min': durations in messages are read by people."""
+    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
 def _ffprobe(file: Path, timeout: float = 10.0) -> dict[str, float] | None:

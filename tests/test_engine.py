@@ -113,8 +113,8 @@ def test_variants_differ_and_coefficients_change_answers():
 
 def test_default_variants_and_missing_input_notes():
     cm = make(kinds=("decoupled", "shared"))
-    assert cm.default_variants({"image", "audio"}) == ["NaiveMC", "DAMC", "expert:image", "expert:audio",
-                                                        "expert:image-shared", "expert:audio-shared"]
+    assert cm.default_variants({"image", "audio"}) == ["NaiveMC", "DAMC", "expert:image", "expert:image-shared",
+                                                        "expert:audio", "expert:audio-shared"]
     answers = cm.compare(QUESTION, inputs_for("image"), ["DAMC", "expert:audio"], config=GenerationConfig(max_new_tokens=2))
     assert answers[1].notes == ["the audio expert got no audio input"]
 
@@ -144,3 +144,35 @@ def test_sampling_is_seeded():
     config = GenerationConfig(max_new_tokens=6, temperature=1.0, top_p=0.9, seed=3)
     first = cm.compare(QUESTION, [], ["DAMC"], config=config)[0].token_ids
     assert first == cm.compare(QUESTION, [], ["DAMC"], config=config)[0].token_ids
+
+
+@pytest.mark.parametrize("variant", ["DAMC", "NaiveMC", "ties"])
+def test_exported_checkpoint_reloads_to_the_same_logits(tmp_path, variant):
+    from transformers import AutoModelForCausalLM
+
+    from composition.export import export_composition, load_exported
+
+    cm = make(kinds=("decoupled", "shared"))
+    inputs = inputs_for("image", "audio", "point")
+    coef = Coefficients(lambdas={"image": 0.5, "audio": 0.3, "point": 0.4}, mus={"audio": 0.7})
+    expected = cm.logits(QUESTION, inputs, [variant], coef)[0]
+    export_composition(cm, variant, tmp_path / "out", coefficients=coef)
+    reloaded, name = load_exported(tmp_path / "out", feature_fn=features_as_data)
+    got = reloaded.logits(QUESTION, inputs, [name])[0]
+    assert (got - expected).abs().max() <= 1e-4
+    # The folder is a plain transformers checkpoint: text-only it is the variant's text path.
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    text_only = cm.logits(QUESTION, [], [variant], coef)[0]
+    ids = cm.base.tokenizer(cm.base.template.format_prompt(QUESTION), return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert (plain(ids).logits[0] - text_only).abs().max() <= 1e-4
+
+
+def test_export_refuses_a_non_empty_folder(tmp_path):
+    from composition.export import export_composition
+
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    with pytest.raises(CompositionError, match="not empty"):
+        export_composition(make(), "DAMC", tmp_path / "out")
+    assert (tmp_path / "out" / "keep.txt").read_text() == "mine"

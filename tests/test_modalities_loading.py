@@ -15,6 +15,9 @@ from modalities import (MODALITY_NAMES, LoadedInput, ModalityError, get_modality
                         point_cloud_to_ply_bytes, save_ply)
 
 ASSETS = mf.media_assets()
+# librosa's audioread fallback (m4a, broken mp3) announces itself; expected, not a test problem.
+pytestmark = [pytest.mark.filterwarnings("ignore:PySoundFile failed:UserWarning"),
+              pytest.mark.filterwarnings("ignore:.*audioread.*:FutureWarning")]
 needs_assets = pytest.mark.skipif(ASSETS is None, reason="gradio media_assets not installed")
 
 

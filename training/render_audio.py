@@ -24,7 +24,7 @@ from .world import Scene, scene_rng
 
 SAMPLE_RATE = 16_000
 VOICES = ("en-us", "en-gb")
-SPEEDS = (185, 210)  # words per minute
+SPEEDS = (190, 215)  # words per minute
 PITCHES = (35, 50, 65)
 ESPEAK_TIMEOUT_S = 20
 SOUND_SECONDS = 0.35
@@ -150,9 +150,14 @@ def waveform(scene: Scene, speech: bool | None = None) -> np.ndarray:
     return np.clip(audio, -1.0, 1.0).astype(np.float32)
 
 
-def render_audio(scene: Scene, path: Path) -> Path:
-    """Write the scene as a 16 kHz mono 16-bit WAV."""
+def write_wav(scene: Scene, path: Path, speech: bool | None = None) -> Path:
+    """Write the scene as a 16 kHz mono 16-bit WAV (speech as in `waveform`)."""
     import soundfile as sf
 
-    sf.write(str(path), waveform(scene), SAMPLE_RATE, subtype="PCM_16", format="WAV")
+    sf.write(str(path), waveform(scene, speech), SAMPLE_RATE, subtype="PCM_16", format="WAV")
     return path
+
+
+def render_audio(scene: Scene, path: Path) -> Path:
+    """Write the scene as a 16 kHz mono 16-bit WAV, with spoken names when espeak-ng is installed."""
+    return write_wav(scene, path)

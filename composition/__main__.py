@@ -1,0 +1,6 @@
+"""``python -m composition``: see composition/cli.py."""
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,159 @@
+"""Per-modality instruction data: each expert sees only its own modality, as in the paper.
+
+`make_instruction_items("image", n, seed, out_dir)` renders n scenes into `out_dir` and
+returns one question/answer item per file:
+
+    {"id": "image-00007", "modality": "image", "file": "image-00007.png",
+     "kind": "colour", "question": "What colour is the ball in the image?", "answer": "Red."}
+
+`file` is relative to `out_dir` (like MCUB's paths are relative to their JSON), and the
+items are also written to `out_dir/instructions-<modality>.json`.
+
+Question kinds and why they exist:
+- describe / objects / colour / count / yesno: grounding (what is there, what colour, how many).
+- appear: "Which of these appear in the image? A. .. D. .." with one OR two options
+  present, answered with every present letter ("A and C"): listing all present options
+  is the honest answer for one input.
+- common: MCUB's own wording, "What do these inputs have in common? ... Answer with the
+  option's letter.", with exactly one option present and a single letter as answer. This
+  teaches the answer format MCUB is scored on and the rule "pick the option the input
+  shows". In a composition each input pushes towards the options it shows; only the
+  answer is pushed by every input, so the rule carries over when experts are merged,
+  while a single expert on an MCUB-synth item still sees two candidates (≈ 50 %).
+Answers are short and always phrased the same way, so a 135M model learns the content
+rather than the style.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .world import CATEGORIES, EXTENSIONS, LABELS, MODALITIES, NUMBER_WORDS, Scene, World, render
+
+LETTERS = ("A", "B", "C", "D")
+MCUB_QUESTION = "What do these inputs have in common?"
+LETTER_INSTRUCTION = "Answer with the option's letter."
+KINDS: dict[str, float] = {  # sampling weights
+    "describe": 0.18, "objects": 0.10, "colour": 0.14, "count": 0.10,
+    "yesno": 0.16, "appear": 0.16, "common": 0.16,
+}
+
+
+def format_options(options: list[str] | tuple[str, ...]) -> str:
+    """['ball', 'car', 'drum', 'star'] -> 'A. ball B. car C. drum D. star' (MCUB's one-line style)."""
+    if len(options) != len(LETTERS):
+        raise ValueError(f"need exactly {len(LETTERS)} options, got {len(options)}: {options}")
+    return " ".join(f"{letter}. {option}" for letter, option in zip(LETTERS, options))
+
+
+def join_letters(letters: list[str]) -> str:
+    """['A'] -> 'A'; ['A', 'C'] -> 'A and C' (letters in alphabetical order)."""
+    letters = sorted(letters)
+    return letters[0] if len(letters) == 1 else ", ".join(letters[:-1]) + " and " + letters[-1]
+
+
+def objects_phrase(scene: Scene) -> str:
+    """'A ball and a cube.' (categories only, scene order)."""
+    words = [f"a {c}" for c in scene.categories]
+    text = words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+    return text[0].upper() + text[1:] + "."
+
+
+def options_with(rng: np.random.Generator, present: list[str], absent_pool: list[str]) -> tuple[list[str], list[str]]:
+    """Four shuffled options: the `present` categories plus absent ones drawn from `absent_pool`;
+    returns (options, letters of the present ones)."""
+    need = len(LETTERS) - len(present)
+    if need < 0 or need > len(absent_pool):
+        raise ValueError(f"cannot build 4 options from present={present} and {len(absent_pool)} absent categories")
+    absent = [absent_pool[i] for i in rng.choice(len(absent_pool), size=need, replace=False)]
+    options = present + absent
+    options = [options[i] for i in rng.permutation(len(options))]
+    return options, [LETTERS[options.index(c)] for c in present]
+
+
+def question_for(kind: str, scene: Scene, modality: str, rng: np.random.Generator,
+                 colours_known: bool = True) -> tuple[str, str]:
+    """(question, answer) of one kind about a scene seen in one modality.
+
+    `colours_known=False` (audio without speech) drops colours from descriptions; the
+    caller must not ask "colour" questions then.
+    """
+    label = LABELS[modality]
+    absent = [c for c in CATEGORIES if c not in scene.categories]
+    if kind == "describe":
+        return f"Describe the {label}.", scene.describe() if colours_known else objects_phrase(scene)
+    if kind == "objects":
+        return f"What objects are in the {label}?", objects_phrase(scene)
+    if kind == "colour":
+        if not colours_known:
+            raise ValueError(f"colour questions need audible colours; the {label} has none")
+        obj = scene.objects[int(rng.integers(len(scene.objects)))]
+        return f"What colour is the {obj.category} in the {label}?", obj.colour.capitalize() + "."
+    if kind == "count":
+        n = len(scene.objects)
+        return f"How many objects are in the {label}?", NUMBER_WORDS[n].capitalize() + "."
+    if kind == "yesno":
+        if rng.random() < 0.5:
+            return f"Is there a {scene.categories[int(rng.integers(len(scene.objects)))]} in the {label}?", "Yes."
+        return f"Is there a {absent[int(rng.integers(len(absent)))]} in the {label}?", "No."
+    if kind == "appear":
+        k = 1 if len(scene.objects) == 1 else int(rng.integers(1, 3))
+        present = [scene.categories[i] for i in rng.choice(len(scene.objects), size=k, replace=False)]
+        options, letters = options_with(rng, present, absent)
+        return f"Which of these appear in the {label}? {format_options(options)}", join_letters(letters)
+    if kind == "common":
+        present = [scene.categories[int(rng.integers(len(scene.objects)))]]
+        options, letters = options_with(rng, present, absent)
+        return f"{MCUB_QUESTION} {format_options(options)} {LETTER_INSTRUCTION}", letters[0]
+    raise ValueError(f"unknown question kind {kind!r}; expected one of {tuple(KINDS)}")
+
+
+def make_instruction_items(modality: str, n: int, seed: int, out_dir: str | os.PathLike,
+                           speech: bool | None = None) -> list[dict]:
+    """Render n scenes of one modality into out_dir and return one instruction item per file.
+
+    Args:
+        modality: "image", "audio", "video" or "point".
+        n: number of items (and files).
+        seed: everything (scenes, question kinds, option orders) follows from it.
+        out_dir: folder for the files and `instructions-<modality>.json`.
+        speech: audio only: whether names are spoken (None: when espeak-ng is installed).
+    Returns:
+        Items {"id", "modality", "file" (relative to out_dir), "kind", "question", "answer"}.
+    """
+    if modality not in MODALITIES:
+        raise ValueError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"n must be a positive int, got {n!r}")
+    colours_known = True
+    if modality == "audio":
+        from .render_audio import speech_available
+
+        colours_known = speech_available() if speech is None else bool(speech)
+        if colours_known and not speech_available():
+            raise ValueError("speech=True needs espeak-ng, which is not installed")
+    kinds = [k for k in KINDS if colours_known or k != "colour"]
+    weights = np.array([KINDS[k] for k in kinds])
+    rng = np.random.default_rng([seed, MODALITIES.index(modality), 7])
+    world = World(seed)
+    out = Path(os.fspath(out_dir))
+    out.mkdir(parents=True, exist_ok=True)
+    items = []
+    for i in range(n):
+        scene = world.sample_scene(rng)
+        name = f"{modality}-{i:05d}{EXTENSIONS[modality]}"
+        if modality == "audio" and not colours_known:
+            from .render_audio import write_wav
+
+            write_wav(scene, out / name, speech=False)
+        else:
+            render(scene, modality, out / name)
+        kind = kinds[int(rng.choice(len(kinds), p=weights / weights.sum()))]
+        question, answer = question_for(kind, scene, modality, rng, colours_known)
+        items.append({"id": f"{modality}-{i:05d}", "modality": modality, "file": name, "kind": kind,
+                      "question": question, "answer": answer})
+    (out / f"instructions-{modality}.json").write_text(json.dumps(items, indent=1) + "\n", encoding="utf-8")
+    return items
