@@ -9,12 +9,17 @@ VENV=.venv
 PY=${PYTHON:-python3}
 
 install_debian_packages() {
-  # packages.txt is the Hugging Face Spaces convention for Debian dependencies.
+  # packages.txt is the Hugging Face Spaces convention for Debian dependencies;
+  # the test command also passes packages-test.txt (chromium for the screenshot test).
   local missing=()
-  while read -r pkg; do
-    [ -z "$pkg" ] && continue
-    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
-  done < packages.txt
+  local list
+  for list in "${@:-packages.txt}"; do
+    [ -f "$list" ] || continue
+    while read -r pkg; do
+      [ -z "$pkg" ] && continue
+      dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+    done < "$list"
+  done
   [ ${#missing[@]} -eq 0 ] && return 0
   local sudo=""
   [ "$(id -u)" -ne 0 ] && sudo="sudo"
@@ -55,6 +60,7 @@ case "${1:-}" in
     ;;
   test)
     setup
+    install_debian_packages packages-test.txt
     shift
     exec "$VENV/bin/python" -m pytest -q "$@"
     ;;

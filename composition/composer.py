@@ -21,7 +21,7 @@ from .errors import CompositionError
 from .expert import Expert, load_expert
 from .generate import GenerationConfig, RoutedBatch, generate_batch, pad_rows, prefill_logits
 from .prompt import PromptRow, build_prompt_row, user_message
-from .routing import Router, attach_routed_linears, linear_shapes
+from .routing import RoutedLinear, Router, attach_routed_linears
 from .variants import (DAMC, EXPERT_PREFIX, NAIVE, TEXT_ROUTE, Coefficients, ResolvedVariant, SlotTable, VariantSpec,
                        participants, resolve_variant, route_names)
 
@@ -89,6 +89,9 @@ class ComposedModel:
         self.router = Router()
         self.slots = SlotTable()
         self.feature_fn = feature_fn or encode_with_registry
+        if any(isinstance(m, RoutedLinear) for m in self.model.modules()):
+            raise CompositionError("this base model already serves another ComposedModel (its layers are routed); "
+                                   "reuse that ComposedModel or load a fresh base.")
         names = [n for n, m in self.model.named_modules() if n.rsplit(".", 1)[-1] in targets and isinstance(m, torch.nn.Linear)]
         self.layers = attach_routed_linears(self.model, names, self.router)
         self.linear_shapes = {n: (layer.out_features, layer.in_features) for n, layer in self.layers.items()}

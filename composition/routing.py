@@ -66,6 +66,8 @@ class RoutedLinear(nn.Module):
         self._rank_slot: torch.Tensor | None = None
         self._layout_key: tuple = ()
         self._original_weight: torch.Tensor | None = None
+        # Training: slots whose factors are live Parameters (gradients flow), see train_slot.
+        self.trainable: dict[int, tuple[nn.Parameter, nn.Parameter, float]] = {}
 
     @property
     def in_features(self) -> int:
@@ -91,7 +93,12 @@ class RoutedLinear(nn.Module):
             raise ValueError(f"dense delta of shape {tuple(delta.shape)} does not fit layer weight {tuple(w.shape)}")
         self.dense[slot] = delta.to(w.device, w.dtype)
 
+    def train_slot(self, slot: int, A: nn.Parameter, B: nn.Parameter, scale: float) -> None:
+        """Route a slot through live LoRA factors so training and inference share one code path."""
+        self.trainable[slot] = (A, B, scale)
+
     def remove_slot(self, slot: int) -> None:
+        self.trainable.pop(slot, None)
         self.dense.pop(slot, None)
         if self.lowrank.pop(slot, None) is not None:
             self._rebuild()
@@ -153,6 +160,8 @@ class RoutedLinear(nn.Module):
             if rows.numel():
                 # Dense deltas are a full matmul: only the rows that use the slot pay for it.
                 y = y.index_add(0, rows, c[rows].unsqueeze(-1).to(x.dtype) * F.linear(x[rows], delta))
+        for slot, (A, B, scale) in self.trainable.items():
+            y = y + scale * F.linear(F.linear(x, A) * coef[..., slot:slot + 1].to(x.dtype), B)
         return y
 
 

@@ -141,3 +141,20 @@ def test_base_mismatch_warns_but_loads(base, saved):
         warnings.simplefilter("always")
         load_expert(folder, base_sha256="f" * 64)
     assert any("was trained on base" in str(w.message) for w in caught)
+
+
+def test_fetch_expert_local_and_offline_hub(saved, monkeypatch, tmp_path):
+    import huggingface_hub.constants
+
+    from composition.catalog import fetch_expert
+
+    _, folder = saved
+    assert fetch_expert(str(folder)) == folder
+    with pytest.raises(ExpertError, match="no expert.json inside"):
+        fetch_expert(str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ExpertError, match="could not download expert 'nobody-xyz/no-such-expert'"):
+        fetch_expert("nobody-xyz/no-such-expert", cache_dir=tmp_path / "hub")
+    with pytest.raises(ExpertError, match="neither an existing folder nor a hub id"):
+        fetch_expert("justaname")

@@ -1,0 +1,31 @@
+"""A running app for the app tests: random experts on the real base, served on a free loopback port."""
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from tests.random_experts import save_random_experts
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_url(smollm2, base_cache_dir, tmp_path_factory):
+    """URL of the app (python app.py's own build and launch code) with image, audio, video and point experts."""
+    import app
+    from studio.session import load_studio
+
+    folder = save_random_experts(smollm2, tmp_path_factory.mktemp("app-experts"), ("image", "audio", "video", "point"))
+    # A base of its own: the composed model wraps the base's layers, the session's smollm2 stays plain.
+    studio = load_studio([folder], cache_dir=base_cache_dir, device="cpu")
+    demo = app.build_demo(studio)
+    _, url, _ = app.launch(demo, server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    try:
+        yield url.rstrip("/")
+    finally:
+        demo.close()

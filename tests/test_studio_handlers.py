@@ -1,0 +1,267 @@
+"""The app's handlers as plain functions (studio/), on tiny random models: no UI, no server."""
+from __future__ import annotations
+
+import importlib.util
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from composition.composer import ComposedModel
+from composition.errors import CompositionError
+from modalities import MODALITY_NAMES
+from studio import handlers
+from studio.bench import load_items, parse_grid, run_benchmark, run_sweep
+from studio.config_io import CONFIG_FORMAT, settings_from_yaml, settings_to_yaml
+from studio.controls import lambda_views, mu_views, param_keys
+from studio.examples import example_rows
+from studio.exporting import export_zip
+from studio.session import NO_EXPERTS_HELP, Studio
+from studio.settings import MAX_LAMBDA_SLOTS, StudioSettings
+from tests.tiny import FEATURE_DIM, random_expert, tiny_base
+
+MEDIA = Path(importlib.util.find_spec("gradio").submodule_search_locations[0]) / "media_assets"
+CHEETAH = str(MEDIA / "images" / "cheetah.jpg")
+TOKENS = 4
+
+
+def file_features(expert, item) -> torch.Tensor:
+    """A stand-in encoder for real loaded tensors of any modality: (TOKENS, FEATURE_DIM), deterministic."""
+    flat = item.data.float().flatten()
+    chunks = torch.tensor_split(flat, TOKENS * FEATURE_DIM)
+    return torch.stack([c.mean() if c.numel() else torch.tensor(0.0) for c in chunks]).reshape(TOKENS, FEATURE_DIM)
+
+
+def make_studio(kinds=("decoupled",), modalities=("image", "audio", "point")) -> Studio:
+    base = tiny_base()
+    experts = []
+    for kind in kinds:
+        for i, m in enumerate(modalities):
+            suffix = "" if kind == "decoupled" else "-shared"
+            experts.append(random_expert(base, f"{m}{suffix}", m, kind, 100 + 10 * i + (kind == "shared")))
+    return Studio(ComposedModel(base, experts, feature_fn=file_features))
+
+
+def controls(studio: Studio, settings: StudioSettings | None = None) -> list:
+    """The flat control list the UI sends, from settings (default: every expert, paper defaults)."""
+    settings = settings or handlers.default_settings(studio)
+    lams = [v.value for v in lambda_views(studio.cm.experts, settings.selected, settings.lambdas)]
+    mus = [v.value for v in mu_views(studio.cm.experts, settings.selected, settings.mus)]
+    params = [settings.hyper(m)[p] for m, p in param_keys()]
+    return [settings.selected, *lams, *mus, settings.methods, *params, settings.max_new_tokens, settings.temperature, settings.top_p]
+
+
+SHORT = StudioSettings(max_new_tokens=3)
+
+
+def short(studio, **changes) -> list:
+    values = dict(selected=list(studio.cm.experts), max_new_tokens=3)
+    values.update(changes)
+    return controls(studio, StudioSettings(**values))
+
+
+# --- sliders and settings ------------------------------------------------------------
+def test_slider_defaults_are_the_papers():
+    studio = make_studio(kinds=("decoupled", "shared"))
+    lams = lambda_views(studio.cm.experts, studio.expert_names)
+    assert len(lams) == MAX_LAMBDA_SLOTS
+    shown = [v for v in lams if v.visible]
+    # λ for the decoupled experts only (DAMC merges those), 1/K each, in prompt order.
+    assert [v.label.split()[1] for v in shown] == ["image", "audio", "point"]
+    assert all(v.value == pytest.approx(1 / 3) for v in shown)
+    mus = mu_views(studio.cm.experts, ["image", "point"])
+    assert [v.visible for v in mus] == [m in ("image", "point") for m in MODALITY_NAMES]
+    assert all(v.value == 1.0 for v in mus)
+
+
+def test_default_lambdas_defer_to_the_engine_and_changed_ones_pass_through():
+    studio = make_studio()
+    experts = studio.cm.experts
+    assert handlers.settings_of(studio, controls(studio)).coefficients(experts).lambdas == {}
+    values = controls(studio)
+    values[1] = 0.8  # first λ slider: image
+    coef = handlers.settings_of(studio, values).coefficients(experts)
+    assert coef.lambdas["image"] == 0.8 and coef.lambdas["audio"] == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"lambdas": {"image": 9.0}}, "λ for 'image' is 9.0"),
+    ({"mus": {"smell": 1.0}}, "unknown modality 'smell'"),
+    ({"methods": ["fancy"]}, "unknown merge method 'fancy'"),
+    ({"method_params": {"ties": {"sparsity": 0.3}}}, "no hyper-parameter 'sparsity'"),
+    ({"max_new_tokens": 0}, "max_new_tokens=0"),
+])
+def test_bad_settings_name_the_value(changes, message):
+    with pytest.raises(CompositionError, match=message):
+        StudioSettings(**changes)
+
+
+# --- compare -----------------------------------------------------------------------------
+def test_api_compare_with_a_real_image_names_every_variant():
+    studio = make_studio(kinds=("decoupled", "shared"))
+    payload = handlers.compare_api(studio, "What is this?", image=CHEETAH)
+    names = [v["name"] for v in payload["variants"]]
+    assert names == ["NaiveMC", "DAMC", "expert:image", "expert:image-shared"]
+    for v in payload["variants"]:
+        assert isinstance(v["answer"], str) and v["new_tokens"] > 0 and v["seconds"] >= 0
+
+
+def test_stream_yields_partial_cards_then_every_answer():
+    studio = make_studio()
+    pages = list(handlers.compare_stream(studio, "hi", [CHEETAH, None, None, None], False, short(studio)))
+    assert len(pages) >= 2
+    assert "generating…" in pages[0]
+    for name in ("DAMC", "expert:image"):
+        assert name in pages[-1]
+    assert "tokens" in pages[-1] and "streaming" not in pages[-1]
+
+
+def test_cards_say_when_an_expert_got_no_input():
+    studio = make_studio()
+    html = list(handlers.compare_stream(studio, "hi", [CHEETAH, None, None, None], True, short(studio)))[-1]
+    assert "the audio expert got no audio input" in html and "the point expert got no point input" in html
+
+
+def test_a_composition_that_cannot_run_is_a_skipped_card_not_a_failure():
+    studio = make_studio(kinds=("decoupled", "shared"), modalities=("image", "audio"))
+    studio.cm.remove_expert("audio-shared")
+    npy = Path(__file__).resolve().parent.parent / "examples" / "audio-example.wav"
+    payload = handlers.compare_api(studio, "hi", image=CHEETAH, audio=str(npy))
+    assert [s["name"] for s in payload["skipped"]] == ["NaiveMC"]
+    assert "no expert for the audio input" in payload["skipped"][0]["reason"]
+    assert "DAMC" in [v["name"] for v in payload["variants"]]
+
+
+def test_a_bad_file_is_refused_with_its_message_and_the_studio_keeps_working(tmp_path):
+    studio = make_studio()
+    bad = tmp_path / "notes.png"
+    bad.write_text("this is not an image")
+    with pytest.raises(ValueError, match=r"notes.png could not be decoded as an image \(it looks like a text file\)"):
+        handlers.compare_api(studio, "hi", image=str(bad))
+    with pytest.raises(ValueError, match="question is empty"):
+        handlers.compare_api(studio, "  ", image=CHEETAH)
+    assert handlers.compare_api(studio, "hi", image=CHEETAH)["variants"]
+
+
+def test_no_experts_loaded_is_explained():
+    studio = Studio(ComposedModel(tiny_base(), feature_fn=file_features))
+    assert handlers.catalog_message(studio) == NO_EXPERTS_HELP
+    assert "no experts loaded" in studio.header()
+    with pytest.raises(CompositionError, match="no experts are loaded"):
+        handlers.compare_api(studio, "hi")
+
+
+def test_adding_an_invalid_expert_folder_says_why(tmp_path):
+    studio = make_studio()
+    with pytest.raises(CompositionError, match="does not exist"):
+        handlers.add_experts(studio, str(tmp_path / "nope"), [])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CompositionError, match="holds no expert.json"):
+        handlers.add_experts(studio, str(tmp_path / "empty"), [])
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "expert.json").write_text("{not json")
+    with pytest.raises(CompositionError, match="broken"):
+        handlers.add_experts(studio, str(broken), [])
+    assert studio.expert_names == ["image", "audio", "point"]  # nothing lost
+
+
+def test_selection_is_per_request_and_does_not_touch_the_shared_model():
+    studio = make_studio()
+    payload = handlers.compare_api(studio, "hi", image=CHEETAH)
+    only_audio = handlers.settings_of(studio, short(studio, selected=["audio"]))
+    with pytest.raises(CompositionError, match="none is selected for the given inputs"):
+        list(handlers.compare_stream(studio, "hi", [CHEETAH, None, None, None], False, controls(studio, only_audio)))
+    assert studio.expert_names == ["image", "audio", "point"]
+    again = handlers.compare_api(studio, "hi", image=CHEETAH)
+    assert [(v["name"], v["answer"]) for v in again["variants"]] == [(v["name"], v["answer"]) for v in payload["variants"]]
+
+
+# --- compose timing, learn -----------------------------------------------------------------
+def test_recompose_reports_time_and_fills_the_formulas():
+    studio = make_studio(kinds=("decoupled", "shared"))
+    values = controls(studio)
+    values[1] = 0.5
+    timing, formulas = handlers.recompose(studio, [CHEETAH, None, None, None], values)
+    assert timing.startswith("composed ") and " ms** on **cpu**" in timing
+    assert "0.5\\,T_{\\text{image}}" in formulas and "D_{\\text{image-shared}}" in formulas
+
+
+def test_token_routing_shows_text_tokens_and_modality_blocks():
+    studio = make_studio()
+    html = handlers.token_routing(studio, "What is it?", "DAMC", [CHEETAH, None, None, None], controls(studio))
+    assert "[image block: " in html and "M[image]" in html and "T[image]" in html
+
+
+# --- config -------------------------------------------------------------------------------
+def test_yaml_config_round_trip():
+    studio = make_studio()
+    settings = StudioSettings(selected=["image", "audio"], lambdas={"image": 0.7, "audio": 0.2}, mus={"audio": 0.6},
+                              methods=["ties"], method_params={"ties": {"density": 0.3}}, max_new_tokens=20, top_p=0.9)
+    path = handlers.save_config(studio, controls(studio, settings))
+    data = yaml.safe_load(Path(path).read_text())
+    assert data["format"] == CONFIG_FORMAT and [e["name"] for e in data["experts"]] == ["image", "audio"]
+    restored, message = handlers.load_config(studio, path)
+    assert message == "config loaded."
+    assert restored["selected"] == ["image", "audio"] and restored["methods"] == ["ties"]
+    assert [v.value for v in restored["lambdas"] if v.visible] == [0.7, 0.2]
+    assert [v.value for v in restored["mus"]][MODALITY_NAMES.index("audio")] == 0.6
+    assert restored["params"][param_keys().index(("ties", "density"))] == 0.3
+    assert (restored["max_new_tokens"], restored["top_p"]) == (20, 0.9)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("format: [unclosed", "not valid YAML at line 1"),
+    ("format: something-else\n", "expected 'mllm-composition-studio/1'"),
+    (f"format: {CONFIG_FORMAT}\nexperts: [{{name: smell, folder: smell}}]\n", "uses expert 'smell' (folder 'smell'), which is not loaded"),
+    (f"format: {CONFIG_FORMAT}\nexperts: [image]\ncoefficients: {{lambdas: {{image: 12}}}}\n", "λ for 'image' is 12.0"),
+    (f"format: {CONFIG_FORMAT}\ngeneration: {{beams: 4}}\n", "generation key 'beams' is unknown"),
+])
+def test_bad_configs_are_refused_clearly(text, message):
+    with pytest.raises(CompositionError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        settings_from_yaml(make_studio(), text)
+
+
+def test_config_text_reloads_to_equal_settings():
+    studio = make_studio()
+    settings = StudioSettings(selected=["point"], mus={"point": 1.5}, temperature=0.7, seed=3)
+    again, notes = settings_from_yaml(studio, settings_to_yaml(studio, settings))
+    assert again == settings and notes == []
+
+
+# --- export, benchmark, examples ------------------------------------------------------------
+def test_export_zip_holds_a_reloadable_checkpoint():
+    studio = make_studio()
+    path, message = export_zip(studio, StudioSettings(selected=["image", "audio"]), "DAMC")
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+    assert any(n.endswith("/config.json") for n in names) and any(n.endswith("experts/audio/expert.json") for n in names)
+    assert "exported **DAMC**" in message
+    Path(path).unlink()
+
+
+def test_benchmark_and_sweep_on_the_bundled_items():
+    studio = make_studio(modalities=("image", "audio", "video", "point"))
+    items = load_items("bundled examples", None, 2)
+    seen = []
+    fig, summary, result = run_benchmark(studio, StudioSettings(selected=studio.expert_names), items,
+                                         lambda f, desc="": seen.append(f))
+    assert result["items"] == 2 and "DAMC" in result["accuracy"] and seen[-1] == 1.0
+    assert [t.type for t in fig.data] == ["bar"] and "2 items" in summary
+    heat = run_sweep(studio, StudioSettings(selected=studio.expert_names), items[:1], [0.5, 1.0], [1.0])
+    assert heat.data[0].type == "heatmap" and len(heat.data[0].z[0]) == 2
+    with pytest.raises(CompositionError, match="numbers separated by commas"):
+        parse_grid("1, x", "λ scales")
+    with pytest.raises(CompositionError, match="after uploading"):
+        load_items("uploaded MCUB json", None, 2)
+
+
+def test_examples_cover_each_modality_alone_mixed_and_mcub():
+    rows = example_rows()
+    given = [tuple(m for m, v in zip(MODALITY_NAMES, row[1:]) if v) for row in rows]
+    for m in MODALITY_NAMES:
+        assert (m,) in given
+    assert any(1 < len(g) < 4 for g in given) and given.count(tuple(MODALITY_NAMES)) >= 2
+    assert all(Path(v).is_file() for row in rows for v in row[1:] if v)

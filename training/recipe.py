@@ -1,0 +1,244 @@
+"""The expert training recipe (two stages, both training kinds), on the engine's own routing.
+
+Stage 1 (alignment, once per modality): train the projector, the prefix/suffix tokens
+and (point clouds) the point encoder on "describe" questions, the LLM untouched — as
+LLaVA's pre-training stage.
+Stage 2 (instruction tuning, per training kind): from the stage-1 projector, train the
+LoRA deltas + projector + prefix/suffix on every question kind:
+- ``shared``: one delta D for every token (NaiveMC-style experts);
+- ``decoupled``: a text delta T for text tokens and a modality delta M for the tokens of
+  the modality block (DAMC-style experts).
+Training runs through RoutedLinear (``train_slot``), the same routing that inference
+uses, so what is trained is exactly what is composed later.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from composition.expert import EncoderRef, Expert, ExpertConfig, ProjectorSpec
+from composition.generate import pad_rows
+from composition.lora import LoraDelta
+from composition.prompt import build_prompt_row, user_message
+from composition.variants import TEXT_ROUTE, route_names
+
+from .data import ENCODERS, ModalityData
+from .instructions import KINDS, question_for
+
+TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+FEATURE_DIMS = {"image": 1280, "audio": 384, "video": 1280, "point": 256}
+PROJECTORS = {"image": "linear", "video": "linear", "audio": "mlp2x_gelu", "point": "mlp2x_gelu"}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of one training run (validated on construction)."""
+
+    stage1_steps: int = 40
+    stage2_steps: int = 90
+    batch_size: int = 8
+    rank: int = 4
+    alpha: float = 8.0
+    lr_projector: float = 2e-3
+    lr_lora: float = 1e-3
+    warmup_steps: int = 8
+    prefix_tokens: int = 2
+    suffix_tokens: int = 2
+    seed: int = 0
+    kinds: tuple[str, ...] = tuple(KINDS)
+
+    def __post_init__(self) -> None:
+        for name in ("stage1_steps", "stage2_steps", "batch_size", "rank", "warmup_steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < (0 if "steps" in name else 1):
+                raise ValueError(f"TrainConfig.{name}={value!r} must be a {'non-negative' if 'steps' in name else 'positive'} integer.")
+        for name in ("alpha", "lr_projector", "lr_lora"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r} must be positive.")
+        unknown = set(self.kinds) - set(KINDS)
+        if unknown:
+            raise ValueError(f"TrainConfig.kinds has unknown question kinds {sorted(unknown)}; expected from {tuple(KINDS)}.")
+
+
+@dataclass
+class ModalityParts:
+    """What stage 1 produces and stage 2 starts from."""
+
+    projector: nn.Module
+    prefix: nn.Parameter
+    suffix: nn.Parameter
+    point_encoder: nn.Module | None = None
+    log: list[dict] = field(default_factory=list)
+
+
+def _cosine(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+class Trainer:
+    """Trains experts of every modality on one frozen base, reusing its routed layers."""
+
+    def __init__(self, base, config: TrainConfig, log=print) -> None:
+        from composition.composer import ComposedModel
+
+        self.base = base
+        self.config = config
+        self.log = log
+        # The composed model owns the routed layers; training adds live slots to them and
+        # evaluation loads the saved experts into the same model.
+        self.cm = ComposedModel(base)
+        self.router = self.cm.router
+        self.layers = {n: layer for n, layer in self.cm.layers.items() if n.rsplit(".", 1)[-1] in TARGETS}
+        self.embed = base.model.get_input_embeddings()
+        self.hidden = self.embed.weight.shape[1]
+        self.eos = base.eos_token_ids[0]
+        self.routes = {r: i for i, r in enumerate(route_names())}
+        base.model.requires_grad_(False)
+
+    # --- batches ------------------------------------------------------------
+    def _features(self, data: ModalityData, idx: list[int], parts: ModalityParts) -> list[torch.Tensor]:
+        if parts.point_encoder is not None:
+            clouds = torch.stack([data.inputs[i] for i in idx])
+            return list(parts.point_encoder(clouds))
+        return [data.inputs[i] for i in idx]
+
+    def _batch(self, data: ModalityData, parts: ModalityParts, rng: np.random.Generator, kinds: tuple[str, ...], colours_known: bool):
+        idx = [int(i) for i in rng.integers(0, len(data), size=self.config.batch_size)]
+        weights = np.array([KINDS[k] for k in kinds])
+        feats = self._features(data, idx, parts)
+        rows, routes, targets = [], [], []
+        for i, f in zip(idx, feats):
+            kind = kinds[int(rng.choice(len(kinds), p=weights / weights.sum()))]
+            if kind == "colour" and not colours_known:
+                kind = "describe"
+            question, answer = question_for(kind, data.scenes[i], data.modality, rng, colours_known)
+            block = torch.cat([parts.prefix, parts.projector(f), parts.suffix], dim=0)
+            prompt = self.base.template.format_prompt(user_message(question, [data.modality]))
+            row = build_prompt_row(prompt, {data.modality: [block]}, self.base.tokenizer, self.embed)
+            answer_ids = self.base.tokenizer(answer, add_special_tokens=False)["input_ids"] + [self.eos]
+            answer_embeds = self.embed(torch.tensor(answer_ids))
+            rows.append(torch.cat([row.embeds, answer_embeds]))
+            routes.append(torch.tensor([self.routes[r] for r in row.routes] + [self.routes[TEXT_ROUTE]] * len(answer_ids)))
+            targets.append(answer_ids)
+        batch = pad_rows(rows, routes, torch.zeros(len(rows), dtype=torch.long))
+        return batch, targets
+
+    def _loss(self, data, parts, rng, kinds, colours_known, coef_table):
+        batch, targets = self._batch(data, parts, rng, kinds, colours_known)
+        self.router.set(coef_table[batch.route_ids] if coef_table is not None else None)
+        try:
+            logits = self.base.model(inputs_embeds=batch.embeds, attention_mask=batch.attention_mask,
+                                     position_ids=batch.position_ids, use_cache=False).logits
+        finally:
+            self.router.set(None)
+        t = logits.shape[1]
+        losses = []
+        for b, ids in enumerate(targets):
+            n = len(ids)
+            # Rows are left-padded, so the answer is the last n positions; position p predicts p+1.
+            pred = logits[b, t - n - 1: t - 1]
+            losses.append(F.cross_entropy(pred.float(), torch.tensor(ids), reduction="sum"))
+        return torch.stack(losses).sum() / sum(len(ids) for ids in targets)
+
+    def _run(self, name: str, steps: int, params: list[tuple[list[nn.Parameter], float]], data, parts, kinds,
+             colours_known, coef_table, seed: int) -> list[dict]:
+        optimizer = torch.optim.AdamW([{"params": p, "lr": lr} for p, lr in params], weight_decay=0.0)
+        base_lrs = [lr for _, lr in params]
+        rng = np.random.default_rng([self.config.seed, seed])
+        log, start, running = [], time.perf_counter(), None
+        for step in range(steps):
+            for group, lr in zip(optimizer.param_groups, base_lrs):
+                group["lr"] = lr * _cosine(step, steps, self.config.warmup_steps)
+            loss = self._loss(data, parts, rng, kinds, colours_known, coef_table)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([p for group, _ in params for p in group], 1.0)
+            optimizer.step()
+            running = loss.item() if running is None else 0.9 * running + 0.1 * loss.item()
+            if (step + 1) % 10 == 0 or step == steps - 1:
+                elapsed = time.perf_counter() - start
+                log.append({"step": step + 1, "loss": round(running, 4), "seconds": round(elapsed, 1)})
+                self.log(f"  {name} step {step + 1}/{steps} loss {running:.3f} ({elapsed / (step + 1):.2f} s/step)")
+        return log
+
+    # --- stages -------------------------------------------------------------
+    def stage1(self, data: ModalityData, colours_known: bool = True) -> ModalityParts:
+        modality = data.modality
+        g = torch.Generator().manual_seed(self.config.seed)
+        spec = ProjectorSpec(PROJECTORS[modality], FEATURE_DIMS[modality], self.hidden)
+        projector = spec.build()
+        scale = self.embed.weight.std().item()
+        prefix = nn.Parameter(torch.randn(self.config.prefix_tokens, self.hidden, generator=g) * scale)
+        suffix = nn.Parameter(torch.randn(self.config.suffix_tokens, self.hidden, generator=g) * scale)
+        point_encoder = None
+        if modality == "point":
+            from modalities.encoders import build_point_encoder
+
+            point_encoder = build_point_encoder(seed=self.config.seed)
+        parts = ModalityParts(projector, prefix, suffix, point_encoder)
+        trainable = list(projector.parameters()) + [prefix, suffix] + (list(point_encoder.parameters()) if point_encoder else [])
+        parts.log = self._run(f"{modality} stage 1", self.config.stage1_steps, [(trainable, self.config.lr_projector)],
+                              data, parts, ("describe", "objects"), colours_known, None, seed=1)
+        if point_encoder is not None:
+            point_encoder.requires_grad_(False).eval()  # frozen from here on: both kinds share it
+        return parts
+
+    def stage2(self, data: ModalityData, parts: ModalityParts, training: str, colours_known: bool = True) -> tuple[dict, ModalityParts, list[dict]]:
+        """Returns (deltas, the tuned parts, the log). ``parts`` itself is left untouched."""
+        import copy
+
+        tuned = ModalityParts(copy.deepcopy(parts.projector), nn.Parameter(parts.prefix.detach().clone()),
+                              nn.Parameter(parts.suffix.detach().clone()), parts.point_encoder)
+        delta_names = ("shared",) if training == "shared" else ("text", "modality")
+        g = torch.Generator().manual_seed(self.config.seed + (1 if training == "shared" else 2))
+        factors: dict[str, dict[str, tuple[nn.Parameter, nn.Parameter]]] = {}
+        lora_params = []
+        for slot, delta in enumerate(delta_names):
+            factors[delta] = {}
+            for name, layer in self.layers.items():
+                # peft's init: A random (Kaiming-uniform-like), B zero, so training starts at the base.
+                bound = 1.0 / math.sqrt(layer.in_features)
+                a = nn.Parameter(torch.rand(self.config.rank, layer.in_features, generator=g) * 2 * bound - bound)
+                b = nn.Parameter(torch.zeros(layer.out_features, self.config.rank))
+                layer.train_slot(slot, a, b, self.config.alpha / self.config.rank)
+                factors[delta][name] = (a, b)
+                lora_params += [a, b]
+        n_routes = len(self.routes)
+        table = torch.zeros(n_routes, len(delta_names))
+        for route, r in self.routes.items():
+            if training == "shared":
+                table[r, 0] = 1.0
+            else:
+                table[r, 0 if route == TEXT_ROUTE else 1] = 1.0
+        try:
+            log = self._run(f"{data.modality} {training} stage 2", self.config.stage2_steps,
+                            [(list(tuned.projector.parameters()) + [tuned.prefix, tuned.suffix], self.config.lr_projector),
+                             (lora_params, self.config.lr_lora)],
+                            data, tuned, self.config.kinds, colours_known, table, seed=2 if training == "shared" else 3)
+        finally:
+            for layer in self.layers.values():
+                for slot in range(len(delta_names)):
+                    layer.remove_slot(slot)
+        deltas = {d: LoraDelta(self.config.rank, self.config.alpha, {n: a.detach().clone() for n, (a, _) in f.items()},
+                               {n: b.detach().clone() for n, (_, b) in f.items()}) for d, f in factors.items()}
+        return deltas, tuned, log
+
+    def make_expert(self, modality: str, training: str, deltas: dict, parts: ModalityParts) -> Expert:
+        name = modality if training == "decoupled" else f"{modality}-shared"
+        config = ExpertConfig(
+            name=name, modality=modality, training=training, base_model_name=self.base.name,
+            base_model_sha256=self.base.sha256, encoder=EncoderRef(ENCODERS[modality], None, FEATURE_DIMS[modality]),
+            projector=ProjectorSpec(PROJECTORS[modality], FEATURE_DIMS[modality], self.hidden),
+            prefix_tokens=self.config.prefix_tokens, suffix_tokens=self.config.suffix_tokens,
+            description=f"{modality} expert trained {'with one shared delta (NaiveMC-style)' if training == 'shared' else 'with decoupled text and modality deltas (DAMC-style)'} on the synthetic world",
+        )
+        encoder_state = {k: v.detach().clone() for k, v in parts.point_encoder.state_dict().items()} if parts.point_encoder else {}
+        return Expert(config, deltas, parts.projector, parts.prefix.detach().clone(), parts.suffix.detach().clone(), encoder_state)
