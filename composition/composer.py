@@ -8,6 +8,7 @@ coefficients live in the request, not in the model.
 """
 from __future__ import annotations
 
+import copy
 import threading
 import time
 import zlib
@@ -147,6 +148,22 @@ class ComposedModel:
             for layer in self.layers.values():
                 for slot in list(layer.dense):
                     layer.remove_slot(slot)
+
+    def subset(self, names: Iterable[str]) -> "ComposedModel":
+        """A view that composes only the named experts (a user's selection).
+
+        The view shares everything heavy with this model (weights, routed layers, slots,
+        dense-merge cache, lock); only the expert list differs. Selections live in the
+        request, like coefficients, so users never change each other's composition.
+        """
+        names = list(names)
+        unknown = [n for n in names if n not in self.experts]
+        if unknown:
+            raise CompositionError(f"expert {unknown[0]!r} is not loaded; loaded experts: {sorted(self.experts)}.")
+        with self.lock:
+            view = copy.copy(self)
+            view.experts = {n: e for n, e in self.experts.items() if n in names}
+        return view
 
     # --- variants -----------------------------------------------------------
     def default_variants(self, input_modalities: Iterable[str]) -> list[str]:

@@ -1,4 +1,5 @@
-"""Video files -> float32 (F, 3, H, W) in [0, 1]: F frames sampled uniformly with decord.
+"""Video files -> float32 (F, 3, S, S) in [0, 1]: F frames sampled uniformly with decord,
+each padded to a square like images (the frame encoders take square inputs).
 
 Frame indices are the centres of F equal segments of the video (deterministic; no random
 flips or crops, which belong to training, not to inference). Duration and resolution are
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 
 from .base import MB, Limits, LoadedInput, Modality, ModalityError, check_positive
+from .image import IMAGENET_MEAN, pad_to_square
 from .registry import register_modality
 from .sniff import Sniffed
 
@@ -104,12 +106,14 @@ class VideoModality(Modality):
         frames = reader.get_batch(indices).asnumpy()  # (F, H, W, 3) uint8
         if frames.ndim != 4 or frames.shape[0] != len(indices) or frames.shape[-1] != 3:
             raise ModalityError(f"{file.name} returned frames of an unexpected shape {frames.shape}; re-encode it as MP4.")
-        data = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).to(torch.float32).div_(255.0).contiguous()
+        data = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).to(torch.float32).div_(255.0)
+        # Same square padding as images, so frame encoders see what image encoders see.
+        data = torch.stack([pad_to_square(frame, IMAGENET_MEAN) for frame in data]).contiguous()
         notes: list[str] = []
         if total < limits.num_frames:
             notes.append(f"the video has only {total} frames; some of the {limits.num_frames} sampled frames repeat")
         if (target_w, target_h) != (width, height):
-            notes.append(f"frames downscaled from {width}×{height} to {data.shape[3]}×{data.shape[2]}")
+            notes.append(f"frames downscaled from {width}×{height} to {frames.shape[2]}×{frames.shape[1]}")
         meta: dict[str, Any] = {"frame_count": total, "fps": fps, "duration_s": duration, "width": width,
                                 "height": height, "frame_indices": indices,
                                 "frame_times_s": [round(i / fps, 3) for i in indices]}

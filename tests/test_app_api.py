@@ -30,11 +30,7 @@ def test_compare_signature_is_keyword_question_and_four_optional_files(client):
 EXAMPLE_VIDEO = Path(__file__).resolve().parent.parent / "examples" / "video-example.mp4"
 
 
-@pytest.mark.parametrize("video", [
-    EXAMPLE_VIDEO,
-    pytest.param(MEDIA / "videos" / "world.mp4", marks=pytest.mark.xfail(
-        reason="modalities/video.py keeps 448x252 frames but the video encoder expects square (padded) frames")),
-])
+@pytest.mark.parametrize("video", [EXAMPLE_VIDEO, MEDIA / "videos" / "world.mp4"])
 def test_compare_with_every_modality(client, video):
     from gradio_client import handle_file
 

@@ -176,3 +176,16 @@ def test_export_refuses_a_non_empty_folder(tmp_path):
     with pytest.raises(CompositionError, match="not empty"):
         export_composition(make(), "DAMC", tmp_path / "out")
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+
+
+def test_subset_view_composes_only_the_selection_and_shares_the_model():
+    cm = make()
+    view = cm.subset(["image", "audio"])
+    assert sorted(view.experts) == ["audio", "image"] and sorted(cm.experts) == ["audio", "image", "point"]
+    assert view.layers is cm.layers and view.lock is cm.lock
+    # DAMC over the subset with no inputs merges 2 experts (λ = 1/2), not 3.
+    two = view.logits(QUESTION, [], ["DAMC"])[0]
+    explicit = cm.logits(QUESTION, [], ["DAMC"], Coefficients(lambdas={"image": 0.5, "audio": 0.5, "point": 0.0}))[0]
+    assert (two - explicit).abs().max() <= 1e-5
+    with pytest.raises(CompositionError, match="'smell' is not loaded"):
+        cm.subset(["smell"])

@@ -1,0 +1,73 @@
+"""Side-by-side answer cards as HTML: one card per variant, readable, never raw tracebacks."""
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field
+
+KIND_COLOURS = {"NaiveMC": "#d97706", "DAMC": "#4f46e5", "expert": "#0f766e", "method": "#be185d"}
+
+
+@dataclass
+class Card:
+    """What one card shows; ``status`` is 'waiting', 'running', 'done' or 'skipped'."""
+
+    name: str
+    answer: str = ""
+    seconds: float | None = None
+    new_tokens: int | None = None
+    notes: list[str] = field(default_factory=list)
+    status: str = "waiting"
+
+    @classmethod
+    def from_answer(cls, answer) -> "Card":
+        return cls(answer.name, answer.answer, answer.seconds, answer.new_tokens, list(answer.notes), "done")
+
+
+def _kind(name: str) -> str:
+    if name in ("NaiveMC", "DAMC"):
+        return name
+    return "expert" if name.startswith("expert:") else "method"
+
+
+def card_html(card: Card) -> str:
+    colour = KIND_COLOURS[_kind(card.name)]
+    if card.status == "skipped":
+        body = f'<div class="mc-skip">not run: {html.escape(card.answer)}</div>'
+    elif card.answer:
+        body = f'<div class="mc-answer">{html.escape(card.answer)}</div>'
+    else:
+        body = f'<div class="mc-wait">{"generating…" if card.status == "running" else "(empty answer)" if card.status == "done" else "waiting…"}</div>'
+    meta = []
+    if card.seconds is not None:
+        meta.append(f"{card.seconds:.2f} s (batch)")
+    if card.new_tokens is not None:
+        meta.append(f"{card.new_tokens} tokens")
+    if card.status == "running":
+        meta.append("streaming")
+    notes = "".join(f'<li>{html.escape(n)}</li>' for n in card.notes)
+    return (f'<div class="mc-card" style="border-top: 4px solid {colour}">'
+            f'<div class="mc-head"><span class="mc-name" style="color:{colour}">{html.escape(card.name)}</span>'
+            f'<span class="mc-meta">{" · ".join(meta)}</span></div>{body}'
+            f'{f"<ul class=mc-notes>{notes}</ul>" if notes else ""}</div>')
+
+
+def cards_html(cards: list[Card]) -> str:
+    if not cards:
+        return '<div class="mc-empty">Ask a question (and add inputs) to see every variant\'s answer here, side by side.</div>'
+    return '<div class="mc-grid">' + "".join(card_html(c) for c in cards) + "</div>"
+
+
+CARD_CSS = """
+.mc-grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(300px, 1fr)); gap: 14px; }
+.mc-card { background: var(--block-background-fill); border: 1px solid var(--border-color-primary);
+           border-radius: 10px; padding: 12px 14px; box-shadow: 0 1px 2px rgba(0,0,0,.05); }
+.mc-head { display: flex; justify-content: space-between; align-items: baseline; gap: 8px; margin-bottom: 8px; }
+.mc-name { font-weight: 700; font-size: 1.05em; }
+.mc-meta { color: var(--body-text-color-subdued); font-size: .85em; white-space: nowrap; }
+.mc-answer { white-space: pre-wrap; line-height: 1.5; }
+.mc-wait, .mc-empty { color: var(--body-text-color-subdued); font-style: italic; }
+.mc-skip { color: #b45309; }
+.mc-notes { margin: 8px 0 0 0; padding-left: 18px; color: var(--body-text-color-subdued); font-size: .88em; }
+.mc-tok { border-radius: 3px; padding: 1px 1px; margin: 0 1px; line-height: 2; }
+.mc-legend span { display: inline-block; margin-right: 12px; padding: 2px 8px; border-radius: 4px; }
+"""

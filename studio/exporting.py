@@ -1,0 +1,38 @@
+"""Export the materialized composition into a temporary folder, zipped for download."""
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+from composition.export import export_composition
+from composition.variants import VariantSpec
+
+from .session import Studio
+from .settings import StudioSettings
+from .variants import model_view
+
+
+def export_zip(studio: Studio, settings: StudioSettings, variant: str = "DAMC") -> tuple[str, str]:
+    """Returns (zip path, one-line summary). The folder is removed once zipped."""
+    view = model_view(studio.cm, settings.selected)
+    spec = VariantSpec.parse(variant, settings.hyper(variant) if variant in settings.method_params or
+                             variant in settings.methods else None)
+    work = Path(tempfile.mkdtemp(prefix="composition-export-"))
+    name = f"{spec.name.replace(':', '-')}-composition"
+    start = time.perf_counter()
+    try:
+        export_composition(view, spec, work / name, coefficients=settings.coefficients(view.experts),
+                           modalities={e.modality for e in view.experts.values()})
+        archive = work.parent / f"{name}-{work.name}.zip"
+        # Stored, not deflated: float weights barely compress and deflate is slow on a small CPU.
+        with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zf:
+            for path in sorted((work / name).rglob("*")):
+                if path.is_file():
+                    zf.write(path, path.relative_to(work))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    size = archive.stat().st_size / 2**20
+    return str(archive), f"exported **{spec.name}** ({size:.0f} MB) in {time.perf_counter() - start:.1f} s"
