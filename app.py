@@ -212,7 +212,6 @@ def api_block(ui: Ui) -> None:
 def wire(ui: Ui) -> None:
     s = ui.studio
     controls, media = ui.controls, ui.media
-    nlam = MAX_LAMBDA_SLOTS
 
     def on_select(selected):
         lams, mus = handlers.selection_views(s, selected)

@@ -387,21 +387,38 @@ def _load_item_inputs(item: McubItem) -> list:
 
 
 def _run_chunk(cm, chunk: list[McubItem], names: Sequence, coefficients, config: GenerationConfig) -> list[list[tuple[str, str]]]:
-    """One generate call for every (item, variant) of a chunk; returns [(variant, answer)] per item.
+    """Every (item, variant) of a chunk, in as few generate calls as padding allows.
 
-    Row ``k * V + v`` is item k with variant v; its coefficient-table block is the same
-    position in the concatenated resolved list, so ``routed_batch``'s row indexing holds.
+    Row ``k * V + v`` is item k with variant v. Rows are grouped by prompt length (a single
+    expert sees one input, a composition all of them), so short rows are not left-padded to
+    the longest: on a CPU, prefill cost is the padded token count.
     """
     inputs = [_load_item_inputs(item) for item in chunk]  # file decoding outside the lock
     present = set(chunk[0].modalities)
     with cm.lock:
         resolved = cm.resolve(names, coefficients, present)
         rows = [row for item, item_inputs in zip(chunk, inputs) for row in cm.prompt_rows(item.question, item_inputs, resolved)]
-        table = cm.coef_table(resolved * len(chunk))
-        batch = cm.routed_batch(rows)
-        tokens = generate_batch(cm.model, cm.router, batch, table, config, cm.base.eos_token_ids)
+        row_variants = resolved * len(chunk)
+        tokens: list[list[int]] = [[] for _ in rows]
+        for bucket in length_buckets([row.length for row in rows]):
+            table = cm.coef_table([row_variants[i] for i in bucket])
+            batch = cm.routed_batch([rows[i] for i in bucket])
+            for i, out in zip(bucket, generate_batch(cm.model, cm.router, batch, table, config, cm.base.eos_token_ids)):
+                tokens[i] = out
     v = len(resolved)
     return [[(resolved[j].name, cm.decode(tokens[k * v + j])) for j in range(v)] for k in range(len(chunk))]
+
+
+def length_buckets(lengths: Sequence[int], max_ratio: float = 1.25) -> list[list[int]]:
+    """Indices grouped so that within a group the longest is at most ``max_ratio`` x the shortest."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    buckets: list[list[int]] = []
+    for i in order:
+        if buckets and lengths[i] <= max_ratio * lengths[buckets[-1][0]]:
+            buckets[-1].append(i)
+        else:
+            buckets.append([i])
+    return buckets
 
 
 # --- MCUB-synth sets ----------------------------------------------------------------

@@ -25,3 +25,12 @@ def smollm2(base_cache_dir):
     from composition.base_llm import load_base_llm
 
     return load_base_llm(cache_dir=base_cache_dir)
+
+
+@pytest.fixture(scope="session")
+def random_experts_dir(smollm2, tmp_path_factory):
+    """Two untrained (random, small) decoupled experts, image and audio, on the real base:
+    for plumbing tests (CLI, MCUB runner), not answer quality."""
+    from tests.random_experts import save_random_experts
+
+    return save_random_experts(smollm2, tmp_path_factory.mktemp("random-experts"), ("image", "audio"))

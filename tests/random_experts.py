@@ -1,6 +1,6 @@
 """Untrained (random, small) experts on a real base, saved to folders: plumbing, not quality.
 
-Shared by the app tests; the CLI tests keep their own copy of the same idea.
+Used by the app, CLI and MCUB tests (see the ``random_experts_dir`` fixture in conftest.py).
 """
 from __future__ import annotations
 

@@ -3,53 +3,20 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-import torch
 
-from composition.expert import EncoderRef, Expert, ExpertConfig, ProjectorSpec, save_expert
-from tests.tiny import random_delta
+from tests.cli_runner import REPO, run_cli
 
-REPO = Path(__file__).resolve().parent.parent
 MEDIA = Path(importlib.util.find_spec("gradio").submodule_search_locations[0]) / "media_assets"
 
 
-def run_cli(*args, cache=None, timeout=300):
-    env = dict(os.environ)
-    if cache is not None:
-        env["MLLM_STUDIO_CACHE"] = str(cache)
-    return subprocess.run([sys.executable, "-m", "composition", *map(str, args)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-
-
-@pytest.fixture(scope="module")
-def cli_experts(smollm2, tmp_path_factory):
-    """Two untrained (random, small) experts on the real base: plumbing, not quality."""
-    folder = tmp_path_factory.mktemp("experts")
-    shapes = {n: (m.out_features, m.in_features) for n, m in smollm2.model.named_modules()
-              if isinstance(m, torch.nn.Linear) and n.rsplit(".", 1)[-1] in ("q_proj", "v_proj")}
-    g = torch.Generator().manual_seed(0)
-    for modality, kind, dim in (("image", "efficientnet-lite0", 1280), ("audio", "whisper-tiny.en", 384)):
-        config = ExpertConfig(name=modality, modality=modality, training="decoupled", base_model_name=smollm2.name,
-                              base_model_sha256=smollm2.sha256, encoder=EncoderRef(kind, None, dim),
-                              projector=ProjectorSpec("linear", dim, smollm2.hidden_size))
-        projector = config.projector.build()
-        with torch.no_grad():
-            projector[0].weight.mul_(0.05)
-        deltas = {n: random_delta(shapes, 4, g, std=0.02) for n in ("text", "modality")}
-        save_expert(Expert(config, deltas, projector, torch.zeros(0, 576), torch.zeros(0, 576)), folder / modality)
-    return folder
-
-
 @pytest.mark.slow
-def test_compare_json_contract(cli_experts, base_cache_dir):
+def test_compare_json_contract(random_experts_dir, base_cache_dir):
     result = run_cli("compare", "--question", "What do you see and hear?", "--image", MEDIA / "images" / "cheetah.jpg",
-                     "--audio", MEDIA / "audio" / "cantina.wav", "--experts", cli_experts, "--max-new-tokens", 6, "--json",
+                     "--audio", MEDIA / "audio" / "cantina.wav", "--experts", random_experts_dir, "--max-new-tokens", 6, "--json",
                      cache=base_cache_dir)
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
@@ -63,9 +30,9 @@ def test_compare_json_contract(cli_experts, base_cache_dir):
 
 
 @pytest.mark.slow
-def test_export_then_list_the_exported_experts(cli_experts, tmp_path, base_cache_dir):
+def test_export_then_list_the_exported_experts(random_experts_dir, tmp_path, base_cache_dir):
     out = tmp_path / "exported"
-    result = run_cli("export", "--variant", "DAMC", "--out", out, "--experts", cli_experts, "--lambda", "image=0.7", cache=base_cache_dir)
+    result = run_cli("export", "--variant", "DAMC", "--out", out, "--experts", random_experts_dir, "--lambda", "image=0.7", cache=base_cache_dir)
     assert result.returncode == 0, result.stderr
     assert (out / "config.json").is_file() and (out / "experts" / "image" / "expert.json").is_file()
     listed = run_cli("experts", "--experts", out / "experts", "--json")
@@ -83,9 +50,9 @@ def test_export_then_list_the_exported_experts(cli_experts, tmp_path, base_cache
     (["--variants", "ties", "--method-param", "ties.sparsity=0.3"], "no hyper-parameter 'sparsity'"),
     (["--experts", "/nonexistent/experts"], "expert folder 'experts' does not exist"),
 ])
-def test_bad_arguments_fail_fast_with_one_line(cli_experts, args, message):
+def test_bad_arguments_fail_fast_with_one_line(random_experts_dir, args, message):
     start = time.perf_counter()
-    experts = [] if "--experts" in args else ["--experts", cli_experts]
+    experts = [] if "--experts" in args else ["--experts", random_experts_dir]
     result = run_cli("compare", "--question", "hi", *experts, *args)
     elapsed = time.perf_counter() - start
     assert result.returncode == 2

@@ -2,10 +2,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,9 +15,9 @@ from composition.generate import GenerationConfig
 from composition.mcub import (McubFormatError, McubItem, McubResult, Prediction, accuracy, evaluate, load_mcub,
                               score_answer)
 from composition.variants import Coefficients
+from tests.cli_runner import run_cli
 from tests.tiny import FEATURE_DIM, random_expert, tiny_base
 
-REPO = Path(__file__).resolve().parent.parent
 MODALITIES = ("image", "audio", "video", "point")
 CONFIG = GenerationConfig(max_new_tokens=4)
 
@@ -219,14 +216,6 @@ def test_evaluate_checks_its_arguments(cm, items):
 
 
 # --- CLI ----------------------------------------------------------------------------
-def run_cli(*args, cache=None, timeout=300):
-    env = dict(os.environ)
-    if cache is not None:
-        env["MLLM_STUDIO_CACHE"] = str(cache)
-    return subprocess.run([sys.executable, "-m", "composition", *map(str, args)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-
-
 def test_cli_refuses_a_bad_data_file_in_one_line(tmp_path):
     bad = write(tmp_path, [{"id": 1, "conversations": [], "modal_inputs": {}}])
     result = run_cli("mcub", "--data", bad)
@@ -235,34 +224,12 @@ def test_cli_refuses_a_bad_data_file_in_one_line(tmp_path):
     assert len(lines) == 1 and "'conversations' must be a non-empty list" in lines[0], result.stderr
 
 
-@pytest.fixture(scope="module")
-def image_audio_experts(smollm2, tmp_path_factory):
-    """Two untrained (random, small) experts on the real base: plumbing, not quality."""
-    from composition.expert import EncoderRef, Expert, ExpertConfig, ProjectorSpec, save_expert
-    from tests.tiny import random_delta
-
-    folder = tmp_path_factory.mktemp("mcub-experts")
-    shapes = {n: (m.out_features, m.in_features) for n, m in smollm2.model.named_modules()
-              if isinstance(m, torch.nn.Linear) and n.rsplit(".", 1)[-1] in ("q_proj", "v_proj")}
-    g = torch.Generator().manual_seed(0)
-    for modality, kind, dim in (("image", "efficientnet-lite0", 1280), ("audio", "whisper-tiny.en", 384)):
-        config = ExpertConfig(name=modality, modality=modality, training="decoupled", base_model_name=smollm2.name,
-                              base_model_sha256=smollm2.sha256, encoder=EncoderRef(kind, None, dim),
-                              projector=ProjectorSpec("linear", dim, smollm2.hidden_size))
-        projector = config.projector.build()
-        with torch.no_grad():
-            projector[0].weight.mul_(0.05)
-        deltas = {n: random_delta(shapes, 4, g, std=0.02) for n in ("text", "modality")}
-        save_expert(Expert(config, deltas, projector, torch.zeros(0, 576), torch.zeros(0, 576)), folder / modality)
-    return folder
-
-
 @pytest.mark.slow
-def test_cli_mcub_json_contract(image_audio_experts, base_cache_dir, one_item):
+def test_cli_mcub_json_contract(random_experts_dir, base_cache_dir, one_item):
     folder, item = one_item
     pair = {**item, "modal_inputs": {m: item["modal_inputs"][m] for m in ("image", "audio")}}
     data = write(folder, [pair, {**pair, "id": "second"}, {**pair, "id": "third"}])
-    result = run_cli("mcub", "--data", data, "--experts", image_audio_experts, "--limit", 2, "--batch-items", 2, "--json",
+    result = run_cli("mcub", "--data", data, "--experts", random_experts_dir, "--limit", 2, "--batch-items", 2, "--json",
                      cache=base_cache_dir)
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
@@ -271,3 +238,14 @@ def test_cli_mcub_json_contract(image_audio_experts, base_cache_dir, one_item):
     predictions = folder / "data-predictions.jsonl"
     assert f"predictions: {predictions}" in result.stderr
     assert len(predictions.read_text().splitlines()) == 6
+
+
+def test_length_buckets_bound_padding():
+    from composition.mcub import length_buckets
+
+    lengths = [100, 260, 105, 250, 98, 240, 120]
+    buckets = length_buckets(lengths)
+    assert sorted(i for b in buckets for i in b) == list(range(len(lengths)))
+    for bucket in buckets:
+        assert max(lengths[i] for i in bucket) <= 1.25 * min(lengths[i] for i in bucket)
+    assert len(buckets) == 2
