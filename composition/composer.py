@@ -185,6 +185,7 @@ class ComposedModel:
 
     def resolve(self, variants: Sequence[str | VariantSpec], coefficients: Coefficients, input_modalities: set[str]) -> list[ResolvedVariant]:
         resolved = []
+        in_use: set[int] = set()  # dense slots this request needs: never evicted while it runs
         for v in variants:
             spec = v if isinstance(v, VariantSpec) else VariantSpec.parse(v)
             rv = resolve_variant(spec, list(self.experts.values()), self.slots, coefficients, input_modalities)
@@ -194,12 +195,16 @@ class ComposedModel:
                     raise CompositionError(f"variant {spec.name!r} has no expert for the {', '.join(missing)} input(s); "
                                            f"load an expert for {missing[0]} or remove that input.")
             if rv.dense is not None:
-                self._fill_dense(rv)
+                in_use.add(self._fill_dense(rv, in_use))
             resolved.append(rv)
         return resolved
 
-    def _fill_dense(self, rv: ResolvedVariant) -> None:
-        """Compute (or reuse) the per-layer dense result of a non-linear merge method."""
+    def _fill_dense(self, rv: ResolvedVariant, in_use: set[int]) -> int:
+        """Compute (or reuse) the per-layer dense result of a non-linear merge method; returns its slot.
+
+        Results are model-sized, so only a few are kept; the least recently used one goes,
+        unless this request or the materialized weights still use it.
+        """
         from .methods import merge_deltas
 
         req = rv.dense
@@ -209,8 +214,12 @@ class ComposedModel:
                 self._dense_results.move_to_end(key)
                 slot = self._dense_results[key]
             else:
-                while len(self._dense_results) >= MAX_DENSE_RESULTS:
-                    _, old = self._dense_results.popitem(last=False)
+                pinned = set(in_use)
+                if self._baseline is not None:
+                    pinned |= {i for i, c in enumerate(self._baseline.tolist()) if c != 0.0}
+                evictable = [k for k, v in self._dense_results.items() if v not in pinned]
+                while evictable and len(self._dense_results) >= MAX_DENSE_RESULTS:
+                    old = self._dense_results.pop(evictable.pop(0))
                     for layer in self.layers.values():
                         layer.remove_slot(old)
                 slot = self.slots.slot(("dense", repr(key)))
@@ -226,6 +235,7 @@ class ComposedModel:
                 self._dense_results[key] = slot
         for route in rv.dense_routes:
             rv.routes[route] = {slot: 1.0}
+        return slot
 
     def coef_table(self, variants: Sequence[ResolvedVariant]) -> torch.Tensor:
         """``(len(variants) * n_routes, n_slots)``: row ``v * n_routes + route`` holds that route's coefficients."""

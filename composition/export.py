@@ -141,8 +141,11 @@ def load_exported(folder: Path, *, feature_fn=None, device: str = "cpu") -> tupl
     if manifest.get("format_version") != EXPORT_FORMAT_VERSION:
         raise CompositionError(f"export folder {folder.name!r} has format_version {manifest.get('format_version')!r}; "
                                f"this version reads {EXPORT_FORMAT_VERSION}.")
+    modalities = manifest.get("modalities")
+    if not isinstance(modalities, list) or not modalities:
+        raise CompositionError(f"export folder {folder.name!r}: composition.json lists no modalities; it is not a complete export.")
     base = load_base_llm(str(folder), device=device, template=manifest.get("template"))
     cm = ComposedModel(base, feature_fn=feature_fn)
-    for modality in manifest.get("modalities", []):
+    for modality in modalities:
         cm.load_expert(folder / "experts" / modality)
-    return cm, "DAMC" if manifest.get("modalities") else "expert-free"
+    return cm, "DAMC"

@@ -189,3 +189,14 @@ def test_subset_view_composes_only_the_selection_and_shares_the_model():
     assert (two - explicit).abs().max() <= 1e-5
     with pytest.raises(CompositionError, match="'smell' is not loaded"):
         cm.subset(["smell"])
+
+
+def test_many_dense_methods_in_one_request_keep_their_results():
+    # More non-linear methods than the dense cache holds: none may be evicted mid-request.
+    cm = make()
+    variants = ["ties", "dare_linear", "dare_ties"]
+    together = cm.logits(QUESTION, [], variants)
+    for name, logits in zip(variants, together):
+        assert (logits - cm.logits(QUESTION, [], [name])[0]).abs().max() <= 1e-4, name
+    base_only = cm.logits(QUESTION, [], ["DAMC"], Coefficients(lambdas={"image": 0.0, "audio": 0.0, "point": 0.0}))[0]
+    assert all(not torch.allclose(x, base_only, atol=1e-3) for x in together)

@@ -23,10 +23,11 @@ from .recipe import TrainConfig, Trainer
 
 REPO = Path(__file__).resolve().parent.parent
 MODALITIES = ("image", "audio", "video", "point")
+KINDS = ("decoupled", "shared")
 
 
 def build(out_dir: Path, config: TrainConfig, n_scenes: int, cache_dir: Path, modalities=MODALITIES, device: str = "cpu",
-          eval_items: int = 42, log=print) -> dict:
+          eval_items: int = 42, log=print, kinds=KINDS) -> dict:
     from composition.base_llm import load_base_llm
     from composition.expert import save_expert
 
@@ -37,6 +38,13 @@ def build(out_dir: Path, config: TrainConfig, n_scenes: int, cache_dir: Path, mo
     base = load_base_llm(device=device)
     trainer = Trainer(base, config, log=log)
     report = {"config": asdict(config), "n_scenes": n_scenes, "device": device, "experts": {}, "seconds": {}}
+    report_file = out_dir / "training_report.json"
+    if report_file.is_file() and (set(kinds) != set(KINDS) or set(modalities) != set(MODALITIES)):
+        # A partial rebuild (some modalities or kinds) updates the report of the others.
+        previous = json.loads(report_file.read_text()) if report_file.is_file() else {}
+        if previous.get("config") == report["config"]:
+            report["experts"].update(previous.get("experts", {}))
+            report["seconds"].update(previous.get("seconds", {}))
     out_dir.mkdir(parents=True, exist_ok=True)
     for modality in modalities:
         colours_known = modality != "audio" or speech_available()
@@ -47,7 +55,7 @@ def build(out_dir: Path, config: TrainConfig, n_scenes: int, cache_dir: Path, mo
         t0 = time.perf_counter()
         parts = trainer.stage1(data, colours_known)
         report["seconds"][f"{modality}/stage1"] = round(time.perf_counter() - t0, 1)
-        for training in ("decoupled", "shared"):
+        for training in kinds:
             t0 = time.perf_counter()
             deltas, tuned, log_rows = trainer.stage2(data, parts, training, colours_known)
             expert = trainer.make_expert(modality, training, deltas, tuned)
@@ -61,9 +69,9 @@ def build(out_dir: Path, config: TrainConfig, n_scenes: int, cache_dir: Path, mo
             report["seconds"][f"{expert.name}/eval"] = round(time.perf_counter() - t0, 1)
             report["experts"][expert.name] = {"stage1": parts.log, "stage2": log_rows, "heldout": accuracy}
             log(f"{expert.name}: held-out accuracy {accuracy}")
-            (out_dir / "training_report.json").write_text(json.dumps(report, indent=1) + "\n")
+            report_file.write_text(json.dumps(report, indent=1) + "\n")
     report["seconds"]["total"] = round(time.perf_counter() - start, 1)
-    (out_dir / "training_report.json").write_text(json.dumps(report, indent=1) + "\n")
+    report_file.write_text(json.dumps(report, indent=1) + "\n")
     return report
 
 
@@ -72,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(REPO / "assets" / "experts"))
     parser.add_argument("--cache", default=str(REPO / ".cache" / "training"))
     parser.add_argument("--modalities", nargs="+", default=list(MODALITIES), choices=MODALITIES)
+    parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS, help="training kinds to build")
     parser.add_argument("--scenes", type=int, default=300, help="training scenes per modality")
     parser.add_argument("--stage1-steps", type=int, default=TrainConfig.stage1_steps)
     parser.add_argument("--stage2-steps", type=int, default=TrainConfig.stage2_steps)
@@ -83,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     config = TrainConfig(stage1_steps=args.stage1_steps, stage2_steps=args.stage2_steps, batch_size=args.batch_size, seed=args.seed)
     report = build(Path(args.out), config, args.scenes, Path(args.cache), tuple(args.modalities), args.device, args.eval_items,
-                   log=lambda msg: print(msg, flush=True))
+                   log=lambda msg: print(msg, flush=True), kinds=tuple(args.kinds))
     print(json.dumps({k: v["heldout"] for k, v in report["experts"].items()}, indent=1))
     print(f"total {report['seconds']['total']:.0f} s")
     return 0

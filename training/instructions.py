@@ -82,6 +82,10 @@ def question_for(kind: str, scene: Scene, modality: str, rng: np.random.Generato
     caller must not ask "colour" questions then.
     """
     label = LABELS[modality]
+    if modality != "audio":
+        # Image, video and point cloud have no natural object order, so answers name objects
+        # in one fixed (category) order: a target the model can learn. Audio keeps time order.
+        scene = Scene(tuple(sorted(scene.objects, key=lambda o: CATEGORIES.index(o.category))), scene.seed)
     absent = [c for c in CATEGORIES if c not in scene.categories]
     if kind == "describe":
         return f"Describe the {label}.", scene.describe() if colours_known else objects_phrase(scene)

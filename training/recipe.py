@@ -40,13 +40,13 @@ PROJECTORS = {"image": "linear", "video": "linear", "audio": "mlp2x_gelu", "poin
 class TrainConfig:
     """Hyper-parameters of one training run (validated on construction)."""
 
-    stage1_steps: int = 40
-    stage2_steps: int = 90
+    stage1_steps: int = 30
+    stage2_steps: int = 80
     batch_size: int = 8
     rank: int = 4
     alpha: float = 8.0
     lr_projector: float = 2e-3
-    lr_lora: float = 1e-3
+    lr_lora: float = 2e-3
     warmup_steps: int = 8
     prefix_tokens: int = 2
     suffix_tokens: int = 2
