@@ -1,8 +1,8 @@
 """Audio files -> float32 (N,) mono at 16 kHz, at most `max_seconds` long.
 
 Decoding: soundfile (libsndfile reads wav, flac, ogg, mp3) first because it is fast and
-reads only the frames we keep; when it cannot read a file (m4a/aac, some mp3s) librosa's
-fallback (audioread, which uses ffmpeg) decodes it. Resampling uses soxr "HQ", the
+reads only the frames we keep; when it cannot read a file (m4a/aac, some mp3s) audioread
+(ffmpeg) decodes it. Resampling uses soxr "HQ", the
 resampler behind librosa's default `res_type="soxr_hq"`.
 """
 from __future__ import annotations
@@ -55,7 +55,7 @@ class AudioModality(Modality):
         limits: AudioLimits = self.limits
         decoded = _read_soundfile(file, limits.max_seconds)
         if decoded is None:
-            decoded = _read_librosa(file, limits.max_seconds, limits.sample_rate)
+            decoded = _read_audioread(file, limits.max_seconds)
         samples, rate, channels, total_seconds = decoded
         if samples.size == 0 or total_seconds == 0:
             raise ModalityError(f"{file.name} contains no audio samples (0 s); record or export it again.")
@@ -117,17 +117,30 @@ def _read_soundfile(file: Path, max_seconds: float) -> tuple[np.ndarray, int, in
     return samples, rate, channels, total
 
 
-def _read_librosa(file: Path, max_seconds: float, rate: int) -> tuple[np.ndarray, int, int, float]:
-    """Fallback decoder (audioread/ffmpeg through librosa); raises on files nothing can decode."""
-    import librosa
+def _read_audioread(file: Path, max_seconds: float) -> tuple[np.ndarray, int, int, float]:
+    """Fallback decoder (ffmpeg through audioread) for what libsndfile cannot read (m4a, aac, odd mp3s).
 
-    # librosa warns that it falls back to audioread (expected here); warnings.catch_warnings is
-    # not used to hide that because it is not thread-safe (the app serves requests in threads).
-    total = float(librosa.get_duration(path=str(file)))
-    samples, _ = librosa.load(str(file), sr=rate, mono=False, duration=max_seconds, dtype=np.float32)
-    channels = 1 if samples.ndim == 1 else samples.shape[0]
-    samples = samples[:, None] if samples.ndim == 1 else samples.T
-    return samples, rate, channels, total
+    audioread directly, not librosa.load: librosa's cold import takes seconds, and a bad
+    file must be refused in well under one. Raises on files nothing can decode.
+    """
+    import audioread
+
+    with audioread.audio_open(str(file)) as f:
+        rate, channels, total = int(f.samplerate), int(f.channels), float(f.duration or 0.0)
+        if rate <= 0 or channels <= 0:
+            raise ValueError("no audio stream")
+        wanted = int(round(max_seconds * rate)) * channels
+        chunks, have = [], 0
+        for buffer in f:  # 16-bit little-endian interleaved PCM
+            chunk = np.frombuffer(buffer, dtype="<i2")
+            chunks.append(chunk)
+            have += chunk.size
+            if have >= wanted:
+                break
+    pcm = np.concatenate(chunks)[:wanted] if chunks else np.zeros(0, dtype="<i2")
+    pcm = pcm[: pcm.size - pcm.size % channels]
+    samples = (pcm.astype(np.float32) / 32768.0).reshape(-1, channels)
+    return samples, rate, channels, total or samples.shape[0] / rate
 
 
 register_modality(AudioModality())

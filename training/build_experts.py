@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modalities", nargs="+", default=list(MODALITIES), choices=MODALITIES)
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS, help="training kinds to build")
     parser.add_argument("--scenes", type=int, default=300, help="training scenes per modality")
+    parser.add_argument("--stage0-steps", type=int, default=TrainConfig.stage0_steps)
     parser.add_argument("--stage1-steps", type=int, default=TrainConfig.stage1_steps)
     parser.add_argument("--stage2-steps", type=int, default=TrainConfig.stage2_steps)
     parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
-    config = TrainConfig(stage1_steps=args.stage1_steps, stage2_steps=args.stage2_steps, batch_size=args.batch_size, seed=args.seed)
+    config = TrainConfig(stage0_steps=args.stage0_steps, stage1_steps=args.stage1_steps, stage2_steps=args.stage2_steps, batch_size=args.batch_size, seed=args.seed)
     report = build(Path(args.out), config, args.scenes, Path(args.cache), tuple(args.modalities), args.device, args.eval_items,
                    log=lambda msg: print(msg, flush=True), kinds=tuple(args.kinds))
     print(json.dumps({k: v["heldout"] for k, v in report["experts"].items()}, indent=1))

@@ -1,5 +1,10 @@
 """The expert training recipe (two stages, both training kinds), on the engine's own routing.
 
+Stage 0 (word alignment, once per modality, no LLM pass, seconds): train the projector (and
+the point encoder) so that its output tokens lie near the LLM's own input embeddings of
+the words naming what the scene holds (categories, colours): a multi-label loss over
+token-word cosine similarities. The LLM then reads the modality tokens almost like words
+from the first step of stage 1, which makes the expensive stages far more data-efficient.
 Stage 1 (alignment, once per modality): train the projector, the prefix/suffix tokens
 and (point clouds) the point encoder on "describe" questions, the LLM untouched — as
 LLaVA's pre-training stage.
@@ -40,6 +45,7 @@ PROJECTORS = {"image": "linear", "video": "linear", "audio": "mlp2x_gelu", "poin
 class TrainConfig:
     """Hyper-parameters of one training run (validated on construction)."""
 
+    stage0_steps: int = 400
     stage1_steps: int = 30
     stage2_steps: int = 80
     batch_size: int = 8
@@ -54,7 +60,7 @@ class TrainConfig:
     kinds: tuple[str, ...] = tuple(KINDS)
 
     def __post_init__(self) -> None:
-        for name in ("stage1_steps", "stage2_steps", "batch_size", "rank", "warmup_steps"):
+        for name in ("stage0_steps", "stage1_steps", "stage2_steps", "batch_size", "rank", "warmup_steps"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < (0 if "steps" in name else 1):
                 raise ValueError(f"TrainConfig.{name}={value!r} must be a {'non-negative' if 'steps' in name else 'positive'} integer.")
@@ -184,12 +190,56 @@ class Trainer:
 
             point_encoder = build_point_encoder(seed=self.config.seed)
         parts = ModalityParts(projector, prefix, suffix, point_encoder)
+        parts.log = self.stage0(data, parts, colours_known)
         trainable = list(projector.parameters()) + [prefix, suffix] + (list(point_encoder.parameters()) if point_encoder else [])
-        parts.log = self._run(f"{modality} stage 1", self.config.stage1_steps, [(trainable, self.config.lr_projector)],
+        parts.log += self._run(f"{modality} stage 1", self.config.stage1_steps, [(trainable, self.config.lr_projector)],
                               data, parts, ("describe", "objects"), colours_known, None, seed=1)
         if point_encoder is not None:
             point_encoder.requires_grad_(False).eval()  # frozen from here on: both kinds share it
         return parts
+
+    def word_embeddings(self, words: tuple[str, ...]) -> torch.Tensor:
+        """The LLM's input embedding of each word as it appears mid-sentence (" ball"), tokens averaged."""
+        rows = []
+        with torch.no_grad():
+            for word in words:
+                ids = self.base.tokenizer(" " + word, add_special_tokens=False)["input_ids"]
+                rows.append(self.embed(torch.tensor(ids)).mean(0))
+        return torch.stack(rows)
+
+    def stage0(self, data: ModalityData, parts: ModalityParts, colours_known: bool = True) -> list[dict]:
+        """Align projected tokens with the word embeddings of the scene's categories and colours."""
+        from .world import CATEGORIES, COLOUR_NAMES
+
+        words = tuple(CATEGORIES) + (tuple(COLOUR_NAMES) if colours_known else ())
+        targets_all = torch.zeros(len(data), len(words))
+        for i, scene in enumerate(data.scenes):
+            for obj in scene.objects:
+                targets_all[i, words.index(obj.category)] = 1.0
+                if colours_known:
+                    targets_all[i, words.index(obj.colour)] = 1.0
+        emb = self.word_embeddings(words)
+        emb_unit = F.normalize(emb, dim=-1)
+        target_norm = emb.norm(dim=-1).mean()
+        params = list(parts.projector.parameters()) + (list(parts.point_encoder.parameters()) if parts.point_encoder else [])
+        optimizer = torch.optim.AdamW(params, lr=self.config.lr_projector, weight_decay=0.0)
+        g = torch.Generator().manual_seed(self.config.seed + 7)
+        log, start, batch = [], time.perf_counter(), 32
+        for step in range(self.config.stage0_steps):
+            idx = torch.randint(0, len(data), (batch,), generator=g).tolist()
+            tokens = torch.stack([parts.projector(f) for f in self._features(data, idx, parts)])  # (B, N, H)
+            sims = F.normalize(tokens, dim=-1) @ emb_unit.T  # (B, N, words)
+            # A word is present when some token is close to it (max over tokens, smoothed).
+            logits = torch.logsumexp(sims * 20.0, dim=1) / 20.0 * 10.0 - 3.0
+            loss = F.binary_cross_entropy_with_logits(logits, targets_all[idx])
+            loss = loss + 0.1 * ((tokens.norm(dim=-1) - target_norm) ** 2).mean()  # keep the LLM's embedding scale
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if (step + 1) % 100 == 0 or step == self.config.stage0_steps - 1:
+                log.append({"stage0_step": step + 1, "loss": round(loss.item(), 4), "seconds": round(time.perf_counter() - start, 1)})
+                self.log(f"  {data.modality} stage 0 step {step + 1}/{self.config.stage0_steps} loss {loss.item():.3f}")
+        return log
 
     def stage2(self, data: ModalityData, parts: ModalityParts, training: str, colours_known: bool = True) -> tuple[dict, ModalityParts, list[dict]]:
         """Returns (deltas, the tuned parts, the log). ``parts`` itself is left untouched."""
