@@ -24,7 +24,7 @@ def fake_data(modality: str = "image", n: int = 12, seed: int = 0) -> ModalityDa
 
 
 def train(training: str, steps: int = 12, seed: int = 0):
-    config = TrainConfig(stage1_steps=2, stage2_steps=steps, batch_size=4, warmup_steps=2, seed=seed)
+    config = TrainConfig(stage0_steps=20, stage1_steps=2, stage2_steps=steps, batch_size=4, warmup_steps=2, seed=seed)
     trainer = Trainer(tiny_base(), config, log=lambda *_: None)
     data = fake_data()
     parts = trainer.stage1(data)
@@ -73,3 +73,27 @@ def test_trained_expert_saves_loads_and_composes(tmp_path):
     cm.add_expert(loaded)
     answer = cm.compare("Describe the image.", [ModalInput("image", data.inputs[0])], ["DAMC", "expert:image"])
     assert [a.name for a in answer] == ["DAMC", "expert:image"]
+
+
+def test_stage0_pulls_projected_tokens_towards_the_scene_words():
+    config = TrainConfig(stage0_steps=150, stage1_steps=0, stage2_steps=0, batch_size=4, seed=0)
+    trainer = Trainer(tiny_base(), config, log=lambda *_: None)
+    world, rng = World(0), np.random.default_rng(0)
+    scenes = [world.sample_scene(rng) for _ in range(24)]
+    # Features that carry the scene: a fixed random code per category, summed, plus noise.
+    codes = torch.randn(8, FEATURE_DIMS["image"], generator=torch.Generator().manual_seed(1))
+    from training.world import CATEGORIES
+
+    inputs = [torch.stack([sum(codes[CATEGORIES.index(c)] for c in s.categories) + 0.1 * torch.randn(FEATURE_DIMS["image"])
+                           for _ in range(4)]) for s in scenes]
+    data = ModalityData("image", scenes, inputs)
+    parts = trainer.stage1(data)  # stage 0 runs first, then 0 stage-1 steps
+    log = [row for row in parts.log if "stage0_step" in row]
+    assert log[-1]["loss"] < log[0]["loss"]
+    emb = torch.nn.functional.normalize(trainer.word_embeddings(tuple(CATEGORIES)), dim=-1)
+    with torch.no_grad():
+        tokens = torch.nn.functional.normalize(parts.projector(inputs[0]), dim=-1)
+    best = (tokens @ emb.T).max(0).values  # per category: the closest token's similarity
+    present = [CATEGORIES.index(c) for c in scenes[0].categories]
+    absent = [i for i in range(8) if i not in present]
+    assert best[present].min() > best[absent].max()
