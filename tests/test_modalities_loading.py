@@ -279,7 +279,7 @@ def test_container_formats(tmp_path, ext):
         pytest.skip("needs ffmpeg")
     loaded = get_modality("video").load(mf.ffmpeg_video(tmp_path / f"clip{ext}", seconds=1.0, size="160x120", fps=10))
     check_video(loaded)
-    assert loaded.data.shape == (8, 3, 120, 160)
+    assert loaded.data.shape == (8, 3, 160, 160)  # 160x120 frames padded to square
 
 
 @needs_assets
