@@ -17,7 +17,7 @@ from modalities import MODALITY_NAMES
 from studio import bench, exporting, handlers
 from studio.cards import CARD_CSS
 from studio.examples import example_rows
-from studio.inputs import point_accept, point_preview
+from studio.inputs import point_accept, point_views
 from studio.session import Studio, expert_dirs_from, load_studio
 from studio.settings import MAX_LAMBDA_SLOTS
 
@@ -125,16 +125,22 @@ def compare_tab(ui: Ui) -> None:
             with gr.Row():
                 ui.video = gr.Video(label="Video", height=180)
                 ui.point = gr.File(label="Point cloud", file_types=point_accept(), height=120)
-            ui.point_plot = gr.Plot(label="Point cloud preview (drag to rotate)", visible=False)
+            with gr.Row():
+                ui.point_plot = gr.Plot(label="Point cloud preview (drag to rotate)", visible=False)
+                ui.point_3d = gr.Model3D(label="3-D view (drag to rotate, scroll to zoom)", visible=False,
+                                         interactive=False, display_mode="point_cloud", height=320)
             with gr.Accordion("Generation settings", open=False):
                 ui.max_new = gr.Slider(1, 256, value=48, step=1, label="max new tokens")
                 ui.temperature = gr.Slider(0, 2, value=0, step=0.05, label="temperature (0 = greedy)")
                 ui.top_p = gr.Slider(0.05, 1, value=1, step=0.05, label="top-p")
                 ui.no_input = gr.Checkbox(False, label="also run selected experts that got no input of their modality")
-            ui.go = gr.Button("Compare all variants", variant="primary")
+            with gr.Row():
+                ui.go = gr.Button("Compare all variants", variant="primary", scale=3)
+                ui.stop = gr.Button("Stop", variant="stop", scale=1)
         with gr.Column(scale=3, min_width=420):
             coefficients_block(ui)
             ui.cards = gr.HTML(handlers.empty_cards(), label="Answers")
+            ui.answered_with = gr.State("")  # the coefficients of the answers on screen (see handlers.recompose)
     rows = example_rows()
     if rows:
         gr.Examples(rows, [ui.question, *ui.media], label="Examples: each modality alone, mixed, and MCUB-synth items",
@@ -217,10 +223,11 @@ def wire(ui: Ui) -> None:
         lams, mus = handlers.selection_views(s, selected)
         return slider_updates(lams) + slider_updates(mus)
 
-    recompose = user_errors(lambda *v: handlers.recompose(s, v[:4], v[4:]))
+    recompose = user_errors(lambda *v: handlers.recompose(s, v[:4], v[4:-1], v[-1]))
+    compose_in, compose_out = [*media, *controls, ui.answered_with], [ui.compose_msg, ui.formulas]
     # .input, not .change: a config load sets the selection and must not reset λ to 1/K.
     ui.selected.input(user_errors(on_select), ui.selected, [*ui.lams, *ui.mus], api_name="select_experts").then(
-        recompose, [*media, *controls], [ui.compose_msg, ui.formulas], api_name="recompose_after_select")
+        recompose, compose_in, compose_out, api_name="recompose_after_select")
 
     def on_add(path, selected):
         rows, names, selection, msg = handlers.add_experts(s, path, selected)
@@ -230,26 +237,37 @@ def wire(ui: Ui) -> None:
                      api_name="add_expert")
 
     gr.on([sl.release for sl in (*ui.lams, *ui.mus, *ui.params)] + [ui.methods.change],
-          recompose, [*media, *controls], [ui.compose_msg, ui.formulas], api_name="recompose")
+          recompose, compose_in, compose_out, api_name="recompose")
 
     def on_reset(selected):
         lams, mus = handlers.selection_views(s, selected)
         return [gr.update(value=v.value) for v in (*lams, *mus)]
 
     ui.reset.click(on_reset, ui.selected, [*ui.lams, *ui.mus], api_name="reset_coefficients").then(
-        recompose, [*media, *controls], [ui.compose_msg, ui.formulas], api_name="recompose_after_reset")
+        recompose, compose_in, compose_out, api_name="recompose_after_reset")
     ui.methods.change(lambda chosen: [gr.update(visible=m.name in (chosen or [])) for m in list_methods()],
                       ui.methods, ui.param_groups, api_name="choose_methods")
 
     def on_point(path):
-        fig, _ply = point_preview(path)
-        return gr.update(value=fig, visible=fig is not None)
+        views = point_views(path)
+        if views is None:
+            return gr.update(value=None, visible=False), gr.update(value=None, visible=False)
+        return (gr.update(value=views.figure, visible=True),
+                gr.update(value=views.model_path, display_mode=views.display_mode, visible=True))
 
-    ui.point.change(user_errors(on_point), ui.point, ui.point_plot, api_name="point_preview")
+    ui.point.change(user_errors(on_point), ui.point, [ui.point_plot, ui.point_3d], api_name="point_preview")
 
-    stream = gpu(user_errors(lambda q, *v: (yield from handlers.compare_stream(s, q, v[:4], v[4], v[5:]))))
-    ui.go.click(stream, [ui.question, *media, ui.no_input, *controls], ui.cards, api_name="compare_ui")
-    ui.question.submit(stream, [ui.question, *media, ui.no_input, *controls], ui.cards, api_name="compare_ui_submit")
+    def on_compare(question, *v):
+        used = handlers.answered_with(s, v[5:])
+        for page in handlers.compare_stream(s, question, v[:4], v[4], v[5:]):
+            yield page, used
+
+    stream = gpu(user_errors(on_compare))
+    compare_in, compare_out = [ui.question, *media, ui.no_input, *controls], [ui.cards, ui.answered_with]
+    runs = [ui.go.click(stream, compare_in, compare_out, api_name="compare_ui"),
+            ui.question.submit(stream, compare_in, compare_out, api_name="compare_ui_submit")]
+    # Cancelling closes the stream's generator; studio.run stops the generation thread at its next token.
+    ui.stop.click(handlers.stopped_cards, ui.cards, ui.cards, cancels=runs, queue=False, api_name="stop_compare")
 
     def on_bench(source, upload, n, *ctl, progress=gr.Progress()):
         items = bench.load_items(source, upload, n, progress)
@@ -278,14 +296,16 @@ def wire(ui: Ui) -> None:
                 [c["max_new_tokens"], c["temperature"], c["top_p"], msg])
 
     ui.cfg_upload.upload(user_errors(on_load_config), ui.cfg_upload, [*controls, ui.cfg_msg], api_name="load_config").then(
-        recompose, [*media, *controls], [ui.compose_msg, ui.formulas], api_name="recompose_after_load")
+        recompose, compose_in, compose_out, api_name="recompose_after_load")
 
     def on_export(variant, *ctl):
         path, msg = exporting.export_zip(s, handlers.settings_of(s, ctl), variant)
         return path, msg
 
     ui.x_btn.click(gpu(user_errors(on_export)), [ui.x_variant, *controls], [ui.x_file, ui.x_msg], api_name="export_model")
-    ui.demo.load(recompose, [*media, *controls], [ui.compose_msg, ui.formulas], api_name="initial_compose")
+    ui.demo.load(recompose, compose_in, compose_out, api_name="initial_compose")
+    # A page load shows the catalog as it is now (an expert folder removed since startup is flagged).
+    ui.demo.load(lambda: handlers.catalog_status(s), None, [ui.catalog, ui.catalog_msg], api_name="catalog_status")
 
 
 def build_demo(studio: Studio) -> gr.Blocks:

@@ -365,16 +365,23 @@ class ComposedModel:
         """
         start = time.perf_counter()
         with self.lock:
-            self.dematerialize()
-            present = set(input_modalities)
-            rv = self.resolve([variant], coefficients or Coefficients(), present)[0]
+            # Resolve first: a bad request changes nothing. Each layer then rewrites its weight
+            # from its kept original, so a previous merge needs no separate restore pass.
+            rv = self.resolve([variant], coefficients or Coefficients(), set(input_modalities))[0]
             coef = torch.zeros(len(self.slots))
             for slot, c in rv.routes[TEXT_ROUTE].items():
                 coef[slot] = c
-            for layer in self.layers.values():
-                layer.materialize(coef)
+            shared: dict = {}
+            try:
+                for layer in self.layers.values():
+                    layer.materialize(coef, shared)
+            except BaseException:
+                self.dematerialize()
+                raise
             self._baseline = coef
             self.materialized_variant = rv.name
+        if self.model.get_input_embeddings().weight.is_cuda:
+            torch.cuda.synchronize()
         return time.perf_counter() - start
 
     def dematerialize(self) -> None:

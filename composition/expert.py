@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .errors import ExpertError
-from .lora import LoraDelta, load_lora, read_json, read_safetensors, save_lora
+from .lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, LoraDelta, check_finite, load_lora, read_json, read_safetensors, save_lora
 
 FORMAT_VERSION = 1
 TRAINING_KINDS = ("shared", "decoupled")
@@ -29,6 +29,7 @@ DELTA_NAMES = {"shared": ("shared",), "decoupled": ("text", "modality")}
 PROJECTOR_TYPES = ("linear", "mlp2x_gelu")
 EXPERT_JSON = "expert.json"
 PROJECTOR_FILE = "projector.safetensors"
+MAX_NAME_CHARS = 100
 
 
 def known_modalities() -> tuple[str, ...]:
@@ -47,11 +48,11 @@ class ProjectorSpec:
 
     def __post_init__(self) -> None:
         if self.type not in PROJECTOR_TYPES:
-            raise ExpertError(f"projector type {self.type!r} is not supported; expected one of {PROJECTOR_TYPES}.")
+            raise ExpertError(f"projector type {self.type!r:.80} is not supported; expected one of {PROJECTOR_TYPES}.")
         for name in ("in_dim", "out_dim"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ExpertError(f"projector {name}={value!r} must be a positive integer.")
+                raise ExpertError(f"projector {name}={value!r:.80} must be a positive integer.")
 
     def build(self) -> nn.Module:
         if self.type == "linear":
@@ -70,9 +71,11 @@ class EncoderRef:
 
     def __post_init__(self) -> None:
         if not isinstance(self.kind, str) or not self.kind:
-            raise ExpertError(f"encoder kind {self.kind!r} must be a non-empty string such as 'efficientnet-lite0'.")
-        if not isinstance(self.feature_dim, int) or self.feature_dim < 1:
-            raise ExpertError(f"encoder feature_dim={self.feature_dim!r} must be a positive integer.")
+            raise ExpertError(f"encoder kind {self.kind!r:.80} must be a non-empty string such as 'efficientnet-lite0'.")
+        if self.source is not None and (not isinstance(self.source, str) or not self.source.strip()):
+            raise ExpertError(f"encoder source {self.source!r:.80} must be null (the kind's default) or a hub id / folder string.")
+        if not isinstance(self.feature_dim, int) or isinstance(self.feature_dim, bool) or self.feature_dim < 1:
+            raise ExpertError(f"encoder feature_dim={self.feature_dim!r:.80} must be a positive integer.")
 
 
 @dataclass(frozen=True)
@@ -93,19 +96,28 @@ class ExpertConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip() or any(c in self.name for c in "/\\:,\n"):
-            raise ExpertError(f"expert name {self.name!r} must be a non-empty string without '/', '\\\\', ':', ',' or newlines.")
+            raise ExpertError(f"expert name {self.name!r:.80} must be a non-empty string without '/', '\\\\', ':', ',' or newlines.")
+        if len(self.name) > MAX_NAME_CHARS or not self.name.isprintable():
+            raise ExpertError(f"expert name {self.name!r:.80} must be at most {MAX_NAME_CHARS} printable characters "
+                              "(no control characters); rename the expert in its expert.json.")
+        for name in ("base_model_name", "description"):
+            if not isinstance(getattr(self, name), str):
+                raise ExpertError(f"expert {self.name!r}: {name}={getattr(self, name)!r:.80} must be a string.")
+        if self.base_model_sha256 is not None and not isinstance(self.base_model_sha256, str):
+            raise ExpertError(f"expert {self.name!r}: base_model sha256={self.base_model_sha256!r:.80} must be a hex string "
+                              "(or null when unknown).")
         modalities = known_modalities()
         if self.modality not in modalities:
-            raise ExpertError(f"expert {self.name!r}: modality {self.modality!r} is unknown; expected one of {modalities}.")
+            raise ExpertError(f"expert {self.name!r}: modality {self.modality!r:.80} is unknown; expected one of {modalities}.")
         if self.training not in TRAINING_KINDS:
-            raise ExpertError(f"expert {self.name!r}: training {self.training!r} is unknown; expected one of {TRAINING_KINDS}.")
+            raise ExpertError(f"expert {self.name!r}: training {self.training!r:.80} is unknown; expected one of {TRAINING_KINDS}.")
         for name in ("prefix_tokens", "suffix_tokens"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 64:
-                raise ExpertError(f"expert {self.name!r}: {name}={value!r} must be an integer in [0, 64].")
-        if self.format_version != FORMAT_VERSION:
+                raise ExpertError(f"expert {self.name!r}: {name}={value!r:.80} must be an integer in [0, 64].")
+        if self.format_version != FORMAT_VERSION or isinstance(self.format_version, bool):
             raise ExpertError(
-                f"expert {self.name!r}: format_version {self.format_version!r} is not supported by this version "
+                f"expert {self.name!r}: format_version {self.format_version!r:.40} is not supported by this version "
                 f"(it reads version {FORMAT_VERSION}); upgrade the studio or re-export the expert."
             )
         if self.projector.in_dim != self.encoder.feature_dim:
@@ -136,7 +148,7 @@ class ExpertConfig:
             raise ExpertError(f"{where}: {exc}") from None
         except (KeyError, TypeError, AttributeError) as exc:
             raise ExpertError(
-                f"{where}: malformed expert.json ({type(exc).__name__}: {exc}); expected the fields "
+                f"{where}: malformed expert.json ({type(exc).__name__}: {str(exc)[:160]}); expected the fields "
                 "name, modality, training, base_model{name, sha256}, encoder{kind, source, feature_dim}, "
                 "projector{type, in_dim, out_dim}, prefix_tokens, suffix_tokens, format_version."
             ) from None
@@ -220,18 +232,21 @@ def load_expert(folder: Path, *, base_sha256: str | None = None, linear_shapes: 
     where = f"expert folder {folder.name!r}"
     if not folder.is_dir():
         raise ExpertError(f"{where} does not exist or is not a folder.")
-    config = ExpertConfig.from_json(read_json(folder / EXPERT_JSON, where), where)
+    inside = _reads_only_inside(folder, where)
+    config = ExpertConfig.from_json(read_json(inside(EXPERT_JSON), where), where)
     if hidden_size is not None and config.projector.out_dim != hidden_size:
         raise ExpertError(f"{where}: projector out_dim {config.projector.out_dim} differs from the base model's hidden size "
                           f"{hidden_size}. Is this expert made for another base model ({config.base_model_name})?")
     if base_sha256 is not None and config.base_model_sha256 != base_sha256:
         warnings.warn(
             f"expert {config.name!r} was trained on base {config.base_model_name!r} with weights sha256 "
-            f"{config.base_model_sha256[:12]}…, the loaded base has {base_sha256[:12]}…; answers may be off.",
+            f"{str(config.base_model_sha256)[:12]}…, the loaded base has {base_sha256[:12]}…; answers may be off.",
             stacklevel=2,
         )
     deltas = {}
     for name in config.delta_names:
+        for file in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
+            inside(f"{name}/{file}")
         delta = load_lora(folder / name, what=f"{where}, adapter {name}/")
         if linear_shapes is not None:
             from .lora import check_against_base
@@ -243,7 +258,7 @@ def load_expert(folder: Path, *, base_sha256: str | None = None, linear_shapes: 
         raise ExpertError(f"{where}: unexpected adapter folder(s) {extra} for a {config.training!r} expert; "
                           f"expected exactly {list(config.delta_names)}.")
 
-    tensors = read_safetensors(folder / PROJECTOR_FILE, where)
+    tensors = read_safetensors(inside(PROJECTOR_FILE), where)
     projector = config.projector.build()
     expected = {f"projector.{k}": v.shape for k, v in projector.state_dict().items()}
     found = {k for k in tensors if k.startswith("projector.")}
@@ -252,11 +267,48 @@ def load_expert(folder: Path, *, base_sha256: str | None = None, linear_shapes: 
     if missing or unexpected or other or "prefix" not in tensors or "suffix" not in tensors:
         raise ExpertError(
             f"{where}: {PROJECTOR_FILE} keys do not match a {config.projector.type} projector: "
-            f"missing {missing + [k for k in ('prefix', 'suffix') if k not in tensors]}, unexpected {unexpected + other}."
+            f"missing {_some(missing + [k for k in ('prefix', 'suffix') if k not in tensors])}, "
+            f"unexpected {_some(unexpected + other)}."
         )
     for key, shape in expected.items():
         if tensors[key].shape != shape:
             raise ExpertError(f"{where}: {PROJECTOR_FILE} {key} has shape {tuple(tensors[key].shape)}, expected {tuple(shape)}.")
+    check_finite(tensors, f"{where}: {PROJECTOR_FILE}")
     projector.load_state_dict({k[len("projector."):]: tensors[k].float() for k in expected})
     encoder_state = {k[len("encoder."):]: v for k, v in tensors.items() if k.startswith("encoder.")}
     return Expert(config, deltas, projector, tensors["prefix"].float(), tensors["suffix"].float(), encoder_state, folder)
+
+
+def _some(keys: list[str], shown: int = 5) -> str:
+    """A key list for a message: the first few, then how many more (a hostile file may hold thousands)."""
+    more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
+    return f"{keys[:shown]}{more}"
+
+
+def _reads_only_inside(folder: Path, where: str):
+    """``inside(relative)`` -> ``folder / relative``, refusing a file that is a link to elsewhere on the server.
+
+    An expert is read only from its own folder: a link (the file, or an adapter folder) whose
+    target lies outside it is refused, so a planted expert cannot make the server read other
+    files. The folder itself may be a link (that is where the user pointed), and a Hugging
+    Face hub snapshot may link into its own repository's ``blobs/`` store.
+    """
+    roots = [folder.resolve()]
+    here = folder.absolute()
+    for parent in (here, *here.parents):  # <cache>/models--owner--name/snapshots/<revision>[/subfolder]
+        if parent.parent.name == "snapshots":
+            roots.append((parent.parent.parent / "blobs").resolve())
+            break
+
+    def inside(relative: str) -> Path:
+        path = folder / relative
+        try:
+            target = path.resolve()
+        except (OSError, RuntimeError):  # a link loop (Python < 3.13 raises RuntimeError with the full path)
+            raise ExpertError(f"{where}: {relative} is a link that loops back on itself; replace it with the file.") from None
+        if not any(target.is_relative_to(root) for root in roots):
+            raise ExpertError(f"{where}: {relative} is a link to a file outside the expert folder; experts are read "
+                              "only from their own folder. Copy the file into the folder instead of linking it.")
+        return path
+
+    return inside

@@ -4,12 +4,20 @@ Each row is its own prompt (embeddings + a route id per position); rows are left
 so the last prompt token of every row sits in the last column and decoding appends one
 column per step. Generated tokens are text: at each decode step every row's new token
 takes its row's text route.
+
+Prefill costs the padded token count (compute-bound on a CPU), so rows of very different
+prompt lengths (a single expert sees one input, a composition all of them) are prefilled
+in length buckets, each padded only to its own longest row; their KV caches are then
+left-padded to one length and joined, so decoding still runs every row in one batch.
+Only the last prompt position's logits are computed (the vocabulary projection of every
+position would be a fifth of a small model's prefill).
 """
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -86,6 +94,86 @@ def prefill_logits(model, router: Router, batch: RoutedBatch, coef_table: torch.
         router.set(None)
 
 
+def length_buckets(lengths: Sequence[int], max_ratio: float = 1.25) -> list[list[int]]:
+    """Indices grouped so that within a group the longest is at most ``max_ratio`` x the shortest."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    buckets: list[list[int]] = []
+    for i in order:
+        if buckets and lengths[i] <= max_ratio * lengths[buckets[-1][0]]:
+            buckets[-1].append(i)
+        else:
+            buckets.append([i])
+    return buckets
+
+
+def _last_logits_only(model) -> dict:
+    """``{"logits_to_keep": 1}`` when the model's forward takes it (transformers causal LMs do)."""
+    try:
+        takes = "logits_to_keep" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):  # pragma: no cover - exotic callables
+        takes = False
+    return {"logits_to_keep": 1} if takes else {}
+
+
+def _joinable(cache) -> bool:
+    """A plain DynamicCache of full-attention layers, whose keys/values can be padded and joined."""
+    try:
+        from transformers.cache_utils import DynamicCache, DynamicLayer
+    except ImportError:  # pragma: no cover
+        return False
+    return type(cache) is DynamicCache and all(type(layer) is DynamicLayer and layer.keys is not None for layer in cache.layers)
+
+
+def _join_caches(parts: list[tuple[list[int], object]], batch_size: int, length: int):
+    """One cache for all rows: each part's ``(rows, T_part)`` keys/values left-padded to ``length``."""
+    container = next(cache for _, cache in parts if cache.layers[0].keys.shape[-2] == length)
+    for index, layer in enumerate(container.layers):
+        for field_name in ("keys", "values"):
+            ref = getattr(layer, field_name)
+            joined = ref.new_zeros(batch_size, ref.shape[1], length, ref.shape[3])
+            for rows, cache in parts:
+                part = getattr(cache.layers[index], field_name)
+                joined[torch.tensor(rows, device=ref.device), :, length - part.shape[-2]:] = part
+            setattr(layer, field_name, joined)
+    return container
+
+
+@torch.no_grad()
+def prefill(model, router: Router, batch: RoutedBatch, coef_table: torch.Tensor, *, max_ratio: float = 1.25):
+    """Run the prompts; returns the last position's logits ``(B, vocab)`` and the KV cache.
+
+    Rows whose lengths differ by more than ``max_ratio`` are prefilled in separate length
+    buckets (each padded to its own longest row) and their caches joined, which gives the
+    same numbers as one padded pass up to float rounding, for less compute.
+    """
+    keep = _last_logits_only(model)
+    buckets = length_buckets(batch.lengths, max_ratio)
+    try:
+        if len(buckets) > 1:
+            width = batch.embeds.shape[1]
+            parts, logits = [], None
+            for rows in buckets:
+                cols = slice(width - max(batch.lengths[i] for i in rows), width)
+                idx = torch.tensor(rows, device=batch.embeds.device)
+                router.set(coef_table[batch.route_ids[idx, cols]])
+                out = model(inputs_embeds=batch.embeds[idx, cols], attention_mask=batch.attention_mask[idx, cols],
+                            position_ids=batch.position_ids[idx, cols], use_cache=True, **keep)
+                if not _joinable(out.past_key_values):
+                    break  # e.g. sliding-window or hybrid caches: one padded pass below
+                last = out.logits[:, -1]
+                logits = last.new_empty(len(batch.lengths), last.shape[-1]) if logits is None else logits
+                logits[idx] = last
+                parts.append((rows, out.past_key_values))
+            else:
+                return logits, _join_caches(parts, len(batch.lengths), width)
+        router.set(coef_table[batch.route_ids])
+        out = model(inputs_embeds=batch.embeds, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
+                    use_cache=True, **keep)
+        return out.logits[:, -1], out.past_key_values
+    finally:
+        router.set(None)
+
+
 @torch.no_grad()
 def generate_batch(model, router: Router, batch: RoutedBatch, coef_table: torch.Tensor, config: GenerationConfig,
                    eos_token_ids: list[int], on_step: Callable[[list[list[int]]], None] | None = None,
@@ -104,10 +192,9 @@ def generate_batch(model, router: Router, batch: RoutedBatch, coef_table: torch.
     mask = batch.attention_mask
     position = batch.position_ids[:, -1:]
     try:
-        router.set(coef_table[batch.route_ids])
-        out = model(inputs_embeds=batch.embeds, attention_mask=mask, position_ids=batch.position_ids, use_cache=True)
+        logits, cache = prefill(model, router, batch, coef_table)
         for step in range(config.max_new_tokens):
-            next_tokens = _pick(out.logits[:, -1], config, generator)
+            next_tokens = _pick(logits, config, generator)
             finished_now = torch.isin(next_tokens, eos) if eos.numel() else torch.zeros_like(done)
             for i, token in enumerate(next_tokens.tolist()):
                 if not done[i] and not finished_now[i]:
@@ -121,7 +208,8 @@ def generate_batch(model, router: Router, batch: RoutedBatch, coef_table: torch.
             position = position + 1
             router.set(text_coef)
             out = model(input_ids=next_tokens[:, None], attention_mask=mask, position_ids=position,
-                        past_key_values=out.past_key_values, use_cache=True)
+                        past_key_values=cache, use_cache=True)
+            logits, cache = out.logits[:, -1], out.past_key_values
     finally:
         router.set(None)
     return tokens

@@ -9,6 +9,7 @@ adapter onto the base model, and adapters trained with peft load here.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,8 @@ from .errors import ExpertError
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 _PEFT_PREFIX = "base_model.model."
+# The JSON files of an expert are a few hundred bytes; anything this big is not one (and is not read).
+MAX_JSON_BYTES = 1024 * 1024
 _KEY_RE = re.compile(r"^base_model\.model\.(?P<module>.+)\.lora_(?P<factor>[AB])(?:\.default)?\.weight$")
 
 
@@ -44,8 +47,8 @@ class LoraDelta:
     def __post_init__(self) -> None:
         if not isinstance(self.r, int) or self.r < 1:
             raise ExpertError(f"LoRA rank r={self.r!r} must be a positive integer.")
-        if not (isinstance(self.alpha, (int, float)) and self.alpha > 0):
-            raise ExpertError(f"LoRA alpha={self.alpha!r} must be a positive number.")
+        if not (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha) and self.alpha > 0):
+            raise ExpertError(f"LoRA alpha={self.alpha!r} must be a positive finite number.")
         if set(self.A) != set(self.B):
             only_a = sorted(set(self.A) - set(self.B))
             only_b = sorted(set(self.B) - set(self.A))
@@ -122,10 +125,15 @@ def read_json(path: Path, what: str) -> dict:
     """Parse a JSON object file, turning every failure into an ExpertError that names the file."""
     if not path.is_file():
         raise ExpertError(f"{what}: {path.name} is missing from {path.parent.name}/.")
+    size = path.stat().st_size
+    if size > MAX_JSON_BYTES:
+        raise ExpertError(f"{what}: {path.parent.name}/{path.name} is {size:,} bytes; an expert's JSON files are at most "
+                          f"{MAX_JSON_BYTES:,} bytes, so this is not one. Re-export or re-download the expert.")
     try:
-        data = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ExpertError(f"{what}: {path.parent.name}/{path.name} is not valid JSON ({exc}).") from None
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, numbers too long, nesting too deep
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc).splitlines()[0][:160]
+        raise ExpertError(f"{what}: {path.parent.name}/{path.name} is not valid JSON ({reason}).") from None
     if not isinstance(data, dict):
         raise ExpertError(f"{what}: {path.parent.name}/{path.name} must hold a JSON object, found {type(data).__name__}.")
     return data
@@ -138,10 +146,29 @@ def read_safetensors(path: Path, what: str) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        pickled = _pickled_checkpoint(path)
+        if pickled:
+            raise ExpertError(f"{what}: {path.parent.name}/{path.name} is {pickled}, not a safetensors file; it is never "
+                              "loaded, since unpickling can run code. Convert it to safetensors "
+                              "(safetensors.torch.save_file) or re-download the expert.") from None
         raise ExpertError(
             f"{what}: {path.parent.name}/{path.name} is not a readable safetensors file "
-            f"(truncated or corrupt: {str(exc).splitlines()[0][:160]}). Re-export or re-download the expert."
+            f"(truncated or corrupt: {(str(exc).splitlines() or [''])[0][:160]}). Re-export or re-download the expert."
         ) from None
+
+
+def _pickled_checkpoint(path: Path) -> str | None:
+    """What a pickled checkpoint saved under a safetensors name is, from its first bytes (None if not one)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return None
+    if len(head) > 1 and head[0] == 0x80 and head[1] in range(2, 6):
+        return "a Python pickle"
+    if head == b"PK\x03\x04":
+        return "a PyTorch torch.save archive (a pickle inside a zip)"
+    return None
 
 
 def load_lora(folder: Path, *, what: str) -> LoraDelta:
@@ -161,8 +188,12 @@ def load_lora(folder: Path, *, what: str) -> LoraDelta:
     r, alpha = config.get("r"), config.get("lora_alpha")
     if not isinstance(r, int) or isinstance(r, bool) or r < 1:
         raise ExpertError(f"{what}: adapter_config.json has r={r!r}; expected a positive integer.")
-    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or alpha <= 0:
-        raise ExpertError(f"{what}: adapter_config.json has lora_alpha={alpha!r}; expected a positive number.")
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not math.isfinite(alpha) or alpha <= 0:
+        raise ExpertError(f"{what}: adapter_config.json has lora_alpha={alpha!r}; expected a positive finite number.")
+    if not (folder / ADAPTER_WEIGHTS).is_file() and (folder / "adapter_model.bin").is_file():
+        raise ExpertError(f"{what}: only adapter_model.bin is there, a pickled PyTorch file, which is never loaded "
+                          "(unpickling can run code). Save the adapter as adapter_model.safetensors (peft: "
+                          "save_pretrained(..., safe_serialization=True)).")
     tensors = read_safetensors(folder / ADAPTER_WEIGHTS, what)
     a: dict[str, torch.Tensor] = {}
     b: dict[str, torch.Tensor] = {}
@@ -178,10 +209,20 @@ def load_lora(folder: Path, *, what: str) -> LoraDelta:
                           "expected only 'base_model.model.<module>.lora_A/B.weight'.")
     if not a:
         raise ExpertError(f"{what}: {ADAPTER_WEIGHTS} holds no LoRA factors.")
+    check_finite({**{f"{m}.lora_A": t for m, t in a.items()}, **{f"{m}.lora_B": t for m, t in b.items()}},
+                 f"{what}: {ADAPTER_WEIGHTS}")
     try:
         return LoraDelta(r, float(alpha), a, b)
     except ExpertError as exc:
         raise ExpertError(f"{what}: {exc}") from None
+
+
+def check_finite(tensors: dict[str, torch.Tensor], what: str) -> None:
+    """Refuse weights holding NaN or infinity (a corrupt or diverged file): they would poison every answer."""
+    for key, value in tensors.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise ExpertError(f"{what}: {key} holds NaN or infinite values; the file is corrupt or the training "
+                              "diverged. Re-export or retrain the expert.")
 
 
 def check_against_base(delta: LoraDelta, linear_shapes: dict[str, tuple[int, int]], *, what: str) -> None:

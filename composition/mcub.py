@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
 from .errors import CompositionError
-from .generate import GenerationConfig, generate_batch
+from .generate import GenerationConfig, generate_batch, length_buckets  # noqa: F401 (length_buckets: public here too)
 
 LETTERS = ("A", "B", "C", "D")
 
@@ -133,8 +133,9 @@ def load_mcub(path: str | Path) -> list[McubItem]:
         raise McubFormatError(f"MCUB file {path.name!r} was not found; pass an MCUB JSON file, synth-3 or synth-4.")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise McubFormatError(f"MCUB file {path.name!r} is not valid JSON ({exc}).") from None
+    except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, numbers too long, nesting too deep
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc).splitlines()[0][:160]
+        raise McubFormatError(f"MCUB file {path.name!r} is not valid JSON ({reason}).") from None
     if not isinstance(data, list) or not data:
         raise McubFormatError(f"MCUB file {path.name!r} must hold a non-empty JSON list of items, "
                               f"got {type(data).__name__}{'' if data else ' (empty)'}.")
@@ -201,7 +202,10 @@ def _safe_path(relative: str, root: Path, where: str) -> Path:
         raise McubFormatError(f"{where}: path {relative!r} is absolute; MCUB paths must be relative to the JSON file's folder.")
     if ".." in raw.parts or ".." in Path(relative.replace("\\", "/")).parts:
         raise McubFormatError(f"{where}: path {relative!r} leaves the JSON file's folder ('..'); files are read only from within it.")
-    full = (root / raw).resolve()
+    try:
+        full = (root / raw).resolve()
+    except (OSError, RuntimeError):  # a link loop (Python < 3.13 raises RuntimeError with the full path)
+        raise McubFormatError(f"{where}: path {relative!r} is a link that loops back on itself; link the file itself.") from None
     if not full.is_relative_to(root):
         raise McubFormatError(f"{where}: path {relative!r} points outside the JSON file's folder; files are read only from within it.")
     if not full.is_file():
@@ -387,38 +391,22 @@ def _load_item_inputs(item: McubItem) -> list:
 
 
 def _run_chunk(cm, chunk: list[McubItem], names: Sequence, coefficients, config: GenerationConfig) -> list[list[tuple[str, str]]]:
-    """Every (item, variant) of a chunk, in as few generate calls as padding allows.
+    """Every (item, variant) of a chunk in one generate call.
 
-    Row ``k * V + v`` is item k with variant v. Rows are grouped by prompt length (a single
-    expert sees one input, a composition all of them), so short rows are not left-padded to
-    the longest: on a CPU, prefill cost is the padded token count.
+    Row ``k * V + v`` is item k with variant v. Prompt lengths differ (a single expert sees
+    one input, a composition all of them); ``generate_batch`` prefills them in length
+    buckets, so short rows are not padded to the longest (on a CPU, prefill cost is the
+    padded token count), and decodes every row together.
     """
     inputs = [_load_item_inputs(item) for item in chunk]  # file decoding outside the lock
     present = set(chunk[0].modalities)
     with cm.lock:
         resolved = cm.resolve(names, coefficients, present)
         rows = [row for item, item_inputs in zip(chunk, inputs) for row in cm.prompt_rows(item.question, item_inputs, resolved)]
-        row_variants = resolved * len(chunk)
-        tokens: list[list[int]] = [[] for _ in rows]
-        for bucket in length_buckets([row.length for row in rows]):
-            table = cm.coef_table([row_variants[i] for i in bucket])
-            batch = cm.routed_batch([rows[i] for i in bucket])
-            for i, out in zip(bucket, generate_batch(cm.model, cm.router, batch, table, config, cm.base.eos_token_ids)):
-                tokens[i] = out
+        table = cm.coef_table(resolved * len(chunk))
+        tokens = generate_batch(cm.model, cm.router, cm.routed_batch(rows), table, config, cm.base.eos_token_ids)
     v = len(resolved)
     return [[(resolved[j].name, cm.decode(tokens[k * v + j])) for j in range(v)] for k in range(len(chunk))]
-
-
-def length_buckets(lengths: Sequence[int], max_ratio: float = 1.25) -> list[list[int]]:
-    """Indices grouped so that within a group the longest is at most ``max_ratio`` x the shortest."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    buckets: list[list[int]] = []
-    for i in order:
-        if buckets and lengths[i] <= max_ratio * lengths[buckets[-1][0]]:
-            buckets[-1].append(i)
-        else:
-            buckets.append([i])
-    return buckets
 
 
 # --- MCUB-synth sets ----------------------------------------------------------------

@@ -25,14 +25,18 @@ class Router:
 
     ``token_coef`` is ``(batch, tokens, slots)``; None means "base model only".
     Expanded views per rank layout are cached for the duration of one forward pass.
+    ``idle`` is True when every coefficient of the pass is zero (e.g. the text route of the
+    materialized variant): the layers then skip their low-rank matmuls altogether.
     """
 
     def __init__(self) -> None:
         self.token_coef: torch.Tensor | None = None
+        self.idle = False
         self._expanded: dict[tuple, torch.Tensor] = {}
 
     def set(self, token_coef: torch.Tensor | None) -> None:
         self.token_coef = token_coef
+        self.idle = token_coef is not None and not token_coef.requires_grad and not bool(token_coef.any())
         self._expanded = {}
 
     def rank_coef(self, layout_key: tuple, rank_slot: torch.Tensor) -> torch.Tensor:
@@ -64,6 +68,7 @@ class RoutedLinear(nn.Module):
         self._A_cat: torch.Tensor | None = None
         self._B_cat: torch.Tensor | None = None
         self._rank_slot: torch.Tensor | None = None
+        self._rank_slot_cpu: torch.Tensor | None = None
         self._layout_key: tuple = ()
         self._original_weight: torch.Tensor | None = None
         # Training: slots whose factors are live Parameters (gradients flow), see train_slot.
@@ -116,27 +121,71 @@ class RoutedLinear(nn.Module):
         """Concatenate all low-rank slots so one matmul pair serves them all."""
         slots = sorted(self.lowrank)
         if not slots:
-            self._A_cat = self._B_cat = self._rank_slot = None
+            self._A_cat = self._B_cat = self._rank_slot = self._rank_slot_cpu = None
             self._layout_key = ()
             return
         self._A_cat = torch.cat([self.lowrank[s].A for s in slots], dim=0)
         self._B_cat = torch.cat([self.lowrank[s].B_scaled for s in slots], dim=1)
         ranks = [self.lowrank[s].A.shape[0] for s in slots]
-        self._rank_slot = torch.repeat_interleave(torch.tensor(slots), torch.tensor(ranks)).to(self._A_cat.device)
+        self._rank_slot_cpu = torch.repeat_interleave(torch.tensor(slots), torch.tensor(ranks))
+        self._rank_slot = self._rank_slot_cpu.to(self._A_cat.device)
         self._layout_key = tuple(zip(slots, ranks))
 
     # --- materialization --------------------------------------------------
-    def materialize(self, coef: torch.Tensor) -> None:
-        """Write ``W + Σ coef[slot]·ΔW_slot`` into the weight, keeping the original to restore."""
+    def materialize(self, coef: torch.Tensor, shared: dict | None = None) -> None:
+        """Write ``W + Σ coef[slot]·ΔW_slot`` into the weight, keeping the original to restore.
+
+        The low-rank slots with a non-zero coefficient are one matmul: ``W + (B_cat·c) @ A_cat``
+        over their rank columns, written straight into the weight (``addmm``, one rounding
+        to the weight's dtype). ``coef`` is a CPU tensor over global slots; ``shared`` is a
+        dict the caller passes to every layer of one materialization, so layers with the same
+        slot layout reuse one device copy of the column indices and coefficients.
+        """
+        plan = self._lowrank_plan(coef, shared)
+        dense = [(delta, float(coef[slot])) for slot, delta in self.dense.items() if slot < coef.numel() and float(coef[slot]) != 0.0]
+        if plan is None and not dense:
+            self.dematerialize()  # nothing to merge here: the original weight (restored if a merge was written)
+            return
         if self._original_weight is None:
             self._original_weight = self.base.weight.detach().clone()
-        merged = self._original_weight.float().clone()
-        for slot in set(self.lowrank) | set(self.dense):
-            c = float(coef[slot])
-            if c != 0.0:
-                merged += c * self.slot_delta(slot)
+        weight, original = self.base.weight, self._original_weight
         with torch.no_grad():
-            self.base.weight.copy_(merged.to(self.base.weight.dtype))
+            if plan is None:
+                weight.copy_(original)
+            else:
+                cols, scale = plan
+                a = self._A_cat if cols is None else self._A_cat.index_select(0, cols)
+                b = (self._B_cat if cols is None else self._B_cat.index_select(1, cols)) * scale
+                if weight.device.type == "cpu" and weight.dtype != torch.float32:
+                    weight.copy_(torch.addmm(original.float(), b.float(), a.float()))  # CPU half types: merge in fp32
+                else:
+                    torch.addmm(original, b, a, out=weight)
+            for delta, c in dense:
+                weight.add_(delta, alpha=c)
+
+    def _lowrank_plan(self, coef: torch.Tensor, shared: dict | None) -> tuple[torch.Tensor | None, torch.Tensor] | None:
+        """``(rank columns to use or None for all, coefficient per used column)`` on the weight's device; None: no slot used."""
+        if self._A_cat is None:
+            return None
+        w = self.base.weight
+        key = (self._layout_key, w.device, w.dtype)
+        if shared is not None and key in shared:
+            return shared[key]
+        coef = coef.detach().to("cpu", torch.float32)
+        padded = torch.zeros(max(int(self._rank_slot_cpu.max()) + 1, coef.numel()))
+        padded[: coef.numel()] = coef
+        per_column = padded[self._rank_slot_cpu]
+        used = per_column != 0
+        if not bool(used.any()):
+            plan = None
+        elif bool(used.all()):
+            plan = (None, per_column.to(w.device, w.dtype))
+        else:
+            cols = used.nonzero().flatten()
+            plan = (cols.to(w.device), per_column[cols].to(w.device, w.dtype))
+        if shared is not None:
+            shared[key] = plan
+        return plan
 
     def dematerialize(self) -> None:
         if self._original_weight is not None:
@@ -150,11 +199,11 @@ class RoutedLinear(nn.Module):
         coef = self.router.token_coef
         if coef is None:
             return y
-        if self._A_cat is not None:
+        if self._A_cat is not None and not self.router.idle:
             c = self.router.rank_coef(self._layout_key, self._rank_slot).to(x.dtype)
             h = F.linear(x, self._A_cat) * c
             y = y + F.linear(h, self._B_cat)
-        for slot, delta in self.dense.items():
+        for slot, delta in ({} if self.router.idle else self.dense).items():
             c = coef[..., slot]
             rows = torch.nonzero(c.abs().sum(-1)).flatten()
             if rows.numel():

@@ -10,6 +10,7 @@ server temp paths that must never reach a user, and tracebacks are no help to th
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -161,7 +162,9 @@ class Modality:
             st = file.stat()
         except (FileNotFoundError, NotADirectoryError):
             raise ModalityError(f"{name} was not found; upload the {self.label} file again.") from None
-        except OSError:
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise ModalityError(f"{name} is a link that loops back on itself; upload the {self.label} file itself.") from None
             raise ModalityError(f"{name} cannot be read (permission denied or I/O error); upload it again.") from None
         if not file.is_file():
             kind = "a directory" if file.is_dir() else "not a regular file"

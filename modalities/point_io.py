@@ -9,12 +9,20 @@
 - `.obj`, `.stl`, `.off`, `.glb`, `.gltf` (and `.ply` with faces): open3d meshes, whose
   surface is sampled here with a seeded numpy generator (by area, see point_sampling).
 
+Before open3d reads a file, the counts its header declares are checked against the file
+size (open3d allocates what the header says: a 200-byte PLY claiming 10^9 vertices would
+take gigabytes), and a glTF may not refer to files outside its own folder (its buffers
+and images are read, and their bytes would become points and colours).
+
 A reader raises `ModalityError` for problems it can name and lets other exceptions go
 (the base class turns them into "could not be decoded").
 """
 from __future__ import annotations
 
+import json
 import re
+import struct
+from urllib.parse import unquote
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +52,7 @@ def read_cloud(file: Path, mesh_samples: int, seed: int) -> RawCloud:
         return read_npy(file)
     if ext in (".xyz", ".pts", ".txt"):
         return read_text(file)
+    check_declared_size(file)
     if ext == ".ply" and ply_face_count(file) > 0:
         return read_mesh(file, mesh_samples, seed)
     if ext in (".ply", ".pcd"):
@@ -148,8 +157,10 @@ def read_o3d_cloud(file: Path) -> RawCloud:
 
 def read_mesh(file: Path, samples: int, seed: int) -> RawCloud:
     """Read a triangle mesh with open3d and sample its surface (seeded, by area)."""
-    o3d, quiet = _quiet_o3d()
     textured = file.suffix.lower() in (".glb", ".gltf")  # UV convention verified for glTF only
+    if textured:
+        check_gltf_references(file)  # before open3d is even imported: a refusal stays cheap
+    o3d, quiet = _quiet_o3d()
     with quiet:
         mesh = o3d.io.read_triangle_mesh(str(file), enable_post_processing=textured)
     vertices = np.asarray(mesh.vertices, dtype=np.float64)
@@ -175,3 +186,151 @@ def read_mesh(file: Path, samples: int, seed: int) -> RawCloud:
              "color_source": "vertex colours" if vertex_colors is not None else ("texture" if texture else "none")}
     rgb = np.clip(rgb, 0.0, 1.0) if rgb is not None else None
     return RawCloud(xyz, rgb, facts)
+
+
+# --- header checks before open3d ----------------------------------------------------------
+_PLY_SIZES = {"char": 1, "int8": 1, "uchar": 1, "uint8": 1, "short": 2, "int16": 2, "ushort": 2, "uint16": 2,
+              "int": 4, "int32": 4, "uint": 4, "uint32": 4, "float": 4, "float32": 4, "double": 8, "float64": 8}
+# LZF (PCD binary_compressed) shrinks data at most ~90x; a header claiming more than this is not real.
+_MAX_COMPRESSION = 100
+
+
+def check_declared_size(file: Path) -> None:
+    """Refuse a PLY, PCD or OFF whose header declares more data than the file can hold."""
+    ext = file.suffix.lower()
+    head = _head(file)
+    size = file.stat().st_size
+    if ext == ".ply":
+        needed, what = _ply_needs(file, head)
+    elif ext == ".pcd":
+        needed, what = _pcd_needs(head)
+    elif ext == ".off":
+        needed, what = _off_needs(head)
+    else:
+        return
+    if needed > size:
+        raise ModalityError(f"{file.name} declares {what} but is only {size:,} bytes; it is truncated or corrupt "
+                            "(re-export it and upload it again).")
+
+
+def _head(file: Path, n: int = 64 * 1024) -> bytes:
+    with open(file, "rb") as f:
+        return f.read(n)
+
+
+def _count(file: Path, text: str) -> int:
+    if not re.fullmatch(r"\d{1,30}", text):
+        raise ModalityError(f"{file.name} declares the count {text[:20]!r} in its header; expected a whole number. "
+                            "It is corrupt; re-export it.")
+    return int(text)
+
+
+def _ply_needs(file: Path, head: bytes) -> tuple[int, str]:
+    """(smallest possible file size for the declared elements, words for them)."""
+    end = head.find(b"end_header")
+    if end < 0:
+        raise ModalityError(f"{file.name} has no complete PLY header ('end_header' missing); it is truncated or corrupt.")
+    lines = head[:end].decode("ascii", errors="replace").splitlines()
+    ascii_body = any(line.split()[:2] == ["format", "ascii"] for line in lines if line.strip())
+    elements: list[list] = []  # [name, count, smallest row bytes]
+    for line in lines:
+        words = line.split()
+        if len(words) >= 3 and words[0] == "element":
+            elements.append([words[1], _count(file, words[2]), 0])
+        elif len(words) >= 3 and words[0] == "property" and elements:
+            if ascii_body:
+                elements[-1][2] += 2  # at least one digit and a separator
+            elif words[1] == "list":  # a count (the list may be empty)
+                elements[-1][2] += _PLY_SIZES.get(words[2], 1)
+            else:
+                elements[-1][2] += _PLY_SIZES.get(words[1], 1)
+    needed = end + len(b"end_header") + sum(count * row for _, count, row in elements)
+    described = ", ".join(f"{count:,} {name} entries" for name, count, _ in elements) or "no elements"
+    return needed, described
+
+
+def _pcd_needs(head: bytes) -> tuple[int, str]:
+    fields: dict[str, list[str]] = {}
+    body_at = None
+    for match in re.finditer(rb"^([A-Za-z_]+)[ \t]*([^\r\n]*)\r?\n", head, flags=re.MULTILINE):
+        key, value = match.group(1).decode().upper(), match.group(2).decode("ascii", errors="replace").split()
+        fields[key] = value
+        if key == "DATA":
+            body_at = match.end()
+            break
+    if body_at is None:
+        return 0, "an incomplete header"  # open3d refuses it with its own error
+    try:
+        sizes = [int(v) for v in fields.get("SIZE", [])]
+        counts = [int(v) for v in fields.get("COUNT", [])] or [1] * len(sizes)
+        width, height = (int((fields.get(k) or ["0"])[0]) for k in ("WIDTH", "HEIGHT"))
+        points = int((fields.get("POINTS") or [str(width * height)])[0])
+    except ValueError:
+        return 0, "a malformed header"
+    data = (fields.get("DATA") or ["ascii"])[0].lower()
+    if data == "binary":
+        row = sum(s * c for s, c in zip(sizes, counts))
+    elif data == "binary_compressed":
+        row = sum(s * c for s, c in zip(sizes, counts)) / _MAX_COMPRESSION
+    else:
+        row = 2 * sum(counts)  # ascii: a digit and a separator per value at least
+    return body_at + int(points * row), f"{points:,} points"
+
+
+def _off_needs(head: bytes) -> tuple[int, str]:
+    words = []
+    for line in head.decode("ascii", errors="replace").splitlines()[:50]:
+        words += line.split("#", 1)[0].split()
+        if len(words) >= 3:
+            break
+    if not words or not words[0].upper().endswith("OFF") or len(words) < 3 or "BINARY" in (w.upper() for w in words[:2]):
+        return 0, "an unusual header"  # left to open3d
+    try:
+        vertices, faces = int(words[1]), int(words[2])
+    except ValueError:
+        return 0, "a malformed header"
+    # ascii: 'x y z' per vertex, 'n a b c' per face, each value a digit and a separator at least
+    return vertices * 6 + faces * 8, f"{vertices:,} vertices and {faces:,} faces"
+
+
+def check_gltf_references(file: Path) -> None:
+    """Refuse a .gltf/.glb whose buffers or images name a file outside the file's own folder."""
+    document = _gltf_json(file)
+    if not isinstance(document, dict):
+        raise ModalityError(f"{file.name} is not valid glTF: its JSON part cannot be read. Re-export it as .glb.")
+    folder = file.parent.resolve()
+    for group in ("buffers", "images"):
+        entries = document.get(group)
+        for entry in entries if isinstance(entries, list) else []:
+            uri = entry.get("uri") if isinstance(entry, dict) else None
+            if not isinstance(uri, str) or uri.startswith("data:"):
+                continue
+            plain = unquote(uri).replace("\\", "/")
+            outside = (re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", plain) is not None or plain.startswith("/")
+                       or ".." in plain.split("/"))
+            if not outside:
+                try:
+                    outside = not (folder / plain).resolve().is_relative_to(folder)
+                except (OSError, RuntimeError):
+                    outside = True
+            if outside:
+                shown = plain.rstrip("/").rsplit("/", 1)[-1][:60] or "?"  # the name only: never a directory
+                raise ModalityError(f"{file.name} refers to a file ({shown!r}) outside its own folder; 3-D files are "
+                                    "read only with what sits next to them. Export a self-contained .glb and upload it again.")
+
+
+def _gltf_json(file: Path):
+    """The JSON document of a .gltf, or the JSON chunk of a .glb; None when it cannot be read."""
+    try:
+        if file.suffix.lower() == ".gltf":
+            return json.loads(file.read_bytes())
+        with open(file, "rb") as f:
+            header = f.read(20)
+            if len(header) < 20 or header[:4] != b"glTF":
+                return None
+            length, kind = struct.unpack("<II", header[12:20])
+            if kind != 0x4E4F534A:  # "JSON"
+                return None
+            return json.loads(f.read(min(length, file.stat().st_size)))
+    except (ValueError, RecursionError, OSError):
+        return None

@@ -51,10 +51,36 @@ def card_html(card: Card) -> str:
             f'{f"<ul class=mc-notes>{notes}</ul>" if notes else ""}</div>')
 
 
-def cards_html(cards: list[Card]) -> str:
+def notice_html(text: str, stopped: bool = False) -> str:
+    """A banner above the cards: a warning, or (stopped) that the user cancelled the generation."""
+    if stopped:
+        return f'<div class="mc-notice mc-stopped">⏹ {html.escape(text)}</div>'
+    return f'<div class="mc-notice">⚠️ {html.escape(text)}</div>'
+
+
+def cards_html(cards: list[Card], notices: list[str] | tuple = (), caption: str = "") -> str:
+    """The answer grid, with what the user should know about the request above it (notices) and
+    the coefficients it ran with (caption)."""
     if not cards:
         return '<div class="mc-empty">Ask a question (and add inputs) to see every variant\'s answer here, side by side.</div>'
-    return '<div class="mc-grid">' + "".join(card_html(c) for c in cards) + "</div>"
+    top = "".join(notice_html(n) for n in notices)
+    if caption:
+        top += f'<div class="mc-caption">{html.escape(caption)}</div>'
+    return top + '<div class="mc-grid">' + "".join(card_html(c) for c in cards) + "</div>"
+
+
+STOPPED = "Stopped: you cancelled this generation; the answers below are cut where it stopped. Compare again to restart."
+
+
+def stopped_html(page: str | None) -> str:
+    """The cards a cancelled stream left on screen, marked as stopped (running cards say so, a banner says why)."""
+    page = page or ""
+    if "mc-card" not in page:
+        return cards_html([])
+    if "mc-stopped" in page or ("streaming</span>" not in page and ">generating…<" not in page):
+        return page  # already marked, or nothing was running: finished answers stay as they are
+    page = page.replace("streaming</span>", "stopped</span>").replace(">generating…<", ">stopped before its first token<")
+    return notice_html(STOPPED, stopped=True) + page
 
 
 CARD_CSS = """
@@ -67,6 +93,9 @@ CARD_CSS = """
 .mc-answer { white-space: pre-wrap; line-height: 1.5; }
 .mc-wait, .mc-empty { color: var(--body-text-color-subdued); font-style: italic; }
 .mc-skip { color: #b45309; }
+.mc-notice { margin: 0 0 8px 0; padding: 6px 10px; border-radius: 6px; background: #fef3c7; color: #92400e; }
+.mc-stopped { background: #e5e7eb; color: #374151; }
+.mc-caption { margin: 0 0 8px 0; color: var(--body-text-color-subdued); font-size: .88em; }
 .mc-notes { margin: 8px 0 0 0; padding-left: 18px; color: var(--body-text-color-subdued); font-size: .88em; }
 .mc-tok { border-radius: 3px; padding: 1px 1px; margin: 0 1px; line-height: 2; }
 .mc-legend span { display: inline-block; margin-right: 12px; padding: 2px 8px; border-radius: 4px; }

@@ -1,13 +1,11 @@
 """Save a composition as YAML and load it back into settings (validated, with clear errors)."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import yaml
 
 from composition.errors import CompositionError
 
-from .session import Studio
+from .session import Studio, expert_folder
 from .settings import StudioSettings
 
 CONFIG_FORMAT = "mllm-composition-studio/1"
@@ -18,7 +16,7 @@ def settings_to_yaml(studio: Studio, settings: StudioSettings, variants: list[st
     data = {
         "format": CONFIG_FORMAT,
         "base": studio.cm.base.name,
-        "experts": [{"name": n, "folder": Path(experts[n].folder).name if getattr(experts[n], "folder", None) else None,
+        "experts": [{"name": n, "folder": folder.name if (folder := expert_folder(experts[n])) else None,
                      "modality": experts[n].modality, "training": experts[n].training}
                     for n in settings.selected if n in experts],
         "variants": variants or ["NaiveMC", "DAMC", "expert:*", *settings.methods],
@@ -58,6 +56,9 @@ def settings_from_yaml(studio: Studio, text: str) -> tuple[StudioSettings, list[
     selected = []
     for item in experts:
         name = item.get("name") if isinstance(item, dict) else item
+        if not isinstance(name, str):
+            raise CompositionError(f"config expert entry {str(item)[:80]!r} has no name string; each entry is "
+                                   "{name, folder} (save a config from the Export tab to see the layout).")
         if name not in loaded:
             folder = item.get("folder") if isinstance(item, dict) else None
             raise CompositionError(f"the config uses expert {name!r} (folder {folder!r}), which is not loaded; "
@@ -73,5 +74,5 @@ def settings_from_yaml(studio: Studio, text: str) -> tuple[StudioSettings, list[
         raise CompositionError(f"config generation key {unknown[0]!r} is unknown; expected max_new_tokens, temperature, top_p, seed.")
     settings = StudioSettings(selected=selected, lambdas=_mapping(coefficients, "lambdas", "coefficients"),
                               mus=_mapping(coefficients, "mus", "coefficients"), methods=list(methods),
-                              method_params={m: dict(p or {}) for m, p in methods.items()}, **generation)
+                              method_params={m: _mapping(methods, m, "methods") for m in methods}, **generation)
     return settings, notes

@@ -11,7 +11,7 @@ from typing import Iterator, Sequence
 from modalities import MODALITY_NAMES
 
 from . import run
-from .cards import cards_html
+from .cards import cards_html, stopped_html
 from .config_io import settings_from_yaml, settings_to_yaml
 from .controls import controls_from_settings, lambda_views, mu_views, param_keys, settings_from_controls
 from .inputs import collect_files, load_user_inputs
@@ -49,10 +49,16 @@ def default_settings(studio: Studio) -> StudioSettings:
 
 # --- experts --------------------------------------------------------------------------
 def catalog_message(studio: Studio) -> str:
+    """How many experts are loaded, the ones that failed to load, and loaded ones whose folder was removed."""
     if not studio.cm.experts:
         return NO_EXPERTS_HELP
-    problems = "".join(f"\n- ⚠️ {p}" for p in studio.load_problems)
+    problems = "".join(f"\n- ⚠️ {p}" for p in [*studio.load_problems, *studio.folder_warnings()])
     return f"{len(studio.cm.experts)} expert(s) loaded.{problems}"
+
+
+def catalog_status(studio: Studio) -> tuple[list[list[str]], str]:
+    """(catalog rows, message) as they are now: a page load shows folders removed since startup."""
+    return studio.catalog_rows(), catalog_message(studio)
 
 
 def add_experts(studio: Studio, path: str, selected: Sequence[str]) -> tuple[list[list[str]], list[str], list[str], str]:
@@ -72,13 +78,27 @@ def present_modalities(image=None, audio=None, video=None, point=None) -> set[st
     return set(collect_files(image, audio, video, point))
 
 
-def recompose(studio: Studio, media: Sequence, controls: Sequence) -> tuple[str, str]:
-    """(compose timing line, formulas markdown) for the current sliders."""
+def recompose(studio: Studio, media: Sequence, controls: Sequence, answered_with: str = "") -> tuple[str, str]:
+    """(compose timing line, formulas markdown) for the current sliders.
+
+    ``answered_with`` is what the answers on screen (or a generation still running) were
+    made with (see ``answered_with``); when the sliders now differ, the line says so: a
+    running generation keeps its coefficients, the next Compare uses the new ones.
+    """
     settings = settings_of(studio, controls)
     if not settings.selected:
         return "select experts to compose them", formulas_markdown(model_view(studio.cm, []), settings)
     timing = run.compose_timing(studio, settings, present_modalities(*media))
+    now = run.settings_line(studio.cm.experts, settings)
+    if answered_with and answered_with != now:
+        timing += (f"  \n⚠️ The answers shown (or still generating) use **{answered_with}**; a running generation keeps "
+                   "the coefficients it started with. Press **Compare** to answer with these.")
     return timing, formulas_markdown(model_view(studio.cm, settings.selected), settings)
+
+
+def answered_with(studio: Studio, controls: Sequence) -> str:
+    """The coefficients a Compare with these controls runs with, in words (kept by the UI next to the answers)."""
+    return run.settings_line(studio.cm.experts, settings_of(studio, controls))
 
 
 def token_routing(studio: Studio, question: str, variant: str, media: Sequence, controls: Sequence) -> str:
@@ -99,11 +119,16 @@ def compare_stream(studio: Studio, question: str, media: Sequence, experts_witho
 def compare_api(studio: Studio, question: str, image=None, audio=None, video=None, point=None) -> dict:
     """The /compare contract: default variants and coefficients over every loaded expert."""
     req = run.prepare(studio, default_settings(studio), question, collect_files(image, audio, video, point))
-    return run.api_payload(run.run_blocking(req))
+    return run.api_payload(run.run_blocking(req), req.warnings)
 
 
 def empty_cards() -> str:
     return cards_html([])
+
+
+def stopped_cards(page: str | None) -> str:
+    """What the Stop button shows: the partial cards on screen, marked as stopped by the user."""
+    return stopped_html(page)
 
 
 # --- config ---------------------------------------------------------------------------

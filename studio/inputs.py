@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Mapping
 
 from composition.catalog import load_inputs
@@ -48,3 +50,47 @@ def point_preview(path) -> tuple[object, str]:
     with handle:
         handle.write(preview["ply_bytes"])
     return preview["scatter"], handle.name
+
+
+# Meshes a 3-D viewer (gr.Model3D) renders from the one uploaded file (.gltf may need side files; .off is unknown to it).
+VIEWER_MESHES = (".obj", ".glb", ".stl")
+
+
+@dataclass
+class PointViews:
+    """Previews of an uploaded point cloud or mesh.
+
+    figure: plotly 3-D scatter of the sampled points (what the encoder sees).
+    model_path: a file for an interactive 3-D viewer: the uploaded mesh itself, or a
+        .ply of the sampled, normalised points.
+    display_mode: how the viewer draws it: "solid" (a mesh) or "point_cloud".
+    """
+
+    figure: object
+    model_path: str
+    display_mode: str
+
+
+def point_views(path) -> PointViews | None:
+    """Both previews of an uploaded point file (None without one); a bad file raises its ModalityError."""
+    path = file_path(path)
+    if path is None:
+        return None
+    figure, ply = point_preview(path)
+    if _is_viewer_mesh(Path(path)):
+        return PointViews(figure, path, "solid")
+    return PointViews(figure, ply, "point_cloud")
+
+
+def _is_viewer_mesh(path: Path) -> bool:
+    ext = path.suffix.lower()
+    if ext in VIEWER_MESHES:
+        return True
+    if ext == ".ply":
+        from modalities.point_io import ply_face_count
+
+        try:
+            return ply_face_count(path) > 0
+        except Exception:  # noqa: BLE001 - the loader accepted it; the points preview is shown instead
+            return False
+    return False

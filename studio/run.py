@@ -1,31 +1,60 @@
-"""Running a comparison: blocking (the /compare API), streamed (the UI), and compose timing."""
+"""Running a comparison: blocking (the /compare API), streamed (the UI), and compose timing.
+
+Faults are handled here, so every caller (UI, API, tests) behaves the same:
+
+- out of GPU memory: the cache is freed and the request runs again one variant at a time
+  (peak memory of one row instead of the whole batch); a second failure is an
+  ``OutOfMemory`` user error. Either way the router is reset and the model lock released
+  by the engine, so the next request runs normally. (Moving the shared model to the CPU
+  is not attempted: it would change every other user's device in the middle of their
+  requests; the encoders already run on the CPU.)
+- a cancelled stream (the UI's Stop button closes the generator): a stop flag that the
+  engine checks after every decoding step ends the generation thread at its next token.
+- coefficients moved during a generation: the request owns its settings, so the running
+  generation keeps the coefficients it started with; the cards name them.
+"""
 from __future__ import annotations
 
+import gc
 import queue
 import threading
 import time
-from dataclasses import dataclass
-from typing import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Mapping
 
-from composition.composer import ComposedModel, ModalInput
+from composition.composer import ComposedModel, ModalInput, VariantAnswer
 from composition.errors import CompositionError
+from modalities import MODALITY_NAMES
 
 from .cards import Card, cards_html
 from .inputs import load_user_inputs
 from .session import Studio
-from .settings import StudioSettings
+from .settings import StudioSettings, text_merge_experts
 from .variants import VariantPlan, model_view, plan_variants
+
+OOM_RETRY_NOTE = ("the GPU ran out of memory running all {n} variants in one batch; they ran one at a time instead "
+                  "(same answers, slower)")
+
+
+class OutOfMemory(CompositionError):
+    """The accelerator ran out of memory even one variant at a time."""
 
 
 @dataclass
 class Request:
-    """A validated request: the per-request model view, loaded inputs and the variant plan."""
+    """A validated request: the per-request model view, loaded inputs and the variant plan.
+
+    ``warnings`` collects what the user should know about this request (a removed expert
+    folder, an out-of-memory retry); ``used`` names the coefficients it runs with.
+    """
 
     view: ComposedModel
     question: str
     inputs: list[ModalInput]
     plan: VariantPlan
     settings: StudioSettings
+    warnings: list[str] = field(default_factory=list)
+    used: str = ""
 
 
 def prepare(studio: Studio, settings: StudioSettings, question: str, files: Mapping[str, list[str]], *,
@@ -41,12 +70,92 @@ def prepare(studio: Studio, settings: StudioSettings, question: str, files: Mapp
     inputs = load_user_inputs(files)
     view = model_view(studio.cm, settings.selected)
     plan = plan_variants(view, settings, {i.modality for i in inputs}, experts_without_input=experts_without_input)
-    return Request(view, question, inputs, plan, settings)
+    return Request(view, question, inputs, plan, settings, studio.folder_warnings(view.experts),
+                   settings_line(view.experts, settings))
+
+
+def settings_line(experts: Mapping, settings: StudioSettings) -> str:
+    """The coefficients a request runs with, in words: ``λ image 0.50, audio 0.50 · μ image 1.00 · TIES (density 0.3)``."""
+    names = text_merge_experts(experts, settings.selected)
+    parts = []
+    if names:
+        parts.append("λ " + ", ".join(f"{n} {settings.lambdas.get(n, 1 / len(names)):.2f}" for n in names))
+    decoupled = {experts[n].modality for n in settings.selected if n in experts and experts[n].training == "decoupled"}
+    mus = [f"{m} {settings.mus.get(m, 1.0):.2f}" for m in MODALITY_NAMES if m in decoupled]
+    if mus:
+        parts.append("μ " + ", ".join(mus))
+    for method in settings.methods:
+        hyper = ", ".join(f"{p} {v:g}" for p, v in settings.hyper(method).items())
+        parts.append(f"{method} ({hyper})" if hyper else method)
+    return " · ".join(parts) or "no coefficients (nothing selected)"
+
+
+# --- generation with fault handling ------------------------------------------------------
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, or another backend's "out of memory" RuntimeError (MPS, XPU)."""
+    import torch
+
+    oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+    return isinstance(exc, oom) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
+
+
+def free_accelerator_memory() -> None:
+    """Drop unreachable tensors and hand cached blocks back to the driver."""
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
+def _oom_detail(exc: BaseException) -> str:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return first[:200]
+
+
+def generate(req: Request, on_step: Callable[[list[str]], None] | None = None,
+             should_stop: Callable[[], bool] | None = None,
+             on_retry: Callable[[str], None] | None = None) -> list[VariantAnswer]:
+    """``req.view.compare`` with the out-of-memory fallback (see the module docstring).
+
+    A retry's note goes to ``req.warnings`` (and to ``on_retry``, so a stream can say it).
+    """
+    coefficients, config = req.settings.coefficients(req.view.experts), req.settings.generation()
+
+    def run(batched: bool) -> list[VariantAnswer]:
+        return req.view.compare(req.question, req.inputs, req.plan.specs, coefficients, config, batched=batched,
+                                on_step=on_step, should_stop=should_stop)
+
+    failure = None
+    try:
+        return run(batched=True)
+    except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled, the rest re-raised
+        if not is_out_of_memory(exc):
+            raise
+        failure = _oom_detail(exc)
+    # Outside the except block: its traceback (and the tensors its frames hold) is gone now.
+    free_accelerator_memory()
+    if len(req.plan.specs) > 1:
+        note = OOM_RETRY_NOTE.format(n=len(req.plan.specs))
+        if on_retry is not None:
+            on_retry(note)
+        try:
+            answers = run(batched=False)
+        except Exception as exc:  # noqa: BLE001
+            if not is_out_of_memory(exc):
+                raise
+            failure = _oom_detail(exc)
+        else:
+            req.warnings.append(note)
+            return answers
+        free_accelerator_memory()
+    raise OutOfMemory(f"the GPU ran out of memory ({failure}) even running one variant at a time. Nothing was "
+                      "changed and the app is ready for the next request: try fewer variants or merge methods, "
+                      "fewer max new tokens, or smaller inputs.")
 
 
 def run_blocking(req: Request) -> list[Card]:
-    answers = req.view.compare(req.question, req.inputs, req.plan.specs, req.settings.coefficients(req.view.experts),
-                               req.settings.generation())
+    answers = generate(req)
     return [Card.from_answer(a) for a in answers] + skipped_cards(req.plan)
 
 
@@ -54,56 +163,83 @@ def skipped_cards(plan: VariantPlan) -> list[Card]:
     return [Card(name, why, status="skipped") for name, why in plan.skipped.items()]
 
 
-def api_payload(cards: list[Card]) -> dict:
-    """``{"variants": [{name, answer, seconds, new_tokens, notes}], "skipped": [{name, reason}]}``."""
+def api_payload(cards: list[Card], warnings: list[str] | None = None) -> dict:
+    """``{"variants": [{name, answer, seconds, new_tokens, notes}], "skipped": [{name, reason}], "warnings": [str]}``."""
     done = [c for c in cards if c.status == "done"]
     return {"variants": [{"name": c.name, "answer": c.answer, "seconds": round(c.seconds or 0.0, 4),
                           "new_tokens": c.new_tokens or 0, "notes": c.notes} for c in done],
-            "skipped": [{"name": c.name, "reason": c.answer} for c in cards if c.status == "skipped"]}
+            "skipped": [{"name": c.name, "reason": c.answer} for c in cards if c.status == "skipped"],
+            "warnings": list(warnings or [])}
 
 
-def stream(req: Request, min_interval: float = 0.15) -> Iterator[str]:
-    """Yield the cards' HTML as tokens arrive (generation runs in a thread; partial texts come through a queue)."""
+def stream(req: Request, min_interval: float = 0.15, stop: threading.Event | None = None) -> Iterator[str]:
+    """Yield the cards' HTML as tokens arrive (generation runs in a thread; partial texts come through a queue).
+
+    Closing the generator (the UI's Stop button, a client that went away) sets ``stop``;
+    the engine checks it after every token, so the thread ends at its next step and
+    releases the model. Setting ``stop`` from outside ends the generation early too; the
+    answers so far are then shown as final, with a note that they were cut short.
+    """
+    stop = stop if stop is not None else threading.Event()
     names = req.plan.names
     cards = [Card(n, status="running") for n in names] + skipped_cards(req.plan)
     updates: queue.Queue = queue.Queue()
     result: dict = {}
+    notices = list(req.warnings)
 
     def work() -> None:
         try:
-            result["answers"] = req.view.compare(req.question, req.inputs, req.plan.specs,
-                                                 req.settings.coefficients(req.view.experts), req.settings.generation(),
-                                                 on_step=updates.put)
+            result["answers"] = generate(req, on_step=updates.put, should_stop=stop.is_set,
+                                         on_retry=lambda note: updates.put(("retry", note)))
         except BaseException as exc:  # handed to the generator, which re-raises it in the request
             result["error"] = exc
         finally:
             updates.put(None)
 
+    def page() -> str:
+        return cards_html(cards, notices=notices, caption=f"Coefficients: {req.used}" if req.used else "")
+
     thread = threading.Thread(target=work, name="studio-compare", daemon=True)
-    thread.start()
-    yield cards_html(cards)
-    last = 0.0
-    while True:
-        item = updates.get()
-        if item is None:
-            break
-        while not updates.empty():  # skip to the newest partial texts
-            nxt = updates.get_nowait()
-            if nxt is None:
-                item = None
+    try:
+        thread.start()
+        yield page()
+        last = 0.0
+        while True:
+            item = updates.get()
+            while item is not None and not updates.empty():  # skip to the newest partial texts
+                nxt = updates.get_nowait()
+                if isinstance(item, tuple) and not isinstance(nxt, tuple):
+                    _apply(cards, notices, item)  # a retry notice is never skipped
+                item = nxt
+            if item is None:
                 break
-            item = nxt
-        if item is None:
-            break
-        if time.perf_counter() - last >= min_interval:
-            for card, text in zip(cards, item):
-                card.answer = text
-            last = time.perf_counter()
-            yield cards_html(cards)
-    thread.join()
-    if "error" in result:
-        raise result["error"]
-    yield cards_html([Card.from_answer(a) for a in result["answers"]] + skipped_cards(req.plan))
+            _apply(cards, notices, item)
+            if isinstance(item, tuple) or time.perf_counter() - last >= min_interval:
+                last = time.perf_counter()
+                yield page()
+        thread.join()
+        if "error" in result:
+            raise result["error"]
+        cards = [Card.from_answer(a) for a in result["answers"]] + skipped_cards(req.plan)
+        notices = list(req.warnings)
+        if stop.is_set():
+            notices.append("stopped before the end: the answers are cut short.")
+        yield page()
+    finally:
+        if thread.is_alive():
+            stop.set()  # the consumer went away mid-generation: end the thread at its next token
+
+
+def _apply(cards: list[Card], notices: list[str], item) -> None:
+    if isinstance(item, tuple):  # ("retry", note): the batch failed; the variants restart one at a time
+        notices.append(item[1])
+        for card in cards:
+            if card.status == "running":
+                card.answer = ""
+        return
+    for card, text in zip(cards, item):
+        if text or card.status != "running":
+            card.answer = text
 
 
 def compose_timing(studio: Studio, settings: StudioSettings, present: set[str]) -> str:
@@ -111,8 +247,17 @@ def compose_timing(studio: Studio, settings: StudioSettings, present: set[str]) 
     view = model_view(studio.cm, settings.selected)
     plan = plan_variants(view, settings, present)
     start = time.perf_counter()
-    resolved = view.resolve(plan.specs, settings.coefficients(view.experts), present)
-    table = view.coef_table(resolved)
-    ms = (time.perf_counter() - start) * 1000
-    return (f"composed {len(resolved)} variant(s) in **{ms:.1f} ms** on **{table.device.type}** "
-            f"({table.shape[0]} routes × {table.shape[1]} delta slots)")
+    try:
+        resolved = view.resolve(plan.specs, settings.coefficients(view.experts), present)
+        table = view.coef_table(resolved)
+    except Exception as exc:  # noqa: BLE001 - a merge method's dense result may not fit on the GPU
+        if not is_out_of_memory(exc):
+            raise
+        detail = _oom_detail(exc)
+    else:
+        ms = (time.perf_counter() - start) * 1000
+        return (f"composed {len(resolved)} variant(s) in **{ms:.1f} ms** on **{table.device.type}** "
+                f"({table.shape[0]} routes × {table.shape[1]} delta slots)")
+    free_accelerator_memory()
+    return (f"⚠️ out of GPU memory while composing ({detail}): a merge method's dense result did not fit. "
+            "Nothing was changed; choose fewer merge methods, or compare without them.")

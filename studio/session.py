@@ -10,11 +10,12 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 from composition.catalog import BUNDLED_EXPERTS, expert_folders
 from composition.composer import ComposedModel
 from composition.errors import ExpertError
+from composition.expert import EXPERT_JSON
 
 EXPERTS_ENV = "STUDIO_EXPERTS"
 BASE_ENV = "STUDIO_BASE"
@@ -29,7 +30,7 @@ class Studio:
     cm: ComposedModel
     device: str = "cpu"
     base_seconds: float = 0.0
-    load_problems: list[str] = field(default_factory=list)  # experts that failed at startup, with why
+    load_problems: list[str] = field(default_factory=list)  # experts that failed to load (startup or added), with why
 
     @property
     def expert_names(self) -> list[str]:
@@ -42,15 +43,44 @@ class Studio:
         return f"Base **{base.name}** loaded in {self.base_seconds:.1f} s ({how}) on **{self.device}** · {experts}"
 
     def catalog_rows(self) -> list[list[str]]:
-        """One row per expert: name, modality, training, base, encoder, folder."""
+        """One row per expert: name, modality, training, base, encoder, folder ("(removed)" when it is gone)."""
         rows = []
+        gone = self.missing_folders()
         for e in self.cm.experts.values():
-            folder = Path(e.folder).name if getattr(e, "folder", None) else "(in memory)"
-            rows.append([e.name, e.modality, e.training, e.config.base_model_name, e.config.encoder.kind, folder])
+            folder = expert_folder(e)
+            shown = "(in memory)" if folder is None else folder.name + (" (removed)" if e.name in gone else "")
+            rows.append([e.name, e.modality, e.training, e.config.base_model_name, e.config.encoder.kind, shown])
         return rows
 
+    def missing_folders(self, names: Iterable[str] | None = None) -> dict[str, Path]:
+        """Loaded experts (of ``names``, default all) whose folder no longer holds expert.json: name -> folder.
+
+        Experts live in memory once loaded, so such an expert keeps answering; what is lost is
+        the way back (re-adding it, or another process reading the folder).
+        """
+        experts = self.cm.experts
+        chosen = experts if names is None else [n for n in names if n in experts]
+        gone = {}
+        for name in chosen:
+            folder = expert_folder(experts[name])
+            if folder is not None and not (folder / EXPERT_JSON).is_file():
+                gone[name] = folder
+        return gone
+
+    def folder_warnings(self, names: Iterable[str] | None = None) -> list[str]:
+        """One readable line per expert whose folder was removed while the app runs."""
+        return [f"the folder of expert {name!r} ({folder.name}/) was removed or moved while the app runs; the copy "
+                "loaded in memory keeps answering, but it cannot be reloaded from there (restore the folder, or "
+                "add it again from its new place after a restart)."
+                for name, folder in self.missing_folders(names).items()]
+
     def add_expert_folder(self, path: str) -> list[str]:
-        """Load every expert under ``path`` (an expert folder or a folder of them); returns the new names."""
+        """Load every expert under ``path`` (an expert folder or a folder of them); returns the new names.
+
+        A folder of experts loads what it can: each expert that fails (corrupt, a clash, or
+        removed while loading) is recorded in ``load_problems`` with why; only when none
+        loads is it an error (the first problem). A failed expert leaves nothing behind.
+        """
         path = (path or "").strip()
         if not path:
             raise ExpertError("type the path of an expert folder (one holding expert.json) or a Hugging Face hub id.")
@@ -58,14 +88,43 @@ class Studio:
             from composition.catalog import fetch_expert  # json + safetensors only; clear "no network" error
 
             path = str(fetch_expert(path))
-        folders = expert_folders([Path(path).expanduser()])
+        try:
+            folders = expert_folders([Path(path).expanduser()])
+        except OSError as exc:  # the folder vanished between the check and the listing
+            raise ExpertError(f"folder {Path(path).name!r} could not be read ({exc.strerror or exc}); "
+                              "check that it still exists.") from None
         if not folders:
             raise ExpertError(f"folder {Path(path).name!r} holds no expert.json (neither itself nor its sub-folders); "
                               "pick the folder an expert was saved to.")
-        added = []
+        added, problems = [], []
         for folder in folders:
-            added.append(self.cm.load_expert(folder).name)
+            try:
+                added.append(self._load_one(folder).name)
+            except ExpertError as exc:
+                problems.append(exc)
+        if not added:
+            raise problems[0]
+        self.load_problems += [str(p) for p in problems]
         return added
+
+    def _load_one(self, folder: Path):
+        """Load one expert folder; a folder removed mid-way is an ExpertError that says so."""
+        try:
+            return self.cm.load_expert(folder)
+        except ExpertError as exc:
+            if not (folder / EXPERT_JSON).is_file():
+                raise ExpertError(f"expert folder {folder.name!r} was removed while it was being loaded ({exc}); "
+                                  "nothing was added from it.") from None
+            raise
+        except OSError as exc:
+            raise ExpertError(f"expert folder {folder.name!r} could not be read while loading it "
+                              f"({exc.strerror or exc}); it may have been removed or moved. Nothing was added from it.") from None
+
+
+def expert_folder(expert) -> Path | None:
+    """The folder an expert was loaded from (None for an expert built in memory)."""
+    folder = getattr(expert, "path", None) or getattr(expert, "folder", None)
+    return Path(folder) if folder else None
 
 
 def _looks_like_hub_id(text: str) -> bool:
@@ -103,7 +162,7 @@ def load_studio(expert_dirs: Sequence[Path], base: str | None = None, device: st
             continue
         for folder in folders:
             try:
-                cm.load_expert(folder)
+                studio._load_one(folder)
             except ValueError as exc:
                 studio.load_problems.append(f"{folder.name}: {exc}")
     return studio

@@ -8,6 +8,7 @@ to ``compare``/``resolve`` would make this view unnecessary.)
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -19,8 +20,23 @@ from .settings import StudioSettings
 
 
 def model_view(cm: ComposedModel, selected: Iterable[str]) -> ComposedModel:
-    """The engine's view of ``cm`` that composes only the ``selected`` experts."""
-    return cm.subset(selected)
+    """The engine's view of ``cm`` that composes only the ``selected`` experts.
+
+    Same result as ``cm.subset(selected)``, but without waiting for the engine's lock,
+    which a running generation holds until its last token: preparing a request or
+    recomposing after a slider move must not wait for another user's generation. The
+    expert mapping is copied in one step (atomic under the GIL), so an expert being added
+    or removed at the same time is either wholly in the view or not; every compare
+    still takes the lock itself.
+    """
+    names = list(selected)
+    experts = dict(cm.experts)
+    unknown = [n for n in names if n not in experts]
+    if unknown:
+        raise CompositionError(f"expert {unknown[0]!r} is not loaded; loaded experts: {sorted(experts)}.")
+    view = copy.copy(cm)
+    view.experts = {n: e for n, e in experts.items() if n in names}
+    return view
 
 
 @dataclass

@@ -59,5 +59,6 @@ def test_bad_arguments_fail_fast_with_one_line(random_experts_dir, args, message
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
     assert "Traceback" not in result.stderr
-    # Checked before any model loads: far below the ~10 s a model load takes.
-    assert elapsed < 8, f"refusal took {elapsed:.1f} s"
+    # A hang guard, not a benchmark: refusals come before any model loads (typically ~3 s,
+    # nearly all of it Python + torch import); timings belong to `python -m composition bench`.
+    assert elapsed < 60, f"refusal took {elapsed:.1f} s"

@@ -200,3 +200,24 @@ def test_many_dense_methods_in_one_request_keep_their_results():
         assert (logits - cm.logits(QUESTION, [], [name])[0]).abs().max() <= 1e-4, name
     base_only = cm.logits(QUESTION, [], ["DAMC"], Coefficients(lambdas={"image": 0.0, "audio": 0.0, "point": 0.0}))[0]
     assert all(not torch.allclose(x, base_only, atol=1e-3) for x in together)
+
+
+def test_bucketed_prefill_equals_one_padded_pass():
+    from composition.generate import length_buckets, prefill, prefill_logits
+
+    cm = make(kinds=("decoupled", "shared"))
+    inputs = [ModalInput(m, random_features(n, seed=i), f"{m}.bin") for i, (m, n) in enumerate((("image", 40), ("audio", 3), ("point", 12)))]
+    variants = ["DAMC", "expert:audio", "expert:image", "NaiveMC", "expert:point"]
+    resolved = cm.resolve(variants, Coefficients(), {"image", "audio", "point"})
+    batch = cm.routed_batch(cm.prompt_rows(QUESTION, inputs, resolved))
+    table = cm.coef_table(resolved)
+    assert len(length_buckets(batch.lengths)) > 1, batch.lengths
+    last, cache = prefill(cm.model, cm.router, batch, table)
+    padded = prefill_logits(cm.model, cm.router, batch, table)[:, -1]
+    assert (last - padded).abs().max() <= 1e-4
+    assert cache.get_seq_length() == max(batch.lengths)  # one cache, every row left-padded to the longest
+    # Decoding from the joined cache gives what each row gives alone.
+    config = GenerationConfig(max_new_tokens=6)
+    together = cm.compare(QUESTION, inputs, variants, config=config)
+    for name, answer in zip(variants, together):
+        assert answer.token_ids == cm.compare(QUESTION, inputs, [name], config=config)[0].token_ids, name

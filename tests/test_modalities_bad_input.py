@@ -26,7 +26,7 @@ def refused(modality, path: Path, *expected: str, tmp_path: Path | None = None) 
     start = time.perf_counter()
     with pytest.raises(ModalityError) as err:
         m.load(path)
-    assert time.perf_counter() - start < 5.0  # a hang guard, not a benchmark (see media_factory.py)
+    assert time.perf_counter() - start < 60.0  # a hang guard, not a benchmark (see media_factory.py)
     message = str(err.value)
     assert Path(path).name in message, message
     assert "Traceback" not in message and str(Path(path).parent) not in message, message

@@ -218,6 +218,8 @@ def test_yaml_config_round_trip():
     (f"format: {CONFIG_FORMAT}\nexperts: [{{name: smell, folder: smell}}]\n", "uses expert 'smell' (folder 'smell'), which is not loaded"),
     (f"format: {CONFIG_FORMAT}\nexperts: [image]\ncoefficients: {{lambdas: {{image: 12}}}}\n", "λ for 'image' is 12.0"),
     (f"format: {CONFIG_FORMAT}\ngeneration: {{beams: 4}}\n", "generation key 'beams' is unknown"),
+    (f"format: {CONFIG_FORMAT}\nexperts: [[1, 2]]\n", "has no name string"),
+    (f"format: {CONFIG_FORMAT}\nexperts: [image]\nmethods: {{ties: [1]}}\n", "key 'ties' must be a mapping"),
 ])
 def test_bad_configs_are_refused_clearly(text, message):
     with pytest.raises(CompositionError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -265,3 +267,15 @@ def test_examples_cover_each_modality_alone_mixed_and_mcub():
         assert (m,) in given
     assert any(1 < len(g) < 4 for g in given) and given.count(tuple(MODALITY_NAMES)) >= 2
     assert all(Path(v).is_file() for row in rows for v in row[1:] if v)
+
+
+def test_point_views_show_a_mesh_itself_and_a_cloud_as_its_sampled_points():
+    from studio.inputs import point_views
+
+    assert point_views(None) is None
+    mesh = point_views(str(MEDIA / "models3d" / "Duck.glb"))
+    assert mesh.display_mode == "solid" and mesh.model_path.endswith("Duck.glb")
+    assert [t.type for t in mesh.figure.data] == ["scatter3d"]
+    cloud = point_views(str(Path(__file__).resolve().parent.parent / "examples" / "point-example.npy"))
+    assert cloud.display_mode == "point_cloud" and cloud.model_path.endswith(".ply")
+    assert Path(cloud.model_path).read_bytes().startswith(b"ply\nformat binary_little_endian 1.0\n")

@@ -97,3 +97,16 @@ def test_stage0_pulls_projected_tokens_towards_the_scene_words():
     present = [CATEGORIES.index(c) for c in scenes[0].categories]
     absent = [i for i in range(8) if i not in present]
     assert best[present].min() > best[absent].max()
+
+
+def test_linear_probe_finds_what_the_features_hold_and_nothing_more():
+    from training.probe import probe
+
+    g = torch.Generator().manual_seed(0)
+    y = (torch.rand(400, 5, generator=g) < 0.4).float()
+    informative = y @ torch.randn(5, 32, generator=g) + 0.05 * torch.randn(400, 32, generator=g)
+    noise = torch.randn(400, 32, generator=g)
+    good = probe(informative[:300], y[:300], informative[300:], y[300:])
+    bad = probe(noise[:300], y[:300], noise[300:], y[300:])
+    assert good["exact_set"] > 0.95
+    assert bad["exact_set"] < 0.3 and bad["per_label"] < 0.75

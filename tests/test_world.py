@@ -9,12 +9,14 @@ at 100 %; letters are balanced; the JSON has MCUB's layout.
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from composition.mcub import score_answer
 from modalities import get_modality
 from training import CATEGORIES, COLOURS, LABELS, MODALITIES, Scene, SceneObject, World, render
 from training.instructions import KINDS, LETTERS, make_instruction_items, question_for
@@ -135,9 +137,11 @@ def test_every_question_kind_is_consistent_with_the_scene():
                 options = dict(zip(LETTERS, question.split("? ", 1)[1].replace(" Answer with the option's letter.", "")
                                    .replace("A. ", "|").replace(" B. ", "|").replace(" C. ", "|")
                                    .replace(" D. ", "|").split("|")[1:]))
-                picked = answer.replace(" and ", ",").replace(" ", "").split(",")
+                picked = re.findall(r"(\w+) \(([A-D])\)", answer)  # "cube (A) and star (C)"
                 present = {letter for letter, cat in options.items() if cat in SCENE.categories}
-                assert set(picked) == present, (question, answer)
+                assert {letter for _, letter in picked} == present, (question, answer)
+                assert all(options[letter] == word for word, letter in picked), (question, answer)
+                assert score_answer(answer) == picked[0][1]  # MCUB's first-letter rule reads the option's letter
                 if kind == "common":
                     assert len(picked) == 1
             if kind == "yesno":

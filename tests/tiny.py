@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaConfig, LlamaForCausalLM
 
+from composition.benchmark import byte_tokenizer  # the benchmark's tiny models use the same tokenizer
 from composition.expert import EncoderRef, Expert, ExpertConfig, ProjectorSpec
 from composition.lora import LoraDelta
 from composition.templates import get_template
@@ -15,18 +15,6 @@ from composition.templates import get_template
 HIDDEN = 32
 FEATURE_DIM = 16
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-def byte_tokenizer() -> PreTrainedTokenizerFast:
-    """Byte-level BPE with no merges: 256 byte tokens + <s>, </s>, <pad>."""
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
-    for special in ("<s>", "</s>", "<pad>"):
-        vocab[special] = len(vocab)
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
 
 
 @dataclass

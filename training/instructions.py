@@ -12,14 +12,19 @@ items are also written to `out_dir/instructions-<modality>.json`.
 Question kinds and why they exist:
 - describe / objects / colour / count / yesno: grounding (what is there, what colour, how many).
 - appear: "Which of these appear in the image? A. .. D. .." with one OR two options
-  present, answered with every present letter ("A and C"): listing all present options
-  is the honest answer for one input.
+  present, answered with every present option ("cube (A) and star (C)"): listing all
+  present options is the honest answer for one input.
 - common: MCUB's own wording, "What do these inputs have in common? ... Answer with the
-  option's letter.", with exactly one option present and a single letter as answer. This
-  teaches the answer format MCUB is scored on and the rule "pick the option the input
-  shows". In a composition each input pushes towards the options it shows; only the
-  answer is pushed by every input, so the rule carries over when experts are merged,
-  while a single expert on an MCUB-synth item still sees two candidates (≈ 50 %).
+  option's letter.", with exactly one option present. This teaches the rule "pick the
+  option the input shows". In a composition each input pushes towards the options it
+  shows; only the answer is pushed by every input, so the rule carries over when experts
+  are merged, while a single expert on an MCUB-synth item still sees two candidates (≈ 50 %).
+Option answers name the option, then its letter ("star (C)"), and MCUB's first-letter
+rule reads the "C". Why not the bare letter: a bare letter asks the model to recognise
+the object AND look up its letter in one token; 135M-parameter experts trained for ~100
+steps learned the recognition (audio: 100 % on "objects") but not the lookup (0 % on bare
+letters, measured). Naming first turns the lookup into copying the letter written next
+to that word in the prompt, which pretrained LMs already do well.
 Answers are short and always phrased the same way, so a 135M model learns the content
 rather than the style.
 """
@@ -36,9 +41,9 @@ from .world import CATEGORIES, EXTENSIONS, LABELS, MODALITIES, NUMBER_WORDS, Sce
 LETTERS = ("A", "B", "C", "D")
 MCUB_QUESTION = "What do these inputs have in common?"
 LETTER_INSTRUCTION = "Answer with the option's letter."
-KINDS: dict[str, float] = {  # sampling weights
-    "describe": 0.18, "objects": 0.10, "colour": 0.14, "count": 0.10,
-    "yesno": 0.16, "appear": 0.16, "common": 0.16,
+KINDS: dict[str, float] = {  # sampling weights: the option kinds carry MCUB's skill, so they weigh most
+    "describe": 0.14, "objects": 0.10, "colour": 0.12, "count": 0.08,
+    "yesno": 0.14, "appear": 0.20, "common": 0.22,
 }
 
 
@@ -49,10 +54,12 @@ def format_options(options: list[str] | tuple[str, ...]) -> str:
     return " ".join(f"{letter}. {option}" for letter, option in zip(LETTERS, options))
 
 
-def join_letters(letters: list[str]) -> str:
-    """['A'] -> 'A'; ['A', 'C'] -> 'A and C' (letters in alphabetical order)."""
-    letters = sorted(letters)
-    return letters[0] if len(letters) == 1 else ", ".join(letters[:-1]) + " and " + letters[-1]
+def option_answer(options: list[str], present: list[str]) -> str:
+    """Options ['cube', 'ball', 'star', 'cone'], present ['star', 'cube'] -> 'cube (A) and star (C)'
+    (in letter order)."""
+    picked = sorted((options.index(c), c) for c in present)
+    parts = [f"{c} ({LETTERS[i]})" for i, c in picked]
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
 def objects_phrase(scene: Scene) -> str:
@@ -106,12 +113,12 @@ def question_for(kind: str, scene: Scene, modality: str, rng: np.random.Generato
     if kind == "appear":
         k = 1 if len(scene.objects) == 1 else int(rng.integers(1, 3))
         present = [scene.categories[i] for i in rng.choice(len(scene.objects), size=k, replace=False)]
-        options, letters = options_with(rng, present, absent)
-        return f"Which of these appear in the {label}? {format_options(options)}", join_letters(letters)
+        options, _ = options_with(rng, present, absent)
+        return f"Which of these appear in the {label}? {format_options(options)}", option_answer(options, present)
     if kind == "common":
         present = [scene.categories[int(rng.integers(len(scene.objects)))]]
-        options, letters = options_with(rng, present, absent)
-        return f"{MCUB_QUESTION} {format_options(options)} {LETTER_INSTRUCTION}", letters[0]
+        options, _ = options_with(rng, present, absent)
+        return f"{MCUB_QUESTION} {format_options(options)} {LETTER_INSTRUCTION}", option_answer(options, present)
     raise ValueError(f"unknown question kind {kind!r}; expected one of {tuple(KINDS)}")
 
 

@@ -1,0 +1,735 @@
+"""Performance figures: ``python -m composition bench [--device cpu|cuda] [--json] [--quick] [--app]``.
+
+Every figure is printed beside a baseline measured in the same run:
+
+- side by side: all the variants in one batch vs one variant alone vs the variants one by
+  one, with the prefill floor (prompt tokens the batch must process / the one variant's);
+- recomposition: online (resolve + coefficient table: coefficients are scalars) and
+  materialized (the engine's merge vs a plain per-layer ``W + Σ λ B@A`` loop, with the
+  memory floor);
+- decode (CUDA): ms per token of a 7B-shaped model vs ``model.generate`` and the memory
+  floor (bytes of weights / peak bandwidth);
+- MCUB: items/s with items and variants batched vs one item at a time;
+- app (``--app``): ``python app.py`` cold start until its page answers, and its peak RSS.
+
+Timing: warm-up runs first, then the median of the repeats (``torch.cuda.synchronize``
+around each on a GPU). Sections that need CUDA say so and are skipped on a CPU.
+``--quick`` runs every section on tiny random models (a smoke test, not figures).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from .composer import ComposedModel, ModalInput
+from .errors import CompositionError
+from .expert import EncoderRef, Expert, ExpertConfig, ProjectorSpec
+from .generate import GenerationConfig, generate_batch
+from .lora import LoraDelta
+from .variants import DAMC, EXPERT_PREFIX, TEXT_ROUTE, Coefficients
+
+REPO = Path(__file__).resolve().parent.parent
+MODALITIES = ("image", "audio", "video", "point")
+QUESTION = "What do these inputs have in common?"
+ALL_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# Tokens per input of the offline encoders (DESIGN.md §4): what synthetic features mimic.
+FEATURE_TOKENS = {"image": 49, "audio": 32, "video": 57, "point": 64}
+# The offline encoders: modality -> (kind, feature dim); random experts on the real base use them.
+OFFLINE_ENCODERS = {"image": ("efficientnet-lite0", 1280), "audio": ("whisper-tiny.en", 384),
+                    "video": ("efficientnet-lite0-video", 1280), "point": ("point-fps-knn", 256)}
+EXAMPLE_FILES = {"image": "image-example.png", "audio": "audio-example.wav", "video": "video-example.mp4", "point": "point-example.npy"}
+# Peak memory bandwidth (bytes/s) by GPU name; other GPUs use the measured copy bandwidth.
+PEAK_BANDWIDTH = (("H200", 4.8e12), ("H100 NVL", 3.9e12), ("H100 PCIe", 2.0e12), ("H100", 3.35e12),
+                  ("A100-SXM4-80GB", 2.039e12), ("A100 80GB PCIe", 1.935e12), ("A100", 1.555e12), ("L40S", 0.864e12),
+                  ("A10G", 0.6e12), ("L4", 0.3e12))
+TARGETS = {"side_by_side_one_input": 1.5, "side_by_side_all_inputs": 2.5, "side_by_side_all_inputs_seconds": 5.0,
+           "side_by_side_gpu": 1.15, "materialize_gpu_ms": 15.0, "decode_vs_floor": 2.0, "app_cold_start_s": 20.0,
+           "app_peak_rss_gb": 2.5}
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What to run. ``quick``: tiny random models, few tokens, one repeat (a smoke test)."""
+
+    device: str = "cpu"
+    quick: bool = False
+    new_tokens: int = 32
+    repeats: int = 3
+    warmup: int = 1
+    mcub_items: int = 4
+    app: bool = False
+
+    def __post_init__(self) -> None:
+        if self.device not in ("cpu", "cuda"):
+            raise CompositionError(f"device {self.device!r}; expected cpu or cuda.")
+        for name in ("new_tokens", "repeats", "mcub_items"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise CompositionError(f"{name}={value!r}; expected a positive integer.")
+        if not isinstance(self.warmup, int) or self.warmup < 0:
+            raise CompositionError(f"warmup={self.warmup!r}; expected a non-negative integer.")
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """A Llama-shaped model with random weights (no download)."""
+
+    name: str
+    hidden: int
+    layers: int
+    heads: int
+    intermediate: int
+    vocab: int
+
+
+VICUNA_7B = ModelShape("Vicuna-7B-shaped (random)", 4096, 32, 32, 11008, 32000)
+TINY = ModelShape("tiny Llama (random)", 64, 2, 4, 128, 512)
+SMALL_GPU = ModelShape("small Llama (random)", 128, 2, 4, 344, 4096)
+
+
+# --- timing -------------------------------------------------------------------------
+def sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure(fn: Callable[[], object], *, repeats: int, warmup: int, device) -> tuple[float, object]:
+    """Median wall seconds of ``fn`` over ``repeats`` runs after ``warmup`` runs, and its last result."""
+    result = None
+    for _ in range(warmup):
+        result = fn()
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        result = fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), result
+
+
+def memory_bandwidth(device) -> tuple[float, str]:
+    """Peak bytes/s: the GPU's spec sheet when its name is known, else a measured copy."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, value in PEAK_BANDWIDTH:
+            if key in name:
+                return value, f"{name} spec"
+    n = (64 << 20) // 4
+    src = torch.ones(n, device=device)
+    dst = torch.empty_like(src)
+    seconds, _ = measure(lambda: dst.copy_(src), repeats=5, warmup=2, device=device)
+    return 2 * src.numel() * src.element_size() / seconds, "measured copy"
+
+
+# --- models -------------------------------------------------------------------------
+@dataclass
+class SyntheticBase:
+    """What ComposedModel needs from a base, for a random Llama and a byte-level tokenizer."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    template: object
+    eos_token_ids: list[int]
+    name: str
+    hidden_size: int
+    sha256: str = "0" * 64
+    load_seconds: dict = field(default_factory=dict)
+
+
+def byte_tokenizer():
+    """Byte-level BPE without merges: the 256 bytes plus <s>, </s>, <pad> (ids < 259)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {ch: i for i, ch in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    for special in ("<s>", "</s>", "<pad>"):
+        vocab[special] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+
+
+def synthetic_base(shape: ModelShape, device, dtype: torch.dtype, seed: int = 0) -> SyntheticBase:
+    """A random-weight Llama of ``shape`` built directly on ``device`` in ``dtype``."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from .templates import get_template
+
+    tokenizer = byte_tokenizer()
+    config = LlamaConfig(vocab_size=max(shape.vocab, len(tokenizer)), hidden_size=shape.hidden, intermediate_size=shape.intermediate,
+                         num_hidden_layers=shape.layers, num_attention_heads=shape.heads, num_key_value_heads=shape.heads,
+                         max_position_embeddings=4096, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = LlamaForCausalLM._from_config(config, dtype=dtype)
+    model.eval().requires_grad_(False)
+    return SyntheticBase(model, tokenizer, get_template("vicuna_v1"), [tokenizer.eos_token_id], shape.name, shape.hidden)
+
+
+def random_expert(base, modality: str, training: str, *, rank: int, targets: Sequence[str], encoder: tuple[str, int],
+                  boundary_tokens: int, seed: int) -> Expert:
+    """An untrained expert with LoRA deltas of ``rank`` on ``targets``, made on the base's device and dtype."""
+    weight = base.model.get_input_embeddings().weight
+    shapes = {n: (m.out_features, m.in_features) for n, m in base.model.named_modules()
+              if isinstance(m, torch.nn.Linear) and n.rsplit(".", 1)[-1] in targets}
+    g = torch.Generator(device=weight.device).manual_seed(seed)
+
+    def factor(*size, std):
+        return torch.randn(*size, generator=g, device=weight.device, dtype=weight.dtype) * std
+
+    def delta():
+        return LoraDelta(rank, 2.0 * rank, {m: factor(rank, fin, std=fin ** -0.5) for m, (fout, fin) in shapes.items()},
+                         {m: factor(fout, rank, std=0.01 / rank ** 0.5) for m, (fout, fin) in shapes.items()})
+
+    hidden = weight.shape[1]
+    name = modality if training == "decoupled" else f"{modality}-shared"
+    config = ExpertConfig(name=name, modality=modality, training=training, base_model_name=base.name,
+                          base_model_sha256=base.sha256, encoder=EncoderRef(encoder[0], None, encoder[1]),
+                          projector=ProjectorSpec("linear", encoder[1], hidden),
+                          prefix_tokens=boundary_tokens, suffix_tokens=boundary_tokens)
+    projector = config.projector.build()
+    with torch.no_grad():
+        projector[0].weight.mul_(0.05)
+    deltas = {n: delta() for n in config.delta_names}
+    cpu = torch.Generator().manual_seed(seed)
+    prefix, suffix = (torch.randn(boundary_tokens, hidden, generator=cpu) * 0.01 for _ in range(2))
+    return Expert(config, deltas, projector, prefix, suffix)
+
+
+class SyntheticFeatures:
+    """A stand-in encoder: fixed random features per modality, ``FEATURE_TOKENS`` rows each (or ``tokens``)."""
+
+    def __init__(self, feature_dim: int, tokens: dict[str, int] | None = None, seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.features = {m: torch.randn(n, feature_dim, generator=g) for m, n in (tokens or FEATURE_TOKENS).items()}
+
+    def __call__(self, expert: Expert, item: ModalInput) -> torch.Tensor:
+        return self.features[item.modality]
+
+
+class CachedFeatures:
+    """Runs an encoder once per (encoder, input content); the encoders are not what is benchmarked."""
+
+    def __init__(self, encode: Callable[[Expert, ModalInput], torch.Tensor]) -> None:
+        self.encode = encode
+        self.cache: dict[tuple, torch.Tensor] = {}
+        self.seconds = 0.0
+
+    def __call__(self, expert: Expert, item: ModalInput) -> torch.Tensor:
+        ref = expert.config.encoder
+        data = item.data.detach().contiguous().cpu()
+        key = (ref.kind, ref.source, expert.name if expert.encoder_state else "", tuple(data.shape), str(data.dtype),
+               zlib.crc32(data.numpy().tobytes()))
+        if key not in self.cache:
+            start = time.perf_counter()
+            self.cache[key] = self.encode(expert, item)
+            self.seconds += time.perf_counter() - start
+        return self.cache[key]
+
+
+@dataclass
+class Setup:
+    """A composed model, one input per modality, and what to say about where they came from."""
+
+    cm: ComposedModel
+    inputs: list[ModalInput]
+    description: str
+    device: str
+
+
+def fixed_length_view(cm: ComposedModel) -> ComposedModel:
+    """A view of ``cm`` whose generation never stops at EOS: every row makes exactly the asked tokens."""
+    view = cm.subset(cm.experts)
+    view.base = copy.copy(cm.base)
+    view.base.eos_token_ids = []
+    return view
+
+
+def synthetic_setup(base: SyntheticBase, *, rank: int, kinds: Sequence[str], targets: Sequence[str] = ALL_TARGETS,
+                    feature_dim: int = 64, tokens: dict[str, int] | None = None) -> Setup:
+    """Random experts of ``kinds`` (one per modality and kind) on ``base``, with synthetic features."""
+    device = str(base.model.get_input_embeddings().weight.device)
+    experts = [random_expert(base, m, kind, rank=rank, targets=targets, encoder=("synthetic", feature_dim), boundary_tokens=2,
+                             seed=100 + 10 * i + j)
+               for j, kind in enumerate(kinds) for i, m in enumerate(MODALITIES)]
+    cm = ComposedModel(base, experts, feature_fn=SyntheticFeatures(feature_dim, tokens))
+    inputs = [ModalInput(m, torch.zeros(1), f"{m} (synthetic features)") for m in MODALITIES]
+    what = f"{base.name}, {len(experts)} random experts ({'+'.join(kinds)}, LoRA r={rank} on {len(targets)} layer kinds)"
+    return Setup(fixed_length_view(cm), inputs, what, device)
+
+
+def bundled_expert_folders() -> list[Path]:
+    from .catalog import BUNDLED_EXPERTS, expert_folders
+
+    return expert_folders([BUNDLED_EXPERTS]) if BUNDLED_EXPERTS.is_dir() else []
+
+
+def random_real_experts(base) -> list[Expert]:
+    """Untrained experts shaped like the bundled ones (LoRA r=4 on q,k,v,o, 2+2 boundary tokens), both kinds."""
+    return [random_expert(base, m, kind, rank=4, targets=("q_proj", "k_proj", "v_proj", "o_proj"), encoder=OFFLINE_ENCODERS[m],
+                          boundary_tokens=2, seed=100 + 10 * i + j)
+            for j, kind in enumerate(("decoupled", "shared")) for i, m in enumerate(MODALITIES)]
+
+
+def real_setup(device: str) -> Setup:
+    """The offline base (SmolLM2-135M-Instruct), the bundled experts (or random ones), the example files."""
+    from .base_llm import load_base_llm
+    from .catalog import load_inputs
+    from .composer import encode_with_registry
+
+    base = load_base_llm(device=device)
+    cm = ComposedModel(base, feature_fn=CachedFeatures(encode_with_registry))
+    folders = bundled_expert_folders()
+    for folder in folders:
+        cm.load_expert(folder)
+    if folders:
+        what = f"{base.name}, {len(folders)} bundled experts (assets/experts)"
+    else:
+        for expert in random_real_experts(base):
+            cm.add_expert(expert)
+        what = (f"{base.name}, 8 random experts (assets/experts holds no experts: untrained LoRA r=4 on q,k,v,o, "
+                "one decoupled and one shared per modality, the offline encoders)")
+    inputs = load_inputs({m: [REPO / "examples" / f] for m, f in EXAMPLE_FILES.items()})
+    return Setup(fixed_length_view(cm), inputs, what, device)
+
+
+# --- side by side -------------------------------------------------------------------
+def bench_variants(cm: ComposedModel, modalities: Sequence[str]) -> list[str]:
+    """NaiveMC and DAMC (where their experts exist), then one expert per input (decoupled first)."""
+    names, seen = [], set()
+    for name in cm.default_variants(set(modalities)):
+        if name.startswith(EXPERT_PREFIX):
+            modality = cm.experts[name[len(EXPERT_PREFIX):]].modality
+            if modality in seen:
+                continue
+            seen.add(modality)
+        names.append(name)
+    return names
+
+
+def side_by_side(setup: Setup, modalities: Sequence[str], config: BenchConfig) -> dict:
+    """All variants in one batch vs the one variant (DAMC) alone vs the variants one by one."""
+    cm = setup.cm
+    inputs = [i for i in setup.inputs if i.modality in modalities]
+    variants = bench_variants(cm, modalities)
+    one = DAMC if DAMC in variants else variants[0]
+    gen = GenerationConfig(max_new_tokens=config.new_tokens)
+    timing = dict(repeats=config.repeats, warmup=config.warmup, device=setup.device)
+    batched_s, answers = measure(lambda: cm.compare(QUESTION, inputs, variants, config=gen), **timing)
+    one_s, _ = measure(lambda: cm.compare(QUESTION, inputs, [one], config=gen), **timing)
+    sequential_s, _ = measure(lambda: cm.compare(QUESTION, inputs, variants, config=gen, batched=False), **timing)
+    tokens = {a.name: a.prompt_tokens for a in answers}
+    return {"inputs": list(modalities), "variants": variants, "one_variant": one, "new_tokens": config.new_tokens,
+            "generated_tokens": min(a.new_tokens for a in answers),
+            "batched_s": batched_s, "one_variant_s": one_s, "sequential_s": sequential_s,
+            "ratio_vs_one": batched_s / one_s, "ratio_vs_sequential": batched_s / sequential_s,
+            "prompt_tokens": tokens, "prefill_floor": sum(tokens.values()) / tokens[one],
+            "padded_prefill_ratio": len(tokens) * max(tokens.values()) / tokens[one]}
+
+
+# --- recomposition ------------------------------------------------------------------
+def coefficient_series(cm: ComposedModel, n: int = 4) -> list[Coefficients]:
+    """Distinct λ / μ settings, so each timed recomposition really changes something."""
+    names = [e.name for e in cm.experts.values() if e.training == "decoupled"]
+    return [Coefficients(lambdas={name: round(0.2 + 0.1 * ((i + k) % 5), 2) for k, name in enumerate(names)},
+                         mus={m: round(0.6 + 0.1 * i, 2) for m in MODALITIES}) for i in range(n)]
+
+
+def recompose_online(setup: Setup, config: BenchConfig) -> dict:
+    """A coefficient change online: resolve the variants and rebuild the coefficient table."""
+    cm, present = setup.cm, {i.modality for i in setup.inputs}
+    variants = bench_variants(cm, sorted(present))
+    series, step = coefficient_series(cm), iter(range(10 ** 9))
+
+    def once():
+        return cm.coef_table(cm.resolve(variants, series[next(step) % len(series)], present))
+
+    seconds, table = measure(once, repeats=max(config.repeats, 20), warmup=max(config.warmup, 2), device=setup.device)
+    return {"variants": len(variants), "table_shape": list(table.shape), "seconds": seconds}
+
+
+def text_route_coefficients(cm: ComposedModel, coefficients: Coefficients, present: set[str], variant: str = DAMC) -> dict[int, float]:
+    return dict(cm.resolve([variant], coefficients, present)[0].routes[TEXT_ROUTE])
+
+
+def merged_layers(cm: ComposedModel, coef: dict[int, float]) -> list:
+    """The routed layers that carry at least one of the slots ``coef`` uses."""
+    return [layer for layer in cm.layers.values() if any(c != 0.0 and slot in layer.lowrank for slot, c in coef.items())]
+
+
+def plain_merge_loop(cm: ComposedModel, coef: dict[int, float]) -> None:
+    """The baseline: per layer with deltas, ``W + Σ λ_i B_i @ A_i``, one expert at a time, in the weight's dtype."""
+    with torch.no_grad():
+        for layer in merged_layers(cm, coef):
+            merged = layer._original_weight.clone()
+            for slot, c in coef.items():
+                factors = layer.lowrank.get(slot)
+                if factors is not None and c != 0.0:
+                    merged.addmm_(factors.B_scaled, factors.A, alpha=c)
+            layer.base.weight.copy_(merged)
+
+
+def merge_bytes(cm: ComposedModel, coef: dict[int, float]) -> int:
+    """Bytes a merge must move at least: read each original weight, write the weight, read the used factors."""
+    total = 0
+    for layer in merged_layers(cm, coef):
+        w = layer.weight
+        total += 2 * w.numel() * w.element_size()
+        for slot, c in coef.items():
+            f = layer.lowrank.get(slot)
+            if f is not None and c != 0.0:
+                total += (f.A.numel() + f.B_scaled.numel()) * f.A.element_size()
+    return total
+
+
+def recompose_materialized(setup: Setup, config: BenchConfig, bandwidth: float) -> dict:
+    """Materializing DAMC after a coefficient change: the engine vs the plain loop, and the memory floor."""
+    cm, present = setup.cm, {i.modality for i in setup.inputs}
+    series = coefficient_series(cm)
+    cm.materialize(DAMC, series[0], present)  # keeps the originals: later merges rewrite from them
+    step = iter(range(1, 10 ** 9))
+    timing = dict(repeats=config.repeats, warmup=config.warmup, device=setup.device)
+    try:
+        ours_s, _ = measure(lambda: cm.materialize(DAMC, series[next(step) % len(series)], present), **timing)
+        coef = text_route_coefficients(cm, series[0], present)
+        cm.materialize(DAMC, series[0], present)
+        layers = merged_layers(cm, coef)
+        probe = layers[:: max(1, len(layers) // 4)]
+        ours = [layer.weight.detach().float().clone() for layer in probe]
+        change = max(float((w - layer._original_weight.float()).abs().max()) for layer, w in zip(probe, ours))
+        loop_s, _ = measure(lambda: plain_merge_loop(cm, coef), **timing)
+        diff = max(float((layer.weight.float() - w).abs().max()) for layer, w in zip(probe, ours))
+    finally:
+        cm.dematerialize()
+    floor_s = merge_bytes(cm, coef) / bandwidth
+    return {"variant": DAMC, "experts": len(coef), "layers": len(layers), "seconds": ours_s, "plain_loop_s": loop_s,
+            "ratio_vs_plain_loop": ours_s / loop_s, "memory_floor_s": floor_s, "ratio_vs_floor": ours_s / floor_s,
+            "max_abs_change": change, "max_abs_diff_vs_plain_loop": diff}
+
+
+# --- decode -------------------------------------------------------------------------
+def weight_bytes(model: torch.nn.Module) -> int:
+    """Bytes one decode step reads at least: every parameter but the input embedding (one row of it is read)."""
+    embedding = model.get_input_embeddings().weight
+    return sum(p.numel() * p.element_size() for p in model.parameters() if p is not embedding)
+
+
+class StepClock:
+    """A ``generate`` streamer that only records when each new token arrives (synchronized on a GPU)."""
+
+    def __init__(self, device) -> None:
+        self.device = device
+        self.stamps: list[float] = []
+        self.seen_prompt = False
+
+    def put(self, value) -> None:
+        if not self.seen_prompt:  # the first call carries the prompt
+            self.seen_prompt = True
+            return
+        sync(self.device)
+        self.stamps.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
+
+
+def hf_generate_ms_per_token(base, prompt_tokens: int, new_tokens: int, config: BenchConfig, device: str) -> float:
+    """``model.generate`` (greedy, EOS never before ``new_tokens``) on the plain model: ms between generated tokens."""
+    ids = torch.randint(3, 250, (1, prompt_tokens), generator=torch.Generator().manual_seed(0)).to(device)
+
+    def once():
+        clock = StepClock(device)
+        base.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=1 + new_tokens,
+                            min_new_tokens=1 + new_tokens, do_sample=False, pad_token_id=base.tokenizer.pad_token_id,
+                            streamer=clock)
+        return 1000 * (clock.stamps[-1] - clock.stamps[0]) / (len(clock.stamps) - 1)
+
+    samples = [once() for _ in range(config.warmup + config.repeats)][config.warmup:]
+    return statistics.median(samples)
+
+
+def decode_ms_per_token(setup: Setup, variants: Sequence[str], config: BenchConfig) -> tuple[float, int]:
+    """The engine's decode: ms between generated tokens (after prefill), and the prompt length of the first row."""
+    cm = setup.cm
+    present = {i.modality for i in setup.inputs}
+    with cm.lock:
+        resolved = cm.resolve(variants, Coefficients(), present)
+        rows = cm.prompt_rows(QUESTION, setup.inputs, resolved)
+        batch, table = cm.routed_batch(rows), cm.coef_table(resolved)
+
+    def once():
+        stamps: list[float] = []
+        generate_batch(cm.model, cm.router, batch, table, GenerationConfig(max_new_tokens=1 + config.new_tokens), [],
+                       on_step=lambda _: stamps.append(time.perf_counter()))  # each step ends with a host sync
+        return 1000 * (stamps[-1] - stamps[0]) / (len(stamps) - 1)
+
+    samples = [once() for _ in range(config.warmup + config.repeats)][config.warmup:]
+    return statistics.median(samples), rows[0].length
+
+
+# --- MCUB ---------------------------------------------------------------------------
+def mcub_items(quick: bool, limit: int) -> tuple[list, str]:
+    from .mcub import load_mcub, synth_sets
+
+    if quick:
+        path = REPO / "examples" / "mcub" / "mcub-synth4.json"
+        return load_mcub(path)[:limit], f"examples/mcub ({path.name})"
+    n_items = max(16, limit)  # built once into .cache/mcub-synth, then reused
+    path = synth_sets("synth-4", seed=0, n_items=n_items, on_build=lambda m: print(m, file=sys.stderr))["image+audio+video+point"]
+    return load_mcub(path)[:limit], "MCUB-synth-4 (seed 0, training.mcub_synth)"
+
+
+def mcub_throughput(setup: Setup, config: BenchConfig) -> dict:
+    """Items/s of ``evaluate``: all items and variants in one batch vs one item (all its variants) at a time."""
+    from .mcub import DEFAULT_CONFIG, evaluate
+
+    items, source = mcub_items(config.quick, config.mcub_items)
+    cm = setup.cm
+    variants = bench_variants(cm, MODALITIES)
+    timing = dict(repeats=config.repeats, warmup=config.warmup, device=setup.device)
+    batched_s, _ = measure(lambda: evaluate(cm, items, variants, config=DEFAULT_CONFIG, batch_items=len(items)), **timing)
+    single_s, _ = measure(lambda: evaluate(cm, items, variants, config=DEFAULT_CONFIG, batch_items=1), **timing)
+    return {"data": source, "items": len(items), "variants": variants, "new_tokens": DEFAULT_CONFIG.max_new_tokens,
+            "batched_items_per_s": len(items) / batched_s, "one_item_at_a_time_items_per_s": len(items) / single_s,
+            "speedup": single_s / batched_s}
+
+
+# --- app ----------------------------------------------------------------------------
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def peak_rss_bytes(pid: int) -> int | None:
+    """VmHWM (peak resident set) of a live process, from /proc."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def app_cold_start(expert_dir: Path | None, timeout_s: float = 300.0) -> dict:
+    """Launch ``python app.py`` on a free port; seconds until its page answers, and its peak RSS then."""
+    import subprocess
+    import urllib.error
+    import urllib.request
+
+    port = free_port()
+    env = dict(os.environ, GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port), GRADIO_ANALYTICS_ENABLED="False")
+    command = [sys.executable, "app.py"] + (["--experts", str(expert_dir)] if expert_dir else [])
+    url = f"http://127.0.0.1:{port}/"
+    with tempfile.TemporaryFile() as log:
+        start = time.perf_counter()
+        proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        ready, peak = None, 0
+        try:
+            while time.perf_counter() - start < timeout_s and proc.poll() is None:
+                peak = max(peak, peak_rss_bytes(proc.pid) or 0)
+                try:
+                    with urllib.request.urlopen(url, timeout=2) as response:
+                        if response.status == 200:
+                            ready = time.perf_counter() - start
+                            break
+                except (urllib.error.URLError, OSError):
+                    time.sleep(0.2)
+            peak = max(peak, peak_rss_bytes(proc.pid) or 0)
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if ready is None:
+            log.seek(0)
+            tail = log.read().decode(errors="replace").strip().splitlines()[-3:]
+            raise CompositionError(f"app.py did not answer on {url} within {timeout_s:.0f} s "
+                                   f"(exit code {proc.returncode}): {' | '.join(tail)}")
+    return {"cold_start_s": ready, "peak_rss_gb": peak / 1e9, "experts": "bundled" if expert_dir is None else "random (saved for the run)"}
+
+
+def app_section(setup: Setup | None) -> dict:
+    from .expert import save_expert
+
+    if bundled_expert_folders():
+        return app_cold_start(None)
+    with tempfile.TemporaryDirectory(prefix="bench-experts-") as folder:
+        if setup is not None and getattr(setup.cm.base, "source", None):
+            experts = list(setup.cm.experts.values())
+        else:
+            from .base_llm import load_base_llm
+
+            experts = random_real_experts(load_base_llm())
+        for expert in experts:
+            save_expert(expert, Path(folder) / expert.name, dtype=torch.float16)
+        return app_cold_start(Path(folder))
+
+
+# --- the sections together ----------------------------------------------------------
+def gpu_section(config: BenchConfig, device: str = "cuda", dtype: torch.dtype = torch.bfloat16) -> dict:
+    """7B-shaped bf16 model, 4 random decoupled experts at r=128 (small sizes with --quick).
+
+    ``device`` and ``dtype`` are for tests: the same code path on a CPU with ``--quick`` sizes.
+    """
+    shape, rank, feature_dim = (SMALL_GPU, 8, 64) if config.quick else (VICUNA_7B, 128, 1024)
+    base = synthetic_base(shape, device, dtype)
+    bandwidth, source = memory_bandwidth(device)
+    floor_ms = 1000 * weight_bytes(base.model) / bandwidth
+    hf_prompt = 256
+    hf_ms = hf_generate_ms_per_token(base, hf_prompt, config.new_tokens, config, device)  # before any layer is routed
+    setup = synthetic_setup(base, rank=rank, kinds=("decoupled",), feature_dim=feature_dim)
+    cm = setup.cm
+    variants = bench_variants(cm, MODALITIES)
+    out = {"model": setup.description, "bandwidth_gb_s": bandwidth / 1e9, "bandwidth_source": source,
+           "side_by_side": side_by_side(setup, MODALITIES, config)}
+    one_ms, prompt = decode_ms_per_token(setup, [DAMC], config)
+    all_ms, _ = decode_ms_per_token(setup, variants, config)
+    out["recompose"] = recompose_materialized(setup, config, bandwidth)
+    cm.materialize(DAMC, Coefficients(), set(MODALITIES))
+    try:
+        materialized_ms, _ = decode_ms_per_token(setup, [DAMC], config)
+    finally:
+        cm.dematerialize()
+    out["decode"] = {"prompt_tokens": prompt, "hf_generate_prompt_tokens": hf_prompt, "floor_ms_per_token": floor_ms,
+                     "hf_generate_ms_per_token": hf_ms, "online_one_variant_ms_per_token": one_ms,
+                     "online_all_variants_ms_per_token": all_ms, "all_variants": len(variants),
+                     "materialized_ms_per_token": materialized_ms, "online_vs_floor": one_ms / floor_ms,
+                     "materialized_vs_floor": materialized_ms / floor_ms, "hf_generate_vs_floor": hf_ms / floor_ms,
+                     "online_vs_hf_generate": one_ms / hf_ms if hf_ms > 0 else None, "all_variants_vs_one": all_ms / one_ms}
+    del setup, cm, base
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
+    return out
+
+
+def run_benchmark(config: BenchConfig, emit: Callable[[str], None] = print) -> dict:
+    """Run every section; ``emit`` gets the human-readable lines as they come. Returns all figures."""
+    result: dict = {"device": config.device, "quick": config.quick, "torch": torch.__version__,
+                    "cpu_threads": torch.get_num_threads(), "new_tokens": config.new_tokens, "repeats": config.repeats,
+                    "warmup": config.warmup, "targets": TARGETS}
+    if config.quick:
+        setup = synthetic_setup(synthetic_base(TINY, config.device, torch.float32), rank=4, kinds=("decoupled", "shared"),
+                                tokens={"image": 6, "audio": 4, "video": 7, "point": 8})
+    else:
+        setup = real_setup(config.device)
+    result["setup"] = setup.description
+    emit(f"setup: {setup.description}; device {config.device}, {torch.get_num_threads()} CPU threads, "
+         f"{config.new_tokens} new tokens, median of {config.repeats} after {config.warmup} warm-up")
+
+    sections = [
+        ("side_by_side_one_input", lambda: side_by_side(setup, ("image",), config), format_side_by_side),
+        ("side_by_side_all_inputs", lambda: side_by_side(setup, MODALITIES, config), format_side_by_side),
+        ("recompose_online", lambda: recompose_online(setup, config), format_online),
+        ("recompose_materialized", lambda: recompose_materialized(setup, config, memory_bandwidth(config.device)[0]), format_materialized),
+        ("mcub", lambda: mcub_throughput(setup, config), format_mcub),
+    ]
+    for name, run, fmt in sections:
+        result[name] = run_section(name, run, fmt, emit)
+    if config.device == "cuda":
+        result["gpu"] = run_section("gpu", lambda: gpu_section(config), format_gpu, emit)
+    else:
+        why = "--device cpu" if torch.cuda.is_available() else "no CUDA GPU on this machine"
+        result["gpu"] = {"skipped": f"needs CUDA ({why})"}
+        emit(f"gpu (7B-shaped side by side, materialize, decode): skipped, needs CUDA ({why})")
+    if config.app:
+        result["app"] = run_section("app", lambda: app_section(None if config.quick else setup), format_app, emit)
+    else:
+        result["app"] = {"skipped": "slow: pass --app"}
+        emit("app cold start: skipped (pass --app; it launches python app.py)")
+    return result
+
+
+def run_section(name: str, run: Callable[[], dict], fmt: Callable[[dict], list[str]], emit: Callable[[str], None]) -> dict:
+    """One section; a failure is reported in its place (the other sections still run)."""
+    try:
+        figures = run()
+    except Exception as exc:  # noqa: BLE001 - a benchmark reports what failed and goes on
+        emit(f"{name}: failed ({type(exc).__name__}: {exc})")
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    for line in fmt(figures):
+        emit(line)
+    return figures
+
+
+# --- text output --------------------------------------------------------------------
+def format_side_by_side(f: dict, gpu: bool = False) -> list[str]:
+    n = len(f["variants"])
+    target = TARGETS["side_by_side_gpu" if gpu else "side_by_side_one_input" if len(f["inputs"]) == 1 else "side_by_side_all_inputs"]
+    extra = f"; ≤ {TARGETS['side_by_side_all_inputs_seconds']:.0f} s in all" if len(f["inputs"]) > 1 and not gpu else ""
+    return [f"side by side, {'+'.join(f['inputs'])} input{'s' if len(f['inputs']) > 1 else ''}: {', '.join(f['variants'])}",
+            f"  {n} variants in one batch {f['batched_s']:.3f} s = {f['ratio_vs_one']:.2f}x one variant "
+            f"({f['one_variant']} alone {f['one_variant_s']:.3f} s; target ≤ {target}x{extra}); prefill floor "
+            f"{f['prefill_floor']:.2f}x (prompt tokens {sum(f['prompt_tokens'].values())} vs {f['prompt_tokens'][f['one_variant']]}; "
+            f"padded to one length: {f['padded_prefill_ratio']:.2f}x)",
+            f"  the variants one by one {f['sequential_s']:.3f} s: batch / one by one = {f['ratio_vs_sequential']:.2f}x "
+            f"({f['generated_tokens']} new tokens per row, EOS ignored)"]
+
+
+def format_online(f: dict) -> list[str]:
+    return [f"recompose online (resolve {f['variants']} variants + coefficient table {f['table_shape']}): "
+            f"{1000 * f['seconds']:.3f} ms"]
+
+
+def format_materialized(f: dict) -> list[str]:
+    return [f"recompose materialized ({f['variant']}, {f['experts']} experts, {f['layers']} layers): {1000 * f['seconds']:.2f} ms; "
+            f"plain per-layer loop {1000 * f['plain_loop_s']:.2f} ms (ratio {f['ratio_vs_plain_loop']:.2f}x); memory floor "
+            f"{1000 * f['memory_floor_s']:.2f} ms ({f['ratio_vs_floor']:.2f}x); weights change by up to {f['max_abs_change']:.2g}, "
+            f"max |diff| vs loop {f['max_abs_diff_vs_plain_loop']:.2g}"]
+
+
+def format_mcub(f: dict) -> list[str]:
+    return [f"MCUB ({f['data']}, {f['items']} items x {len(f['variants'])} variants, {f['new_tokens']} new tokens): "
+            f"batched {f['batched_items_per_s']:.3f} items/s vs one item at a time {f['one_item_at_a_time_items_per_s']:.3f} "
+            f"items/s ({f['speedup']:.2f}x)"]
+
+
+def format_app(f: dict) -> list[str]:
+    return [f"app cold start (python app.py, {f['experts']} experts): page answered after {f['cold_start_s']:.1f} s "
+            f"(target ≤ {TARGETS['app_cold_start_s']:.0f} s); peak RSS {f['peak_rss_gb']:.2f} GB (target ≤ {TARGETS['app_peak_rss_gb']} GB)"]
+
+
+def format_gpu(f: dict) -> list[str]:
+    d, r = f["decode"], f["recompose"]
+    lines = [f"gpu: {f['model']}; peak bandwidth {f['bandwidth_gb_s']:.0f} GB/s ({f['bandwidth_source']})"]
+    lines += ["  " + line for line in format_side_by_side(f["side_by_side"], gpu=True)]
+    lines += ["  " + line + f"  [target ≤ {TARGETS['materialize_gpu_ms']:.0f} ms]" for line in format_materialized(r)]
+    lines += [f"  decode ({d['prompt_tokens']} prompt tokens): memory floor {d['floor_ms_per_token']:.2f} ms/token; "
+              f"model.generate {d['hf_generate_ms_per_token']:.2f} ms/token ({d['hf_generate_vs_floor']:.2f}x floor); engine online 1 variant {d['online_one_variant_ms_per_token']:.2f} ms/token "
+              f"({d['online_vs_floor']:.2f}x floor), {d['all_variants']} variants {d['online_all_variants_ms_per_token']:.2f} ms/token "
+              f"({d['all_variants_vs_one']:.2f}x one), materialized {d['materialized_ms_per_token']:.2f} ms/token "
+              f"({d['materialized_vs_floor']:.2f}x floor; target ≤ {TARGETS['decode_vs_floor']}x)"]
+    return lines
+
+
+def to_json(result: dict) -> str:
+    def clean(value):
+        if isinstance(value, float):
+            return round(value, 6)
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v) for v in value]
+        return value
+
+    return json.dumps(clean(result), indent=2)
