@@ -1,0 +1,63 @@
+"""The bundled experts (assets/experts/): each loads, and answers held-out questions about
+its own modality from real files, end to end (file -> loader -> encoder -> expert)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from composition.catalog import BUNDLED_EXPERTS, scan_experts
+from composition.composer import ComposedModel
+from composition.catalog import load_inputs
+from composition.generate import GenerationConfig
+from training.evaluate import normalize
+from training.instructions import question_for
+from training.world import EXTENSIONS, MODALITIES, World, render
+
+pytestmark = pytest.mark.slow
+# Held-out scenes: a seed the training never used (training: 0, its held-out split: 1000).
+HELDOUT_SEED = 4242
+KINDS = ("objects", "yesno", "common")
+ITEMS_PER_MODALITY = 9
+# Floors = the accuracy measured on these 18 answers (9 items x 2 experts) less one answer, so
+# a float difference between machines cannot flip the test while a broken pipeline (wrong
+# encoder or projector, a bad fp16 round trip, a changed prompt) does. Chance on this mix is
+# about 0.25 (objects ~0, yes/no 1/2, common 1/4): image (0.56 measured) is above it; the
+# audio, video and point experts, trained for what a 2-core CPU affords, are not yet
+# (README, "Bundled experts"), so their floors only guard the plumbing.
+FLOOR = {"image": 9 / 18, "audio": 3 / 18, "video": 3 / 18, "point": 2 / 18}
+
+
+@pytest.fixture(scope="module")
+def bundled(smollm2):
+    entries = scan_experts([BUNDLED_EXPERTS])
+    cm = ComposedModel(smollm2)
+    for entry in entries:
+        cm.load_expert(entry.folder)
+    yield cm
+    for name in list(cm.experts):
+        cm.remove_expert(name)
+
+
+def test_all_eight_experts_are_bundled_and_small():
+    entries = scan_experts([BUNDLED_EXPERTS])
+    assert sorted((e.config.modality, e.config.training) for e in entries) == sorted(
+        (m, t) for m in MODALITIES for t in ("shared", "decoupled"))
+    total = sum(p.stat().st_size for p in BUNDLED_EXPERTS.rglob("*.safetensors"))
+    assert total <= 25 * 2**20, f"bundled weights are {total / 2**20:.1f} MB; the budget is 25 MB"
+
+
+@pytest.mark.parametrize("modality", MODALITIES)
+def test_expert_answers_its_own_modality(bundled, modality, tmp_path):
+    world = World(HELDOUT_SEED)
+    rng = np.random.default_rng([HELDOUT_SEED, MODALITIES.index(modality)])
+    hits = []
+    for i in range(ITEMS_PER_MODALITY):
+        scene = world.sample_scene(rng)
+        path = render(scene, modality, tmp_path / f"{i}{EXTENSIONS[modality]}")
+        question, answer = question_for(KINDS[i % len(KINDS)], scene, modality, rng)
+        inputs = load_inputs({modality: [path]})
+        for name in (modality, f"{modality}-shared"):
+            got = bundled.compare(question, inputs, [f"expert:{name}"], config=GenerationConfig(max_new_tokens=24))[0]
+            hits.append(normalize(got.answer) == normalize(answer))
+    accuracy = float(np.mean(hits))
+    assert accuracy >= FLOOR[modality], f"{modality} experts: {accuracy:.2f} on held-out items (floor {FLOOR[modality]})"
