@@ -28,9 +28,12 @@ FLOOR = {"image": 9 / 18, "audio": 3 / 18, "video": 3 / 18, "point": 2 / 18}
 
 
 @pytest.fixture(scope="module")
-def bundled(smollm2):
+def bundled(base_cache_dir):
+    from composition.base_llm import load_base_llm
+
     entries = scan_experts([BUNDLED_EXPERTS])
-    cm = ComposedModel(smollm2)
+    # A base of its own: the composed model wraps the base's layers; the session's smollm2 stays plain.
+    cm = ComposedModel(load_base_llm(cache_dir=base_cache_dir))
     for entry in entries:
         cm.load_expert(entry.folder)
     yield cm
