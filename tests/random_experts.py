@@ -20,11 +20,23 @@ ENCODERS = {
 }
 
 
+def target_shapes(base, targets) -> dict[str, tuple[int, int]]:
+    """(out, in) of every linear layer named in ``targets``, also when a composed model has
+    wrapped them (RoutedLinear keeps the frozen layer as ``.base``)."""
+    shapes = {}
+    for name, module in base.model.named_modules():
+        layer = getattr(module, "base", module)
+        if isinstance(layer, torch.nn.Linear) and name.rsplit(".", 1)[-1] in targets:
+            shapes[name] = (layer.out_features, layer.in_features)
+    if not shapes:
+        raise ValueError(f"the base has no linear layers named {targets}; random experts need them.")
+    return shapes
+
+
 def save_random_experts(base, folder: Path, modalities=("image", "audio"), training: str = "decoupled",
                         seed: int = 0) -> Path:
     """One random expert per modality (LoRA r=4 on q_proj and v_proj) under ``folder/<modality>``."""
-    shapes = {n: (m.out_features, m.in_features) for n, m in base.model.named_modules()
-              if isinstance(m, torch.nn.Linear) and n.rsplit(".", 1)[-1] in ("q_proj", "v_proj")}
+    shapes = target_shapes(base, ("q_proj", "v_proj"))
     g = torch.Generator().manual_seed(seed)
     names = ("shared",) if training == "shared" else ("text", "modality")
     for modality in modalities:

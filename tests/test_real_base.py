@@ -22,8 +22,12 @@ def zero_expert(base, name, modality, training, shapes):
     return Expert(config, deltas, config.projector.build(), torch.zeros(0, base.hidden_size), torch.zeros(0, base.hidden_size))
 
 
-def test_zero_delta_experts_generate_exactly_what_the_base_generates(smollm2):
-    base = smollm2
+def test_zero_delta_experts_generate_exactly_what_the_base_generates(smollm2, base_cache_dir):
+    from composition.base_llm import load_base_llm
+
+    # A base of its own: the composed model wraps the base's layers for good, and the
+    # session's smollm2 must stay plain for the tests that run after this one.
+    base = load_base_llm(cache_dir=base_cache_dir)
     prompt = base.template.format_prompt(QUESTION)
     ids = base.tokenizer(prompt, return_tensors="pt")
     with torch.no_grad():
