@@ -10,6 +10,12 @@ import functools
 import inspect
 import os
 
+from studio.memory import limit_malloc_arenas
+
+# First, before torch and the server start their threads: every thread made later shares
+# two malloc arenas, so memory stays flat as users come and go (see studio/memory.py).
+limit_malloc_arenas()
+
 import gradio as gr
 
 from composition.methods import list_methods
@@ -30,6 +36,7 @@ except ImportError:
         return fn
 
 MAX_FILE_SIZE = "100mb"
+SESSION_CAPACITY = 1000
 LATEX = [{"left": "$$", "right": "$$", "display": True}, {"left": "$", "right": "$", "display": False}]
 CATALOG_HEADERS = ["name", "modality", "training", "base", "encoder", "folder"]
 
@@ -312,7 +319,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
     ui = Ui(studio)
     with gr.Blocks(title="MLLM Composition Studio") as demo:
         ui.demo = demo
-        gr.Markdown("# 🧩 MLLM Composition Studio\nCompose single-modality experts that share one base LLM with "
+        gr.Markdown("# MLLM Composition Studio\nCompose single-modality experts that share one base LLM with "
                     "**NaiveMC** and **DAMC** (Chen et al., ACL 2024) and other merge methods, and compare every "
                     "variant's answer side by side.")
         ui.header = gr.Markdown(studio.header())
@@ -348,7 +355,11 @@ def launch(demo: gr.Blocks, **overrides):
     demo.queue(default_concurrency_limit=int(os.environ.get("STUDIO_CONCURRENCY", "2")), max_size=32)
     options = dict(server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
                    server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
-                   max_file_size=MAX_FILE_SIZE, css=CARD_CSS, theme=gr.themes.Soft())
+                   max_file_size=MAX_FILE_SIZE, css=CARD_CSS, theme=gr.themes.Soft(),
+                   # Gradio keeps each session's component state (≈ 0.2 MB here) until this many newer
+                   # sessions exist (its default is 10,000); the app's own per-session state is one
+                   # caption, so forgetting the oldest idle sessions loses nothing a user sees.
+                   state_session_capacity=SESSION_CAPACITY)
     options.update(overrides)
     return demo.launch(**options)
 

@@ -13,4 +13,5 @@ app.py builds the UI and calls these; tests call them directly. Modules, one job
 - bench:     MCUB-synth benchmark and the coefficient sweep
 - exporting: materialized export zipped for download
 - examples:  example rows from examples/manifest.json
+- memory:    the malloc-arena cap that keeps a long-running server's memory flat
 """

@@ -1,6 +1,6 @@
 """A bounded load test of the running app on loopback; it stops by itself.
 
-    python tests/load_test.py --clients N [--requests-per-client K] [--experts DIR] [--json]
+    python tests/load_test.py --clients N [--requests-per-client K] [--rounds R] [--experts DIR] [--json]
                               [--max-new-tokens T] [--timeout S]
 
 It starts the app (``app.build_demo`` and ``app.launch``, as ``python app.py`` does) in a
@@ -310,7 +310,7 @@ def run_load(args: argparse.Namespace) -> dict:
     proc, url, info = start_server(args, log)
     monitor = Monitor(proc.pid, url)
     monitor.start()
-    report: dict = {"clients": args.clients, "requests_per_client": args.requests_per_client,
+    report: dict = {"clients": args.clients, "requests_per_client": args.requests_per_client, "rounds": args.rounds,
                     "max_new_tokens": args.max_new_tokens, "server": {"pid": proc.pid, "url": url, "log": log.name,
                                                                       "concurrency": info["concurrency"],
                                                                       "queue_max_size": info["max_size"],
@@ -336,11 +336,12 @@ def run_load(args: argparse.Namespace) -> dict:
         report["alone"] = alone_summary(expected)
         rss_warm = proc_status(proc.pid).get("VmRSS", 0)
 
-        # 2. load: N sessions + one moving sliders.
+        # 2. load: N sessions + one moving sliders; with --rounds, N fresh sessions again and
+        # again (new users arriving), so memory can be seen to level off rather than creep.
         results: list[tuple[Req, Outcome | None, str | None]] = []
         lock = threading.Lock()
-        clients = [Client(url, verbose=False, httpx_kwargs=HTTPX) for _ in range(args.clients)]
         done = threading.Event()
+        clients: list = []
 
         def session(i: int) -> None:
             for req in plans[i]:
@@ -354,14 +355,20 @@ def run_load(args: argparse.Namespace) -> dict:
                     return
 
         slider = SliderSession(Client(url, verbose=False, httpx_kwargs=HTTPX), experts, args.max_new_tokens, deadline, stats)
-        threads = [threading.Thread(target=session, args=(i,), name=f"load-session-{i}") for i in range(args.clients)]
         slider_thread = threading.Thread(target=slider.run, args=(done,), name="load-sliders")
         load_start = time.monotonic()
         slider_thread.start()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(max(0.0, deadline - time.monotonic()) + 5)
+        rss_rounds = []
+        for _ in range(args.rounds):
+            clients[:] = [Client(url, verbose=False, httpx_kwargs=HTTPX) for _ in range(args.clients)]
+            threads = [threading.Thread(target=session, args=(i,), name=f"load-session-{i}") for i in range(args.clients)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(max(0.0, deadline - time.monotonic()) + 5)
+            rss_rounds.append(round(proc_status(proc.pid).get("VmRSS", 0) / 1024, 1))
+            if time.monotonic() > deadline:
+                break
         done.set()
         slider_thread.join(60)
         report["load_seconds"] = round(time.monotonic() - load_start, 2)
@@ -376,7 +383,8 @@ def run_load(args: argparse.Namespace) -> dict:
         hwm = max(monitor.hwm_kb, proc_status(proc.pid).get("VmHWM", 0))
         report["memory_mb"] = {"peak_rss_vmhwm": round(hwm / 1024, 1), "rss_after_warmup": round(rss_warm / 1024, 1),
                                "rss_end": round(rss_end / 1024, 1), "rss_max_during_load": round(max(monitor.rss_kb or [0]) / 1024, 1),
-                               "growth_during_load": round((rss_end - rss_warm) / 1024, 1)}
+                               "growth_during_load": round((rss_end - rss_warm) / 1024, 1),
+                               "rss_after_each_round": rss_rounds}
         report["distinct_expected_ui_answers"] = len({json.dumps(expected[f"ui:{i}"].value, sort_keys=True)
                                                       for i in range(args.clients) if f"ui:{i}" in expected})
         report["timed_out"] = any(p for _, _, p in results) or slider.timed_out or any(t.is_alive() for t in threads)
@@ -524,7 +532,7 @@ class SliderSession:
 def print_report(r: dict) -> None:
     v, b, s, q, m = (r.get(k, {}) for k in ("valid", "invalid", "sliders", "queue", "memory_mb"))
     lat = v.get("latency_s", {})
-    print(f"load test: {r['clients']} sessions × {r['requests_per_client']} requests (+1 moving sliders), "
+    print(f"load test: {r['rounds']} × {r['clients']} sessions × {r['requests_per_client']} requests (+1 moving sliders), "
           f"max_new_tokens {r['max_new_tokens']}, server concurrency {r['server']['concurrency']}")
     print(f"  valid:   {v.get('correct', 0)}/{v.get('sent', 0)} answered exactly as alone; "
           f"latency p50 {lat.get('p50')} s, p95 {lat.get('p95')} s, max {lat.get('max')} s")
@@ -536,7 +544,8 @@ def print_report(r: dict) -> None:
     print(f"  queue:   at most {q.get('max_waiting_observed')} waiting (max_size {q.get('max_size')}), "
           f"{q.get('rejected_queue_full_then_retried', 0)} 'queue full' refusals retried")
     print(f"  memory:  peak RSS (VmHWM) {m.get('peak_rss_vmhwm')} MB; RSS after warm-up {m.get('rss_after_warmup')} MB, "
-          f"at the end {m.get('rss_end')} MB (growth {m.get('growth_during_load')} MB)")
+          f"at the end {m.get('rss_end')} MB (growth {m.get('growth_during_load')} MB); "
+          f"after each round {m.get('rss_after_each_round')} MB")
     print(f"  distinct expected UI answers: {r.get('distinct_expected_ui_answers')}/{r['clients']}; "
           f"took {r['seconds']} s; timed out: {r.get('timed_out')}")
     for p in (v.get("problems", []) + b.get("problems", []) + s.get("problems", []) + r.get("alone", {}).get("problems", []))[:20]:
@@ -548,6 +557,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=4, help="concurrent gradio_client sessions (N)")
     parser.add_argument("--requests-per-client", type=int, default=4, help="requests each session sends (K)")
+    parser.add_argument("--rounds", type=int, default=1, help="repeat the load phase with N fresh sessions R times")
     parser.add_argument("--experts", default=None, help="expert folder(s) parent (default: random experts on the real base)")
     parser.add_argument("--max-new-tokens", type=int, default=8, help="max new tokens of the /compare_ui requests")
     parser.add_argument("--timeout", type=float, default=1800.0, help="global limit in seconds; the run stops by itself")
@@ -559,8 +569,8 @@ def main(argv=None) -> int:
     if args.serve:
         serve(args)
         return 0
-    if args.clients < 1 or args.requests_per_client < 1:
-        parser.error("--clients and --requests-per-client must be at least 1")
+    if args.clients < 1 or args.requests_per_client < 1 or args.rounds < 1:
+        parser.error("--clients, --requests-per-client and --rounds must be at least 1")
     report = run_load(args)
     if args.json:
         print(json.dumps(report, indent=2, ensure_ascii=False))
