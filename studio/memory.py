@@ -5,8 +5,8 @@ answers every request on a worker thread of the server's pool, and a thread's fr
 tensors stay in its arena instead of going back to the system, so the resident size
 creeps up with each new wave of users although nothing leaks. Measured with
 ``python tests/load_test.py --clients 8 --requests-per-client 2 --rounds 6``: default
-arenas, RSS after each round 2045 → 2292 → 2367 → 2619 → 2830 → 2940 MB; two arenas,
-1700 → 1838 → 1790 → 1827 → 1816 → 1793 MB (same answers, same latency).
+arenas, RSS after each round 2045 → 2292 → 2367 → 2619 → 2830 → 2940 MB; capped at two
+by app.py, 1699 → 1807 → 1809 → 1810 → 1819 → 1792 MB (same answers).
 """
 from __future__ import annotations
 
