@@ -37,6 +37,7 @@ except ImportError:
 
 MAX_FILE_SIZE = "100mb"
 SESSION_CAPACITY = 1000
+INPUT_HEIGHT = 260  # image, video and point boxes as tall as the audio box (which has no height)
 LATEX = [{"left": "$$", "right": "$$", "display": True}, {"left": "$", "right": "$", "display": False}]
 CATALOG_HEADERS = ["name", "modality", "training", "base", "encoder", "folder"]
 
@@ -127,11 +128,11 @@ def compare_tab(ui: Ui) -> None:
         with gr.Column(scale=2, min_width=320):
             ui.question = gr.Textbox(label="Question", value="What do these inputs have in common?", lines=2)
             with gr.Row():
-                ui.image = gr.Image(type="filepath", label="Image", height=180)
+                ui.image = gr.Image(type="filepath", label="Image", height=INPUT_HEIGHT)
                 ui.audio = gr.Audio(type="filepath", label="Audio")
             with gr.Row():
-                ui.video = gr.Video(label="Video", height=180)
-                ui.point = gr.File(label="Point cloud", file_types=point_accept(), height=120)
+                ui.video = gr.Video(label="Video", height=INPUT_HEIGHT)
+                ui.point = gr.File(label="Point cloud", file_types=point_accept(), height=INPUT_HEIGHT)
             with gr.Row():
                 ui.point_plot = gr.Plot(label="Point cloud preview (drag to rotate)", visible=False)
                 ui.point_3d = gr.Model3D(label="3-D view (drag to rotate, scroll to zoom)", visible=False,
