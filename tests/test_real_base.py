@@ -26,7 +26,8 @@ def test_zero_delta_experts_generate_exactly_what_the_base_generates(smollm2, ba
     from composition.base_llm import load_base_llm
 
     # A base of its own: the composed model wraps the base's layers for good, and the
-    # session's smollm2 must stay plain for the tests that run after this one.
+    # session's smollm2 must stay plain for the tests that run after this one (smollm2 is
+    # requested only so the converted base is already in the cache: this load is quick).
     base = load_base_llm(cache_dir=base_cache_dir)
     prompt = base.template.format_prompt(QUESTION)
     ids = base.tokenizer(prompt, return_tensors="pt")
