@@ -25,6 +25,7 @@ ITEMS_PER_MODALITY = 9
 # audio, video and point experts, trained for what a 2-core CPU affords, are not yet
 # (README, "Bundled experts"), so their floors only guard the plumbing.
 FLOOR = {"image": 9 / 18, "audio": 3 / 18, "video": 3 / 18, "point": 2 / 18}
+LOOKUP_FLOOR = 0.8
 
 
 @pytest.fixture(scope="module")
@@ -64,3 +65,13 @@ def test_expert_answers_its_own_modality(bundled, modality, tmp_path):
             hits.append(normalize(got.answer) == normalize(answer))
     accuracy = float(np.mean(hits))
     assert accuracy >= FLOOR[modality], f"{modality} experts: {accuracy:.2f} on held-out items (floor {FLOOR[modality]})"
+
+
+def test_compositions_copy_the_option_letter(bundled):
+    """Stage 3 put the option-letter lookup into every expert strongly enough to survive the
+    1/K scaling of a composition; the base alone is at chance (why stage 3 exists)."""
+    from training.lookup import letter_lookup_accuracy
+
+    result = letter_lookup_accuracy(bundled, ["NaiveMC", "DAMC", "expert:video"], n=24, seed=7)
+    assert result["base"] <= 0.5, result
+    assert min(result["NaiveMC"], result["DAMC"], result["expert:video"]) >= LOOKUP_FLOOR, result

@@ -2,6 +2,8 @@
 saves is an expert the engine composes."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -110,3 +112,47 @@ def test_linear_probe_finds_what_the_features_hold_and_nothing_more():
     bad = probe(noise[:300], y[:300], noise[300:], y[300:])
     assert good["exact_set"] > 0.95
     assert bad["exact_set"] < 0.3 and bad["per_label"] < 0.75
+
+
+@pytest.mark.parametrize("training", ["decoupled", "shared"])
+def test_stage3_trains_only_the_text_side_delta_on_the_letters(training):
+    trainer, _, deltas, _, _ = train(training, steps=2)
+    trainer.config = TrainConfig(stage0_steps=0, stage1_steps=0, stage2_steps=0, stage3_steps=25, stage3_batch_size=8,
+                                 warmup_steps=2, lr_stage3=5e-3)
+    base_weights = {k: v.clone() for k, v in trainer.base.model.state_dict().items()}
+    tuned, log = trainer.stage3(deltas, training, "image")
+    assert log[-1]["loss"] < log[0]["loss"]
+    text_side = "shared" if training == "shared" else "text"
+    assert set(tuned) == set(deltas)
+    for name, delta in tuned.items():
+        same = all(torch.equal(delta.B[m], deltas[name].B[m]) and torch.equal(delta.A[m], deltas[name].A[m]) for m in delta.A)
+        assert same == (name != text_side), name  # the text-side delta moved; the modality delta did not
+    # The base did not move, the input deltas were not modified in place, no training slot is left behind.
+    assert all(torch.equal(v, base_weights[k]) for k, v in trainer.base.model.state_dict().items())
+    assert all(not layer.trainable for layer in trainer.cm.layers.values())
+
+
+def test_stage3_refuses_deltas_of_the_wrong_kind():
+    trainer, _, deltas, _, _ = train("shared", steps=1)
+    with pytest.raises(ValueError, match="needs the 'text' delta"):
+        trainer.stage3(deltas, "decoupled", "image")
+
+
+def test_lookup_rows_learn_only_the_letters():
+    from composition.benchmark import byte_tokenizer
+    from training.lookup import LOOKUP_VOCABULARY, letter_mask, letter_token_ids, lookup_example
+    from training.world import CATEGORIES
+
+    assert set(CATEGORIES) <= set(LOOKUP_VOCABULARY) and len(LOOKUP_VOCABULARY) > 3 * len(CATEGORIES)
+    rng = np.random.default_rng(0)
+    tok = byte_tokenizer()
+    letters = letter_token_ids(tok)
+    for _ in range(20):
+        question, answer = lookup_example(rng, "audio")
+        ids = tok(answer, add_special_tokens=False)["input_ids"]
+        mask = letter_mask(ids, letters)
+        learned = tok.decode([t for t, m in zip(ids, mask) if m])
+        # "cube (A) and star (C)" -> the letters and their closing brackets, nothing of the names.
+        assert learned == "".join(f"{c})" for c in re.findall(r"\(([A-D])\)", answer))
+        for name, letter in re.findall(r"([a-z]+) \(([A-D])\)", answer):
+            assert f"{letter}. {name}" in question  # the letter is the one written before that name

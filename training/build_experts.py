@@ -1,10 +1,14 @@
 """Rebuild the bundled experts from scratch: ``python -m training.build_experts``.
 
 Fixed seeds throughout (scenes, initialisation, batches). For each modality: render and
-encode the training scenes, stage 1 once, then stage 2 for both training kinds; the 8
+encode the training scenes, stage 1 once, then stages 2 and 3 for both training kinds; the 8
 experts are written to ``assets/experts/<name>/`` in fp16, with a report of losses, wall
 times and held-out accuracy in ``assets/experts/training_report.json``. Uses the GPU when
-one is present (``--device``); on a 2-core CPU the whole run takes about 80 minutes.
+one is present (``--device``); on a 2-core CPU the whole run takes about 100 minutes.
+
+``--stage3-from DIR`` runs only stage 3 (the option-letter lookup, text only) on the experts
+saved in DIR and writes the results to ``--out``: how a set trained before stage 3 existed
+is brought up to date without repeating stages 0-2.
 """
 from __future__ import annotations
 
@@ -58,6 +62,7 @@ def build(out_dir: Path, config: TrainConfig, n_scenes: int, cache_dir: Path, mo
         for training in kinds:
             t0 = time.perf_counter()
             deltas, tuned, log_rows = trainer.stage2(data, parts, training, colours_known)
+            deltas, stage3_rows = trainer.stage3(deltas, training, modality)
             expert = trainer.make_expert(modality, training, deltas, tuned)
             report["seconds"][f"{expert.name}/stage2"] = round(time.perf_counter() - t0, 1)
             target = out_dir / expert.name
@@ -67,11 +72,57 @@ def build(out_dir: Path, config: TrainConfig, n_scenes: int, cache_dir: Path, mo
             t0 = time.perf_counter()
             accuracy = heldout_accuracy(trainer, target, heldout, colours_known, seed=config.seed)
             report["seconds"][f"{expert.name}/eval"] = round(time.perf_counter() - t0, 1)
-            report["experts"][expert.name] = {"stage1": parts.log, "stage2": log_rows, "heldout": accuracy}
+            report["experts"][expert.name] = {"stage1": parts.log, "stage2": log_rows, "stage3": stage3_rows, "heldout": accuracy}
             log(f"{expert.name}: held-out accuracy {accuracy}")
             report_file.write_text(json.dumps(report, indent=1) + "\n")
     report["seconds"]["total"] = round(time.perf_counter() - start, 1)
     report_file.write_text(json.dumps(report, indent=1) + "\n")
+    return report
+
+
+def apply_stage3(source: Path, out_dir: Path, config: TrainConfig, cache_dir: Path, modalities=MODALITIES, device: str = "cpu",
+                 eval_items: int = 42, log=print, kinds=KINDS) -> dict:
+    """Stage 3 on the experts saved in ``source`` (those of ``modalities`` and ``kinds``), written to
+    ``out_dir`` and scored on held-out scenes. The training report in ``out_dir`` (else the one
+    in ``source``) is carried over, so runs for different modalities add up."""
+    from composition.base_llm import load_base_llm
+    from composition.expert import load_expert, save_expert
+
+    from .evaluate import heldout_accuracy
+    from .render_audio import speech_available
+
+    start = time.perf_counter()
+    base = load_base_llm(device=device)
+    trainer = Trainer(base, config, log=log)
+    previous = next((f for f in (out_dir / "training_report.json", source / "training_report.json") if f.is_file()), None)
+    report = json.loads(previous.read_text()) if previous else {"experts": {}, "seconds": {}}
+    report["stage3"] = {"from": str(source), "steps": config.stage3_steps, "batch_size": config.stage3_batch_size,
+                        "lr": config.lr_stage3, "device": device}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for modality in modalities:
+        colours_known = modality != "audio" or speech_available()
+        heldout = prepare_modality(modality, eval_items, config.seed + 1000, cache_dir, log=log)
+        for training in kinds:
+            name = modality if training == "decoupled" else f"{modality}-shared"
+            folder = source / name
+            if not folder.is_dir():
+                raise FileNotFoundError(f"no expert {name!r} in {source}; train it first (python -m training.build_experts).")
+            expert = load_expert(folder)
+            t0 = time.perf_counter()
+            expert.deltas, rows = trainer.stage3(expert.deltas, training, modality)
+            report["seconds"][f"{name}/stage3"] = round(time.perf_counter() - t0, 1)
+            target = out_dir / name
+            if target.resolve() != folder.resolve() and target.exists():
+                shutil.rmtree(target)
+            save_expert(expert, target, dtype=torch.float16)
+            accuracy = heldout_accuracy(trainer, target, heldout, colours_known, seed=config.seed)
+            entry = report["experts"].setdefault(name, {})
+            entry["heldout_before_stage3"] = entry.get("heldout")
+            entry.update({"stage3": rows, "heldout": accuracy})
+            log(f"{name}: held-out accuracy after stage 3 {accuracy}")
+            (out_dir / "training_report.json").write_text(json.dumps(report, indent=1) + "\n")
+    report["seconds"]["stage3_total"] = round(time.perf_counter() - start, 1)
+    (out_dir / "training_report.json").write_text(json.dumps(report, indent=1) + "\n")
     return report
 
 
@@ -88,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"stage-2 steps for every modality (default {TrainConfig.stage2_steps}, "
                              f"{dict(TrainConfig.stage2_steps_by_modality)} for those modalities)")
     parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    parser.add_argument("--stage3-steps", type=int, default=TrainConfig.stage3_steps, help="option-letter lookup steps (text only)")
+    parser.add_argument("--stage3-from", default=None, metavar="DIR",
+                        help="run only stage 3 on the experts saved in DIR (written to --out)")
     parser.add_argument("--eval-items", type=int, default=42)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
@@ -95,7 +149,13 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     steps = {} if args.stage2_steps is None else {"stage2_steps": args.stage2_steps, "stage2_steps_by_modality": ()}
     config = TrainConfig(stage0_steps=args.stage0_steps, stage1_steps=args.stage1_steps, batch_size=args.batch_size,
-                         seed=args.seed, **steps)
+                         stage3_steps=args.stage3_steps, seed=args.seed, **steps)
+    if args.stage3_from is not None:
+        report = apply_stage3(Path(args.stage3_from), Path(args.out), config, Path(args.cache), tuple(args.modalities), args.device,
+                              args.eval_items, log=lambda msg: print(msg, flush=True), kinds=tuple(args.kinds))
+        print(json.dumps({k: v["heldout"] for k, v in report["experts"].items()}, indent=1))
+        print(f"total {report['seconds']['stage3_total']:.0f} s")
+        return 0
     report = build(Path(args.out), config, args.scenes, Path(args.cache), tuple(args.modalities), args.device, args.eval_items,
                    log=lambda msg: print(msg, flush=True), kinds=tuple(args.kinds))
     print(json.dumps({k: v["heldout"] for k, v in report["experts"].items()}, indent=1))

@@ -13,6 +13,12 @@ LoRA deltas + projector + prefix/suffix on every question kind:
 - ``shared``: one delta D for every token (NaiveMC-style experts);
 - ``decoupled``: a text delta T for text tokens and a modality delta M for the tokens of
   the modality block (DAMC-style experts).
+Stage 3 (option-letter lookup, per expert, text only): train the text-side delta (T of a
+decoupled expert, D of a shared one) on text-only option questions whose answer names are
+given, the loss on the letters only ("cone (B)": the "B"). The base LLM cannot copy the
+letter of a named option (chance level, measured), so each expert must carry that skill,
+and carry it strongly enough to survive the 1/K scaling of a composition
+(``training.lookup`` says more).
 Training runs through RoutedLinear (``train_slot``), the same routing that inference
 uses, so what is trained is exactly what is composed later.
 """
@@ -57,6 +63,10 @@ class TrainConfig:
     lr_projector: float = 2e-3
     lr_lora: float = 2e-3
     warmup_steps: int = 8
+    # Stage 3: text-only rows are short, so a larger batch costs about what stage 2's does.
+    stage3_steps: int = 30
+    stage3_batch_size: int = 16
+    lr_stage3: float = 1e-3
     prefix_tokens: int = 2
     suffix_tokens: int = 2
     seed: int = 0
@@ -67,11 +77,12 @@ class TrainConfig:
         return dict(self.stage2_steps_by_modality).get(modality, self.stage2_steps)
 
     def __post_init__(self) -> None:
-        for name in ("stage0_steps", "stage1_steps", "stage2_steps", "batch_size", "rank", "warmup_steps"):
+        for name in ("stage0_steps", "stage1_steps", "stage2_steps", "stage3_steps", "batch_size", "stage3_batch_size",
+                     "rank", "warmup_steps"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < (0 if "steps" in name else 1):
                 raise ValueError(f"TrainConfig.{name}={value!r} must be a {'non-negative' if 'steps' in name else 'positive'} integer.")
-        for name in ("alpha", "lr_projector", "lr_lora"):
+        for name in ("alpha", "lr_projector", "lr_lora", "lr_stage3"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r} must be positive.")
         for modality, steps in self.stage2_steps_by_modality:
@@ -165,8 +176,8 @@ class Trainer:
             losses.append(F.cross_entropy(pred.float(), torch.tensor(ids), reduction="sum"))
         return torch.stack(losses).sum() / sum(len(ids) for ids in targets)
 
-    def _run(self, name: str, steps: int, params: list[tuple[list[nn.Parameter], float]], data, parts, kinds,
-             colours_known, coef_table, seed: int) -> list[dict]:
+    def _run(self, name: str, steps: int, params: list[tuple[list[nn.Parameter], float]], loss_fn, seed: int) -> list[dict]:
+        """AdamW with warm-up and cosine decay; ``loss_fn(rng)`` draws a batch and returns its loss."""
         optimizer = torch.optim.AdamW([{"params": p, "lr": lr} for p, lr in params], weight_decay=0.0)
         base_lrs = [lr for _, lr in params]
         rng = np.random.default_rng([self.config.seed, seed])
@@ -174,7 +185,7 @@ class Trainer:
         for step in range(steps):
             for group, lr in zip(optimizer.param_groups, base_lrs):
                 group["lr"] = lr * _cosine(step, steps, self.config.warmup_steps)
-            loss = self._loss(data, parts, rng, kinds, colours_known, coef_table)
+            loss = loss_fn(rng)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_([p for group, _ in params for p in group], 1.0)
@@ -204,7 +215,7 @@ class Trainer:
         parts.log = self.stage0(data, parts, colours_known)
         trainable = list(projector.parameters()) + [prefix, suffix] + (list(point_encoder.parameters()) if point_encoder else [])
         parts.log += self._run(f"{modality} stage 1", self.config.stage1_steps, [(trainable, self.config.lr_projector)],
-                              data, parts, ("describe", "objects"), colours_known, None, seed=1)
+                              lambda rng: self._loss(data, parts, rng, ("describe", "objects"), colours_known, None), seed=1)
         if point_encoder is not None:
             point_encoder.requires_grad_(False).eval()  # frozen from here on: both kinds share it
         return parts
@@ -283,7 +294,8 @@ class Trainer:
             log = self._run(f"{data.modality} {training} stage 2", self.config.steps_for(data.modality),
                             [(list(tuned.projector.parameters()) + [tuned.prefix, tuned.suffix], self.config.lr_projector),
                              (lora_params, self.config.lr_lora)],
-                            data, tuned, self.config.kinds, colours_known, table, seed=2 if training == "shared" else 3)
+                            lambda rng: self._loss(data, tuned, rng, self.config.kinds, colours_known, table),
+                            seed=2 if training == "shared" else 3)
         finally:
             for layer in self.layers.values():
                 for slot in range(len(delta_names)):
@@ -291,6 +303,63 @@ class Trainer:
         deltas = {d: LoraDelta(self.config.rank, self.config.alpha, {n: a.detach().clone() for n, (a, _) in f.items()},
                                {n: b.detach().clone() for n, (_, b) in f.items()}) for d, f in factors.items()}
         return deltas, tuned, log
+
+    def _lookup_loss(self, rng: np.random.Generator, modality: str) -> torch.Tensor:
+        """Cross-entropy on the option letters of a batch of text-only lookup rows (slot 0 on every token)."""
+        from .lookup import letter_mask, letter_token_ids, lookup_example
+
+        tokenizer = self.base.tokenizer
+        letters = letter_token_ids(tokenizer)
+        rows = []
+        for _ in range(self.config.stage3_batch_size):
+            question, answer = lookup_example(rng, modality)
+            prompt_ids = tokenizer(self.base.template.format_prompt(user_message(question, [])), add_special_tokens=False)["input_ids"]
+            answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"] + [self.eos]
+            rows.append((prompt_ids + answer_ids, answer_ids, letter_mask(answer_ids, letters)))
+        length = max(len(ids) for ids, _, _ in rows)
+        keep = max(len(answer) for _, answer, _ in rows) + 1  # rows are left-padded: answers end every row
+        input_ids = torch.zeros(len(rows), length, dtype=torch.long)
+        attention = torch.zeros(len(rows), length, dtype=torch.long)
+        targets = torch.full((len(rows), keep), -100)
+        for b, (ids, answer, mask) in enumerate(rows):
+            input_ids[b, length - len(ids):] = torch.tensor(ids)
+            attention[b, length - len(ids):] = 1
+            for j, (token, learn) in enumerate(zip(answer, mask)):
+                if learn:  # position p predicts token p + 1; answer token j sits at keep - len(answer) + j
+                    targets[b, keep - len(answer) + j - 1] = token
+        device = self.embed.weight.device
+        self.router.set(torch.ones(len(rows), length, 1, device=device, dtype=self.embed.weight.dtype))
+        try:
+            logits = self.base.model(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                                     use_cache=False, logits_to_keep=keep).logits
+        finally:
+            self.router.set(None)
+        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.to(device).reshape(-1), ignore_index=-100)
+
+    def stage3(self, deltas: dict[str, LoraDelta], training: str, modality: str) -> tuple[dict[str, LoraDelta], list[dict]]:
+        """Train the text-side delta (``text``, or ``shared``) on the option-letter lookup; the
+        other deltas and ``deltas`` itself are left untouched. Returns (new deltas, log)."""
+        name = "shared" if training == "shared" else "text"
+        if name not in deltas:
+            raise ValueError(f"stage 3 needs the {name!r} delta of a {training} expert; got deltas {sorted(deltas)}.")
+        delta = deltas[name]
+        params = []
+        device = self.embed.weight.device
+        trained = {m: self.layers[m] for m in delta.A}  # the modules this expert has a delta for
+        for module, layer in trained.items():
+            a = nn.Parameter(delta.A[module].detach().to(device, torch.float32).clone())
+            b = nn.Parameter(delta.B[module].detach().to(device, torch.float32).clone())
+            layer.train_slot(0, a, b, delta.alpha / delta.r)
+            params += [a, b]
+        try:
+            log = self._run(f"{modality} {training} stage 3", self.config.stage3_steps, [(params, self.config.lr_stage3)],
+                            lambda rng: self._lookup_loss(rng, modality), seed=4 if training == "shared" else 5)
+            tuned = LoraDelta(delta.r, delta.alpha, {m: layer.trainable[0][0].detach().cpu().clone() for m, layer in trained.items()},
+                              {m: layer.trainable[0][1].detach().cpu().clone() for m, layer in trained.items()})
+        finally:
+            for layer in trained.values():
+                layer.remove_slot(0)
+        return {**deltas, name: tuned}, log
 
     def make_expert(self, modality: str, training: str, deltas: dict, parts: ModalityParts) -> Expert:
         name = modality if training == "decoupled" else f"{modality}-shared"

@@ -1,0 +1,76 @@
+"""The MCUB answer breakdown (letter vs named option) and the letter-lookup probe."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from composition.composer import ComposedModel
+from training.diagnose import answer_breakdown, main, named_option
+from training.lookup import letter_lookup_accuracy
+from tests.tiny import random_expert, tiny_base
+
+ITEMS = [
+    {"id": "q1", "meta": {"options": ["star", "cone", "cross", "ring"], "answer_category": "cone"}},
+    {"id": "q2", "meta": {"options": ["ball", "cup", "drum", "key"], "answer_category": "drum"}},
+]
+
+
+def pred(item, variant, answer, predicted, gold):
+    return {"id": item, "variant": variant, "answer": answer, "predicted": predicted, "gold": gold, "correct": predicted == gold}
+
+
+def test_named_option_is_the_first_whole_word_option():
+    options = ["star", "cone", "cross", "ring"]
+    assert named_option("cone (C)", options) == "cone"
+    assert named_option("ring (D) and star (A)", options) == "ring"
+    assert named_option("Starfish (A)", options) is None  # "star" inside another word is not a name
+    assert named_option("B", options) is None
+
+
+def test_breakdown_separates_recognition_from_the_letter():
+    predictions = [
+        pred("q1", "DAMC", "cone (C)", "C", "B"),   # right name, wrong letter
+        pred("q2", "DAMC", "drum (C)", "C", "C"),   # right name, right letter
+        pred("q1", "expert:image", "ring (D)", "D", "B"),  # wrong name, its own letter
+        pred("q2", "expert:image", "C", "C", "C"),         # a bare letter names nothing
+    ]
+    result = answer_breakdown(ITEMS, predictions)
+    assert result["DAMC"] == {"items": 2, "letter": 0.5, "named": 1.0, "agree": 0.5}
+    assert result["expert:image"] == {"items": 2, "letter": 0.5, "named": 0.0, "agree": 0.5}
+
+
+def test_breakdown_refuses_items_without_meta_and_unknown_ids():
+    with pytest.raises(ValueError, match="meta.options"):
+        answer_breakdown([{"id": "x", "conversations": []}], [])
+    with pytest.raises(ValueError, match="not in the items file"):
+        answer_breakdown(ITEMS, [pred("q9", "DAMC", "cone (B)", "B", "B")])
+
+
+def test_cli_answers_prints_the_table_and_reports_bad_files(tmp_path, capsys):
+    data, predictions = tmp_path / "items.json", tmp_path / "p.jsonl"
+    data.write_text(json.dumps(ITEMS))
+    predictions.write_text("\n".join(json.dumps(pred(i["id"], "NaiveMC", "cone (B)", "B", "B")) for i in ITEMS) + "\n")
+    assert main(["answers", "--data", str(data), "--predictions", str(predictions), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["NaiveMC"] == {"items": 2, "letter": 1.0, "named": 0.5, "agree": 0.5}
+    assert main(["answers", "--data", str(tmp_path / "missing.json"), "--predictions", str(predictions)]) == 2
+    assert "missing.json" in capsys.readouterr().err
+
+
+def test_lookup_probe_routes_variants_like_the_engine():
+    base = tiny_base()
+    cm = ComposedModel(base)
+    zero = random_expert(base, "image", "image", "decoupled", seed=1)
+    for delta in zero.deltas.values():
+        for m in delta.B:
+            delta.B[m] = torch.zeros_like(delta.B[m])  # a delta of zero: the expert answers text like the base
+    cm.add_expert(zero)
+    cm.add_expert(random_expert(base, "audio", "audio", "decoupled", seed=2))
+    result = letter_lookup_accuracy(cm, ["expert:image", "expert:audio", "DAMC"], n=24, seed=3)
+    assert list(result) == ["base", "expert:image", "expert:audio", "DAMC"]
+    assert all(0.0 <= v <= 1.0 for v in result.values())
+    assert result["expert:image"] == result["base"]
+    assert letter_lookup_accuracy(cm, ["DAMC"], n=24, seed=3)["DAMC"] == result["DAMC"]  # seeded: repeatable
+    with pytest.raises(ValueError, match="n=0"):
+        letter_lookup_accuracy(cm, ["DAMC"], n=0)
