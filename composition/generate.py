@@ -115,6 +115,21 @@ def _last_logits_only(model) -> dict:
     return {"logits_to_keep": 1} if takes else {}
 
 
+def _cache_keyword(model) -> str:
+    """The forward's name for the KV cache: ``cache`` from transformers 5.2x, ``past_key_values``
+    before (the old name still works there but warns and is to be removed)."""
+    try:
+        return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    except (TypeError, ValueError):  # pragma: no cover - exotic callables
+        return "past_key_values"
+
+
+def _cache_of(out):
+    """The KV cache a forward returned, under either name (see :func:`_cache_keyword`)."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
 def _joinable(cache) -> bool:
     """A plain DynamicCache of full-attention layers, whose keys/values can be padded and joined."""
     try:
@@ -158,18 +173,18 @@ def prefill(model, router: Router, batch: RoutedBatch, coef_table: torch.Tensor,
                 router.set(coef_table[batch.route_ids[idx, cols]])
                 out = model(inputs_embeds=batch.embeds[idx, cols], attention_mask=batch.attention_mask[idx, cols],
                             position_ids=batch.position_ids[idx, cols], use_cache=True, **keep)
-                if not _joinable(out.past_key_values):
+                if not _joinable(_cache_of(out)):
                     break  # e.g. sliding-window or hybrid caches: one padded pass below
                 last = out.logits[:, -1]
                 logits = last.new_empty(len(batch.lengths), last.shape[-1]) if logits is None else logits
                 logits[idx] = last
-                parts.append((rows, out.past_key_values))
+                parts.append((rows, _cache_of(out)))
             else:
                 return logits, _join_caches(parts, len(batch.lengths), width)
         router.set(coef_table[batch.route_ids])
         out = model(inputs_embeds=batch.embeds, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
                     use_cache=True, **keep)
-        return out.logits[:, -1], out.past_key_values
+        return out.logits[:, -1], _cache_of(out)
     finally:
         router.set(None)
 
@@ -191,6 +206,7 @@ def generate_batch(model, router: Router, batch: RoutedBatch, coef_table: torch.
     text_coef = coef_table[batch.text_route_ids][:, None, :]
     mask = batch.attention_mask
     position = batch.position_ids[:, -1:]
+    cache_keyword = _cache_keyword(model)
     try:
         logits, cache = prefill(model, router, batch, coef_table)
         for step in range(config.max_new_tokens):
@@ -208,8 +224,8 @@ def generate_batch(model, router: Router, batch: RoutedBatch, coef_table: torch.
             position = position + 1
             router.set(text_coef)
             out = model(input_ids=next_tokens[:, None], attention_mask=mask, position_ids=position,
-                        past_key_values=cache, use_cache=True)
-            logits, cache = out.logits[:, -1], out.past_key_values
+                        use_cache=True, **{cache_keyword: cache})
+            logits, cache = out.logits[:, -1], _cache_of(out)
     finally:
         router.set(None)
     return tokens
