@@ -156,3 +156,34 @@ def test_lookup_rows_learn_only_the_letters():
         assert learned == "".join(f"{c})" for c in re.findall(r"\(([A-D])\)", answer))
         for name, letter in re.findall(r"([a-z]+) \(([A-D])\)", answer):
             assert f"{letter}. {name}" in question  # the letter is the one written before that name
+
+
+@pytest.mark.slow
+def test_build_then_stage3_from_saved_experts(tmp_path, monkeypatch, base_cache_dir):
+    """The rebuild command's two paths end to end on the real base, at a few steps each: build()
+    trains and saves both kinds with a report of every stage; apply_stage3 retrains only the
+    text-side delta of saved experts, keeps the report and records the accuracy before."""
+    import composition.base_llm as base_llm
+    from training.build_experts import apply_stage3, build
+
+    real_load = base_llm.load_base_llm
+    monkeypatch.setattr(base_llm, "load_base_llm", lambda device="cpu": real_load(cache_dir=base_cache_dir, device=device))
+    config = TrainConfig(stage0_steps=1, stage1_steps=1, stage2_steps=1, stage2_steps_by_modality=(), stage3_steps=1,
+                         batch_size=2, stage3_batch_size=2, warmup_steps=1)
+    first, second, data = tmp_path / "first", tmp_path / "second", tmp_path / "data"
+    report = build(first, config, 4, data, modalities=("image",), eval_items=2, log=lambda *_: None)
+    assert sorted(p.name for p in first.iterdir()) == ["image", "image-shared", "training_report.json"]
+    for name in ("image", "image-shared"):
+        assert set(report["experts"][name]) == {"stage1", "stage2", "stage3", "heldout"}
+        assert all(f"{name}/{part}" in report["seconds"] for part in ("stage2", "stage3", "eval"))
+
+    again = apply_stage3(first, second, config, data, modalities=("image",), eval_items=2, log=lambda *_: None,
+                         kinds=("decoupled",))
+    assert sorted(p.name for p in second.iterdir()) == ["image", "training_report.json"]
+    entry = again["experts"]["image"]
+    assert entry["heldout_before_stage3"] == report["experts"]["image"]["heldout"]
+    assert again["experts"]["image-shared"] == report["experts"]["image-shared"]  # carried over, not retrained
+    before, after = load_expert(first / "image"), load_expert(second / "image")
+    moved = {name: any(not torch.equal(before.deltas[name].B[m], after.deltas[name].B[m]) for m in before.deltas[name].B)
+             for name in before.deltas}
+    assert moved == {"text": True, "modality": False}

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from .data import prepare_modality
-from .recipe import TrainConfig, Trainer
+from .recipe import TrainConfig, Trainer, expert_name
 
 REPO = Path(__file__).resolve().parent.parent
 MODALITIES = ("image", "audio", "video", "point")
@@ -33,9 +33,7 @@ KINDS = ("decoupled", "shared")
 def build(out_dir: Path, config: TrainConfig, n_scenes: int, cache_dir: Path, modalities=MODALITIES, device: str = "cpu",
           eval_items: int = 42, log=print, kinds=KINDS) -> dict:
     from composition.base_llm import load_base_llm
-    from composition.expert import save_expert
 
-    from .evaluate import heldout_accuracy
     from .render_audio import speech_available
 
     start = time.perf_counter()
@@ -62,16 +60,13 @@ def build(out_dir: Path, config: TrainConfig, n_scenes: int, cache_dir: Path, mo
         for training in kinds:
             t0 = time.perf_counter()
             deltas, tuned, log_rows = trainer.stage2(data, parts, training, colours_known)
-            deltas, stage3_rows = trainer.stage3(deltas, training, modality)
-            expert = trainer.make_expert(modality, training, deltas, tuned)
-            report["seconds"][f"{expert.name}/stage2"] = round(time.perf_counter() - t0, 1)
-            target = out_dir / expert.name
-            if target.exists():
-                shutil.rmtree(target)
-            save_expert(expert, target, dtype=torch.float16)
+            name = expert_name(modality, training)
+            report["seconds"][f"{name}/stage2"] = round(time.perf_counter() - t0, 1)
             t0 = time.perf_counter()
-            accuracy = heldout_accuracy(trainer, target, heldout, colours_known, seed=config.seed)
-            report["seconds"][f"{expert.name}/eval"] = round(time.perf_counter() - t0, 1)
+            deltas, stage3_rows = trainer.stage3(deltas, training, modality)
+            report["seconds"][f"{name}/stage3"] = round(time.perf_counter() - t0, 1)
+            expert = trainer.make_expert(modality, training, deltas, tuned)
+            accuracy = _save_and_score(trainer, expert, out_dir / name, heldout, colours_known, report)
             report["experts"][expert.name] = {"stage1": parts.log, "stage2": log_rows, "stage3": stage3_rows, "heldout": accuracy}
             log(f"{expert.name}: held-out accuracy {accuracy}")
             report_file.write_text(json.dumps(report, indent=1) + "\n")
@@ -80,15 +75,31 @@ def build(out_dir: Path, config: TrainConfig, n_scenes: int, cache_dir: Path, mo
     return report
 
 
+def _save_and_score(trainer: Trainer, expert, target: Path, heldout, colours_known: bool, report: dict,
+                    source: Path | None = None) -> dict:
+    """Save ``expert`` in fp16 to ``target`` (replacing an older one, unless it is the folder it
+    was loaded from) and return its held-out accuracy; the eval time goes into the report."""
+    from composition.expert import save_expert
+
+    from .evaluate import heldout_accuracy
+
+    if target.exists() and (source is None or target.resolve() != source.resolve()):
+        shutil.rmtree(target)
+    save_expert(expert, target, dtype=torch.float16)
+    t0 = time.perf_counter()
+    accuracy = heldout_accuracy(trainer, target, heldout, colours_known, seed=trainer.config.seed)
+    report["seconds"][f"{expert.name}/eval"] = round(time.perf_counter() - t0, 1)
+    return accuracy
+
+
 def apply_stage3(source: Path, out_dir: Path, config: TrainConfig, cache_dir: Path, modalities=MODALITIES, device: str = "cpu",
                  eval_items: int = 42, log=print, kinds=KINDS) -> dict:
     """Stage 3 on the experts saved in ``source`` (those of ``modalities`` and ``kinds``), written to
     ``out_dir`` and scored on held-out scenes. The training report in ``out_dir`` (else the one
     in ``source``) is carried over, so runs for different modalities add up."""
     from composition.base_llm import load_base_llm
-    from composition.expert import load_expert, save_expert
+    from composition.expert import load_expert
 
-    from .evaluate import heldout_accuracy
     from .render_audio import speech_available
 
     start = time.perf_counter()
@@ -103,7 +114,7 @@ def apply_stage3(source: Path, out_dir: Path, config: TrainConfig, cache_dir: Pa
         colours_known = modality != "audio" or speech_available()
         heldout = prepare_modality(modality, eval_items, config.seed + 1000, cache_dir, log=log)
         for training in kinds:
-            name = modality if training == "decoupled" else f"{modality}-shared"
+            name = expert_name(modality, training)
             folder = source / name
             if not folder.is_dir():
                 raise FileNotFoundError(f"no expert {name!r} in {source}; train it first (python -m training.build_experts).")
@@ -111,11 +122,7 @@ def apply_stage3(source: Path, out_dir: Path, config: TrainConfig, cache_dir: Pa
             t0 = time.perf_counter()
             expert.deltas, rows = trainer.stage3(expert.deltas, training, modality)
             report["seconds"][f"{name}/stage3"] = round(time.perf_counter() - t0, 1)
-            target = out_dir / name
-            if target.resolve() != folder.resolve() and target.exists():
-                shutil.rmtree(target)
-            save_expert(expert, target, dtype=torch.float16)
-            accuracy = heldout_accuracy(trainer, target, heldout, colours_known, seed=config.seed)
+            accuracy = _save_and_score(trainer, expert, out_dir / name, heldout, colours_known, report, source=folder)
             entry = report["experts"].setdefault(name, {})
             entry["heldout_before_stage3"] = entry.get("heldout")
             entry.update({"stage3": rows, "heldout": accuracy})

@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Iterable, Mapping
 
-LETTERS = "ABCD"
+from .instructions import LETTERS
 
 
 def named_option(answer: str, options: list[str]) -> str | None:

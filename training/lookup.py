@@ -72,10 +72,9 @@ def letter_lookup_accuracy(cm, variants: Sequence[str], n: int = 48, seed: int =
     """Fraction of `n` text-only MCUB questions (options from the world's categories) where,
     after "<option> (", the most likely of A-D is that option's letter; for the base LLM alone
     ("base") and for each variant (expert or composition, as they answer text)."""
-    from composition.prompt import build_prompt_row, user_message
-    from composition.variants import Coefficients
     from composition.generate import prefill_logits
-    from composition.variants import route_names
+    from composition.prompt import build_prompt_row, user_message
+    from composition.variants import Coefficients, route_names
 
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"n={n!r}; expected a positive number of questions.")

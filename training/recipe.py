@@ -47,6 +47,11 @@ FEATURE_DIMS = {"image": 1280, "audio": 384, "video": 1280, "point": 256}
 PROJECTORS = {"image": "linear", "video": "linear", "audio": "mlp2x_gelu", "point": "mlp2x_gelu"}
 
 
+def expert_name(modality: str, training: str) -> str:
+    """An expert's name (and bundled folder): the modality for decoupled experts, ``<modality>-shared`` for shared ones."""
+    return modality if training == "decoupled" else f"{modality}-shared"
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Hyper-parameters of one training run (validated on construction)."""
@@ -304,12 +309,12 @@ class Trainer:
                                {n: b.detach().clone() for n, (_, b) in f.items()}) for d, f in factors.items()}
         return deltas, tuned, log
 
-    def _lookup_loss(self, rng: np.random.Generator, modality: str) -> torch.Tensor:
-        """Cross-entropy on the option letters of a batch of text-only lookup rows (slot 0 on every token)."""
-        from .lookup import letter_mask, letter_token_ids, lookup_example
+    def _lookup_loss(self, rng: np.random.Generator, modality: str, letters: list[int]) -> torch.Tensor:
+        """Cross-entropy on the option letters (token ids ``letters``) of a batch of text-only
+        lookup rows (slot 0 on every token)."""
+        from .lookup import letter_mask, lookup_example
 
         tokenizer = self.base.tokenizer
-        letters = letter_token_ids(tokenizer)
         rows = []
         for _ in range(self.config.stage3_batch_size):
             question, answer = lookup_example(rng, modality)
@@ -342,7 +347,10 @@ class Trainer:
         name = "shared" if training == "shared" else "text"
         if name not in deltas:
             raise ValueError(f"stage 3 needs the {name!r} delta of a {training} expert; got deltas {sorted(deltas)}.")
+        from .lookup import letter_token_ids
+
         delta = deltas[name]
+        letters = letter_token_ids(self.base.tokenizer)
         params = []
         device = self.embed.weight.device
         trained = {m: self.layers[m] for m in delta.A}  # the modules this expert has a delta for
@@ -353,7 +361,7 @@ class Trainer:
             params += [a, b]
         try:
             log = self._run(f"{modality} {training} stage 3", self.config.stage3_steps, [(params, self.config.lr_stage3)],
-                            lambda rng: self._lookup_loss(rng, modality), seed=4 if training == "shared" else 5)
+                            lambda rng: self._lookup_loss(rng, modality, letters), seed=4 if training == "shared" else 5)
             tuned = LoraDelta(delta.r, delta.alpha, {m: layer.trainable[0][0].detach().cpu().clone() for m, layer in trained.items()},
                               {m: layer.trainable[0][1].detach().cpu().clone() for m, layer in trained.items()})
         finally:
@@ -362,7 +370,7 @@ class Trainer:
         return {**deltas, name: tuned}, log
 
     def make_expert(self, modality: str, training: str, deltas: dict, parts: ModalityParts) -> Expert:
-        name = modality if training == "decoupled" else f"{modality}-shared"
+        name = expert_name(modality, training)
         config = ExpertConfig(
             name=name, modality=modality, training=training, base_model_name=self.base.name,
             base_model_sha256=self.base.sha256, encoder=EncoderRef(ENCODERS[modality], None, FEATURE_DIMS[modality]),
