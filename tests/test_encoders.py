@@ -227,10 +227,13 @@ def test_point_encoder_is_deterministic_without_weights():
     feats = enc.encode(cloud)
     assert feats.shape == (64, 256) and feats.dtype == torch.float32
     assert torch.equal(feats, enc.encode(cloud))
-    # the seeded init does not depend on the global RNG
+    # a final LayerNorm: every token has the same scale, whatever the cloud (the projector relies on it)
+    torch.testing.assert_close(feats.norm(dim=-1), torch.full((64,), 16.0), rtol=1e-3, atol=1e-3)
+    # the seeded init does not depend on the global RNG, the context layer's attention included
     torch.manual_seed(123)
-    assert torch.equal(build_point_encoder().state_dict()["pos_mlp.0.weight"],
-                       enc.net.state_dict()["pos_mlp.0.weight"])
+    reseeded = build_point_encoder().state_dict()
+    assert any(".self_attn.in_proj_weight" in k for k in reseeded)
+    assert all(torch.equal(v, enc.net.state_dict()[k]) for k, v in reseeded.items())
     assert enc.encode(_point_cloud(n=40)).shape == (64, 256)  # fewer points than groups
 
 
@@ -252,6 +255,30 @@ def test_point_encoder_trains_and_round_trips_state_dict():
     torch.testing.assert_close(enc.encode(clouds[0]), expected)
 
 
+def test_point_encoder_group_then_embed_is_the_forward_pass():
+    """Training computes the weightless grouping once per cloud; that must be exactly what forward does."""
+    net = build_point_encoder(num_groups=16, group_size=8, hidden_dim=32, feature_dim=48, seed=2).eval()
+    clouds = torch.stack([_point_cloud(300, seed=s) for s in range(2)])
+    local, centres = net.group(clouds)
+    assert local.shape == (2, 16, 8, 6) and centres.shape == (2, 16, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(net.embed(local, centres), net(clouds))
+
+
+def test_point_encoder_tokens_see_the_whole_cloud():
+    """The context layer: moving points far from a group changes that group's token (patch
+    tokens alone cannot tell shapes apart, see modalities/encoders/point.py)."""
+    net = build_point_encoder(num_groups=16, group_size=8, hidden_dim=32, feature_dim=48, seed=3).eval()
+    flat = build_point_encoder(num_groups=16, group_size=8, hidden_dim=32, feature_dim=48, context_layers=0, seed=3).eval()
+    cloud = _point_cloud(400, seed=4)
+    local, centres = net.group(cloud[None])
+    far = local.clone()
+    far[:, 1:] *= 1.5  # every other group's shape changes; group 0 and all centres do not
+    with torch.no_grad():
+        assert not torch.allclose(net.embed(local, centres)[0, 0], net.embed(far, centres)[0, 0])
+        torch.testing.assert_close(flat.embed(local, centres)[0, 0], flat.embed(far, centres)[0, 0])
+
+
 def test_point_encoder_state_dict_checks():
     state = build_point_encoder().state_dict()
     bad_shape = dict(state, **{"norm.weight": torch.ones(7)})
@@ -262,6 +289,11 @@ def test_point_encoder_state_dict_checks():
         get_encoder("point-fps-knn", state_dict=missing)
     with pytest.raises(EncoderError, match=r"\(N, 6\)"):
         get_encoder("point-fps-knn").encode(torch.rand(100, 3))
+    old_layout = dict(state, sizes=torch.tensor([64, 32, 128, 256]))  # saved before the context layer existed
+    with pytest.raises(EncoderError, match="older point encoder.*--modalities point"):
+        get_encoder("point-fps-knn", state_dict=old_layout)
+    with pytest.raises(EncoderError, match="divisible by context_heads"):
+        build_point_encoder(feature_dim=50)
 
 
 # ----------------------------------------------------------------------------------------- GPU

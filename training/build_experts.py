@@ -55,7 +55,7 @@ def build(out_dir: Path, config: TrainConfig, n_scenes: int, cache_dir: Path, mo
         heldout = prepare_modality(modality, eval_items, config.seed + 1000, cache_dir, log=log)
         report["seconds"][f"{modality}/data"] = round(time.perf_counter() - t0, 1)
         t0 = time.perf_counter()
-        parts = trainer.stage1(data, colours_known)
+        parts = trainer.stage1(data, colours_known, heldout)
         report["seconds"][f"{modality}/stage1"] = round(time.perf_counter() - t0, 1)
         for training in kinds:
             t0 = time.perf_counter()
@@ -140,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modalities", nargs="+", default=list(MODALITIES), choices=MODALITIES)
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS, help="training kinds to build")
     parser.add_argument("--scenes", type=int, default=800, help="training scenes per modality")
+    parser.add_argument("--point-pretrain-steps", type=int, default=TrainConfig.point_pretrain_steps,
+                        help="point encoder pre-training steps (a classifier, no LLM pass)")
     parser.add_argument("--stage0-steps", type=int, default=TrainConfig.stage0_steps)
     parser.add_argument("--stage1-steps", type=int, default=TrainConfig.stage1_steps)
     parser.add_argument("--stage2-steps", type=int, default=None,
@@ -155,8 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
     steps = {} if args.stage2_steps is None else {"stage2_steps": args.stage2_steps, "stage2_steps_by_modality": ()}
-    config = TrainConfig(stage0_steps=args.stage0_steps, stage1_steps=args.stage1_steps, batch_size=args.batch_size,
-                         stage3_steps=args.stage3_steps, seed=args.seed, **steps)
+    config = TrainConfig(point_pretrain_steps=args.point_pretrain_steps, stage0_steps=args.stage0_steps,
+                         stage1_steps=args.stage1_steps, batch_size=args.batch_size, stage3_steps=args.stage3_steps,
+                         seed=args.seed, **steps)
     if args.stage3_from is not None:
         report = apply_stage3(Path(args.stage3_from), Path(args.out), config, Path(args.cache), tuple(args.modalities), args.device,
                               args.eval_items, log=lambda msg: print(msg, flush=True), kinds=tuple(args.kinds))

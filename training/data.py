@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from .world import EXTENSIONS, Scene, SceneObject, World, render
+from .world import CATEGORIES, COLOUR_NAMES, EXTENSIONS, Scene, SceneObject, World, render
 
 # Which frozen encoder each modality's bundled experts use (point: trained, see recipe).
 ENCODERS = {"image": "efficientnet-lite0", "audio": "whisper-tiny.en", "video": "efficientnet-lite0-video", "point": "point-fps-knn"}
@@ -29,6 +29,23 @@ class ModalityData:
 
     def __len__(self) -> int:
         return len(self.scenes)
+
+
+def label_words(colours_known: bool = True) -> tuple[str, ...]:
+    """The words a scene is labelled with: every category, then (when known) every colour."""
+    return tuple(CATEGORIES) + (tuple(COLOUR_NAMES) if colours_known else ())
+
+
+def scene_labels(data: ModalityData, colours_known: bool = True) -> torch.Tensor:
+    """(scenes, label_words) 0/1 targets: which categories (and colours) each scene holds."""
+    words = label_words(colours_known)
+    y = torch.zeros(len(data), len(words))
+    for i, scene in enumerate(data.scenes):
+        for obj in scene.objects:
+            y[i, words.index(obj.category)] = 1.0
+            if colours_known:
+                y[i, words.index(obj.colour)] = 1.0
+    return y
 
 
 def _scene_to_json(scene: Scene) -> dict:

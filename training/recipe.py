@@ -1,13 +1,15 @@
-"""The expert training recipe (two stages, both training kinds), on the engine's own routing.
+"""The expert training recipe (every stage, both training kinds), on the engine's own routing.
 
-Stage 0 (word alignment, once per modality, no LLM pass, seconds): train the projector (and
-the point encoder) so that its output tokens lie near the LLM's own input embeddings of
-the words naming what the scene holds (categories, colours): a multi-label loss over
-token-word cosine similarities. The LLM then reads the modality tokens almost like words
+Point encoder pre-training (point clouds only, no LLM pass, minutes): train the point
+encoder as a classifier of the scene's categories and colours, then freeze it and encode
+the training clouds once (``training.point_pretrain`` says why).
+Stage 0 (word alignment, once per modality, no LLM pass, seconds): train the projector so
+that its output tokens lie near the LLM's own input embeddings of the words naming what
+the scene holds (categories, colours): a multi-label loss over token-word cosine
+similarities. The LLM then reads the modality tokens almost like words
 from the first step of stage 1, which makes the expensive stages far more data-efficient.
-Stage 1 (alignment, once per modality): train the projector, the prefix/suffix tokens
-and (point clouds) the point encoder on "describe" questions, the LLM untouched — as
-LLaVA's pre-training stage.
+Stage 1 (alignment, once per modality): train the projector and the prefix/suffix tokens
+on "describe" questions, the LLM untouched — as LLaVA's pre-training stage.
 Stage 2 (instruction tuning, per training kind): from the stage-1 projector, train the
 LoRA deltas + projector + prefix/suffix on every question kind:
 - ``shared``: one delta D for every token (NaiveMC-style experts);
@@ -39,7 +41,7 @@ from composition.lora import LoraDelta
 from composition.prompt import build_prompt_row, user_message
 from composition.variants import TEXT_ROUTE, route_names
 
-from .data import ENCODERS, ModalityData
+from .data import ENCODERS, ModalityData, label_words, scene_labels
 from .instructions import KINDS, question_for
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -56,12 +58,15 @@ def expert_name(modality: str, training: str) -> str:
 class TrainConfig:
     """Hyper-parameters of one training run (validated on construction)."""
 
+    point_pretrain_steps: int = 800
+    point_pretrain_batch_size: int = 32
+    lr_point_pretrain: float = 1e-3
     stage0_steps: int = 400
     stage1_steps: int = 30
     stage2_steps: int = 70
     # Audio learns fastest (the speech names the objects, and Whisper's encoder hears words);
-    # fewer steps there (and for video) keep the whole CPU rebuild within about two hours.
-    stage2_steps_by_modality: tuple[tuple[str, int], ...] = (("audio", 35), ("video", 35))
+    # fewer steps there keep the whole CPU rebuild within about two hours.
+    stage2_steps_by_modality: tuple[tuple[str, int], ...] = (("audio", 35),)
     batch_size: int = 8
     rank: int = 4
     alpha: float = 8.0
@@ -82,12 +87,12 @@ class TrainConfig:
         return dict(self.stage2_steps_by_modality).get(modality, self.stage2_steps)
 
     def __post_init__(self) -> None:
-        for name in ("stage0_steps", "stage1_steps", "stage2_steps", "stage3_steps", "batch_size", "stage3_batch_size",
-                     "rank", "warmup_steps"):
+        for name in ("point_pretrain_steps", "stage0_steps", "stage1_steps", "stage2_steps", "stage3_steps", "batch_size",
+                     "point_pretrain_batch_size", "stage3_batch_size", "rank", "warmup_steps"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < (0 if "steps" in name else 1):
                 raise ValueError(f"TrainConfig.{name}={value!r} must be a {'non-negative' if 'steps' in name else 'positive'} integer.")
-        for name in ("alpha", "lr_projector", "lr_lora", "lr_stage3"):
+        for name in ("alpha", "lr_projector", "lr_lora", "lr_stage3", "lr_point_pretrain"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r} must be positive.")
         for modality, steps in self.stage2_steps_by_modality:
@@ -106,7 +111,8 @@ class ModalityParts:
     projector: nn.Module
     prefix: nn.Parameter
     suffix: nn.Parameter
-    point_encoder: nn.Module | None = None
+    point_encoder: nn.Module | None = None  # frozen after pre-training; saved with the expert
+    features: list[torch.Tensor] | None = None  # the training clouds through point_encoder, once
     log: list[dict] = field(default_factory=list)
 
 
@@ -138,10 +144,8 @@ class Trainer:
 
     # --- batches ------------------------------------------------------------
     def _features(self, data: ModalityData, idx: list[int], parts: ModalityParts) -> list[torch.Tensor]:
-        if parts.point_encoder is not None:
-            clouds = torch.stack([data.inputs[i] for i in idx])
-            return list(parts.point_encoder(clouds))
-        return [data.inputs[i] for i in idx]
+        inputs = parts.features if parts.features is not None else data.inputs
+        return [inputs[i] for i in idx]
 
     def _batch(self, data: ModalityData, parts: ModalityParts, rng: np.random.Generator, kinds: tuple[str, ...], colours_known: bool):
         idx = [int(i) for i in rng.integers(0, len(data), size=self.config.batch_size)]
@@ -203,7 +207,9 @@ class Trainer:
         return log
 
     # --- stages -------------------------------------------------------------
-    def stage1(self, data: ModalityData, colours_known: bool = True) -> ModalityParts:
+    def stage1(self, data: ModalityData, colours_known: bool = True, heldout: ModalityData | None = None) -> ModalityParts:
+        """Point encoder pre-training (point clouds), stage 0 and stage 1 of one modality.
+        ``heldout`` (optional) scores the point encoder's pre-training classifier."""
         modality = data.modality
         g = torch.Generator().manual_seed(self.config.seed)
         spec = ProjectorSpec(PROJECTORS[modality], FEATURE_DIMS[modality], self.hidden)
@@ -211,18 +217,18 @@ class Trainer:
         scale = self.embed.weight.std().item()
         prefix = nn.Parameter(torch.randn(self.config.prefix_tokens, self.hidden, generator=g) * scale)
         suffix = nn.Parameter(torch.randn(self.config.suffix_tokens, self.hidden, generator=g) * scale)
-        point_encoder = None
+        parts = ModalityParts(projector, prefix, suffix)
         if modality == "point":
-            from modalities.encoders import build_point_encoder
+            from .point_pretrain import encode_clouds, pretrain_point_encoder
 
-            point_encoder = build_point_encoder(seed=self.config.seed)
-        parts = ModalityParts(projector, prefix, suffix, point_encoder)
-        parts.log = self.stage0(data, parts, colours_known)
-        trainable = list(projector.parameters()) + [prefix, suffix] + (list(point_encoder.parameters()) if point_encoder else [])
+            parts.point_encoder, parts.log = pretrain_point_encoder(
+                data, self.config.point_pretrain_steps, self.config.seed, self.config.point_pretrain_batch_size,
+                self.config.lr_point_pretrain, heldout=heldout, log=self.log)
+            parts.features = encode_clouds(parts.point_encoder, data)  # frozen from here on: both kinds share it
+        parts.log += self.stage0(data, parts, colours_known)
+        trainable = list(projector.parameters()) + [prefix, suffix]
         parts.log += self._run(f"{modality} stage 1", self.config.stage1_steps, [(trainable, self.config.lr_projector)],
-                              lambda rng: self._loss(data, parts, rng, ("describe", "objects"), colours_known, None), seed=1)
-        if point_encoder is not None:
-            point_encoder.requires_grad_(False).eval()  # frozen from here on: both kinds share it
+                               lambda rng: self._loss(data, parts, rng, ("describe", "objects"), colours_known, None), seed=1)
         return parts
 
     def word_embeddings(self, words: tuple[str, ...]) -> torch.Tensor:
@@ -236,19 +242,12 @@ class Trainer:
 
     def stage0(self, data: ModalityData, parts: ModalityParts, colours_known: bool = True) -> list[dict]:
         """Align projected tokens with the word embeddings of the scene's categories and colours."""
-        from .world import CATEGORIES, COLOUR_NAMES
-
-        words = tuple(CATEGORIES) + (tuple(COLOUR_NAMES) if colours_known else ())
-        targets_all = torch.zeros(len(data), len(words))
-        for i, scene in enumerate(data.scenes):
-            for obj in scene.objects:
-                targets_all[i, words.index(obj.category)] = 1.0
-                if colours_known:
-                    targets_all[i, words.index(obj.colour)] = 1.0
+        words = label_words(colours_known)
+        targets_all = scene_labels(data, colours_known)
         emb = self.word_embeddings(words)
         emb_unit = F.normalize(emb, dim=-1)
         target_norm = emb.norm(dim=-1).mean()
-        params = list(parts.projector.parameters()) + (list(parts.point_encoder.parameters()) if parts.point_encoder else [])
+        params = list(parts.projector.parameters())
         optimizer = torch.optim.AdamW(params, lr=self.config.lr_projector, weight_decay=0.0)
         g = torch.Generator().manual_seed(self.config.seed + 7)
         log, start, batch = [], time.perf_counter(), 32
@@ -273,7 +272,7 @@ class Trainer:
         import copy
 
         tuned = ModalityParts(copy.deepcopy(parts.projector), nn.Parameter(parts.prefix.detach().clone()),
-                              nn.Parameter(parts.suffix.detach().clone()), parts.point_encoder)
+                              nn.Parameter(parts.suffix.detach().clone()), parts.point_encoder, parts.features)
         delta_names = ("shared",) if training == "shared" else ("text", "modality")
         g = torch.Generator().manual_seed(self.config.seed + (1 if training == "shared" else 2))
         factors: dict[str, dict[str, tuple[nn.Parameter, nn.Parameter]]] = {}

@@ -1,4 +1,4 @@
-"""Point-cloud encoder `point-fps-knn`: a small Point-BERT-style grouper + mini-PointNet.
+"""Point-cloud encoder `point-fps-knn`: a small Point-BERT-style grouper + PointNet + context layer.
 
 No pretrained point encoder exists offline, so this architecture is defined here and its
 weights are trained with the point expert (training/); `get_encoder("point-fps-knn",
@@ -8,10 +8,20 @@ seed, so features are still deterministic; `pretrained` is False then.
 cloud (N, 6) = xyz (centred, unit sphere) + rgb in [0, 1]
   -> farthest-point sampling of G centres (starting from point 0: deterministic)
   -> the k nearest points of each centre (k = 32)
-  -> shared mini-PointNet per group on (xyz - centre, rgb): MLP, max-pool, concat the
-     group feature to every point, MLP, max-pool  (two stages, as in Point-BERT's tokenizer)
+  -> a shared per-point MLP on (xyz - centre, rgb), max-pooled per group, then a per-group MLP
   -> + an MLP embedding of the centre's position, LayerNorm
+  -> transformer encoder layer(s) over the G group tokens (as Point-BERT's encoder), LayerNorm
   -> G tokens of feature_dim, in FPS order.
+Why the context layer: a group of 32 points is a small patch of one object's surface, and a
+patch does not tell a cube from a cross or a drum; measured on the synthetic world, a
+classifier on patch tokens alone found the exact category set of 5 % of held-out scenes,
+with one context layer 90 % (colour is local and was found either way). The per-group
+PointNet is single-stage (Point-BERT's tokenizer has two) because on a CPU the second
+per-point stage cost most of the time and the context layer does its job better. The final
+LayerNorm keeps the features at a fixed scale (the pre-norm layers' residual stream grew to
+norms of ~80): without it the expert's MLP projector lost the word alignment of stage 0
+during the LLM stages (held-out word readout 0.69 after stage 0, 0.05 after stage 2), with
+it stage 0 alone reads every held-out scene's categories as the right words.
 The sizes live in a persistent buffer, so a saved state_dict describes its own shape.
 """
 from __future__ import annotations
@@ -38,13 +48,20 @@ class PointEncoderConfig:
     group_size: int = 32
     hidden_dim: int = 128
     feature_dim: int = 256
+    context_layers: int = 1
+    context_heads: int = 4
     seed: int = 0  # initialization seed when no trained weights are given
 
     def __post_init__(self):
-        for name in ("num_groups", "group_size", "hidden_dim", "feature_dim"):
+        for name in ("num_groups", "group_size", "hidden_dim", "feature_dim", "context_heads"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise EncoderError(f"PointEncoderConfig.{name} must be a positive int, got {value!r}")
+        if not isinstance(self.context_layers, int) or self.context_layers < 0:
+            raise EncoderError(f"PointEncoderConfig.context_layers must be a non-negative int, got {self.context_layers!r}")
+        if self.hidden_dim < 2 or self.feature_dim % self.context_heads:
+            raise EncoderError(f"PointEncoderConfig: hidden_dim ({self.hidden_dim}) must be at least 2 and feature_dim "
+                               f"({self.feature_dim}) divisible by context_heads ({self.context_heads})")
 
 
 def farthest_point_sample(xyz: torch.Tensor, num: int) -> torch.Tensor:
@@ -94,15 +111,21 @@ def _mlp(dims: tuple[int, ...]) -> nn.Sequential:
 class PointEncoderNet(nn.Module):
     """Trainable module: points (B, N, 6) -> (B, num_groups, feature_dim)."""
 
+    SIZE_FIELDS = ("num_groups", "group_size", "hidden_dim", "feature_dim", "context_layers", "context_heads")
+
     def __init__(self, config: PointEncoderConfig = PointEncoderConfig()):
         super().__init__()
         self.config = config
         h, d = config.hidden_dim, config.feature_dim
-        self.point_mlp = _mlp((6, h, h))
-        self.group_mlp = _mlp((2 * h, d, d))
+        self.point_mlp = _mlp((6, h // 2, h))
+        self.group_mlp = _mlp((h, d, d))
         self.pos_mlp = _mlp((3, h, d))
         self.norm = nn.LayerNorm(d)
-        sizes = [config.num_groups, config.group_size, config.hidden_dim, config.feature_dim]
+        self.context = nn.ModuleList([
+            nn.TransformerEncoderLayer(d, config.context_heads, 2 * d, dropout=0.0, batch_first=True, norm_first=True)
+            for _ in range(config.context_layers)])
+        self.out_norm = nn.LayerNorm(d)
+        sizes = [getattr(config, name) for name in self.SIZE_FIELDS]
         self.register_buffer("sizes", torch.tensor(sizes, dtype=torch.long))  # persistent: saved with weights
         self._seeded_init(config.seed)
 
@@ -118,28 +141,48 @@ class PointEncoderNet(nn.Module):
             elif isinstance(module, nn.LayerNorm):
                 module.weight.fill_(1.0)
                 module.bias.zero_()
+            elif isinstance(module, nn.MultiheadAttention):  # its packed q,k,v projection is not an nn.Linear
+                bound = math.sqrt(6.0 / (module.in_proj_weight.shape[0] + module.in_proj_weight.shape[1]))
+                module.in_proj_weight.copy_(torch.rand(module.in_proj_weight.shape, generator=gen) * 2 * bound - bound)
+                module.in_proj_bias.zero_()
 
-    def forward(self, points: torch.Tensor) -> torch.Tensor:
+    def group(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """points (B, N, 6) -> (local (B, G, k, 6): offsets and centred colours, centres (B, G, 3)).
+
+        Has no weights: training code computes it once per cloud and reuses it."""
         cfg = self.config
         xyz, rgb = points[..., :3], points[..., 3:]
         centre_idx = farthest_point_sample(xyz.float(), cfg.num_groups)  # selection in fp32 even under bf16
         centres = _gather(xyz, centre_idx)  # (B, G, 3)
         group_idx = knn_indices(xyz.float(), centres.float(), cfg.group_size)  # (B, G, k)
         local = torch.cat([(_gather(xyz, group_idx) - centres[:, :, None]) * LOCAL_SCALE,
-                           _gather(rgb, group_idx) - 0.5], dim=-1)  # (B, G, k, 6), centred inputs
-        h = self.point_mlp(local)  # (B, G, k, H)
-        h = torch.cat([h, h.max(dim=2, keepdim=True).values.expand_as(h)], dim=-1)
-        tokens = self.group_mlp(h).max(dim=2).values  # (B, G, D)
-        return self.norm(tokens + self.pos_mlp(centres))
+                           _gather(rgb, group_idx) - 0.5], dim=-1)  # centred inputs
+        return local, centres
+
+    def embed(self, local: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+        """The learned part: groups from `group` -> (B, G, feature_dim) tokens."""
+        tokens = self.group_mlp(self.point_mlp(local).max(dim=2).values)  # (B, G, D)
+        tokens = self.norm(tokens + self.pos_mlp(centres))
+        for layer in self.context:
+            tokens = layer(tokens)
+        return self.out_norm(tokens)
+
+    def forward(self, points: torch.Tensor) -> torch.Tensor:
+        return self.embed(*self.group(points))
 
     @classmethod
     def from_state_dict(cls, state_dict: Mapping[str, torch.Tensor]) -> "PointEncoderNet":
         """Rebuild with the sizes stored in the state_dict, then load with strict key and shape checks."""
-        if "sizes" not in state_dict or tuple(state_dict["sizes"].shape) != (4,):
-            raise EncoderError("point encoder state_dict lacks the 'sizes' buffer [num_groups, group_size, "
-                               "hidden_dim, feature_dim]; save it with PointEncoderNet.state_dict()")
-        g, k, h, d = (int(v) for v in state_dict["sizes"])
-        net = cls(PointEncoderConfig(num_groups=g, group_size=k, hidden_dim=h, feature_dim=d))
+        fields = cls.SIZE_FIELDS
+        if "sizes" not in state_dict:
+            raise EncoderError(f"point encoder state_dict lacks the 'sizes' buffer {list(fields)}; save it with "
+                               "PointEncoderNet.state_dict()")
+        if tuple(state_dict["sizes"].shape) != (len(fields),):
+            raise EncoderError(f"point encoder weights have {tuple(state_dict['sizes'].shape)} sizes, expected "
+                               f"{len(fields)} {list(fields)}: they were saved by an older point encoder (patch tokens "
+                               "without a context layer). Retrain the point experts: python -m training.build_experts "
+                               "--modalities point")
+        net = cls(PointEncoderConfig(**{name: int(v) for name, v in zip(fields, state_dict["sizes"])}))
         load_point_state_dict(net, state_dict)
         return net
 
@@ -160,9 +203,11 @@ def load_point_state_dict(net: PointEncoderNet, state_dict: Mapping[str, torch.T
 
 
 def build_point_encoder(num_groups: int = 64, group_size: int = 32, hidden_dim: int = 128,
-                        feature_dim: int = 256, seed: int = 0) -> PointEncoderNet:
+                        feature_dim: int = 256, context_layers: int = 1, context_heads: int = 4,
+                        seed: int = 0) -> PointEncoderNet:
     """A trainable (not frozen, train mode) point encoder for the training code."""
-    return PointEncoderNet(PointEncoderConfig(num_groups, group_size, hidden_dim, feature_dim, seed))
+    return PointEncoderNet(PointEncoderConfig(num_groups, group_size, hidden_dim, feature_dim, context_layers,
+                                              context_heads, seed))
 
 
 class PointFpsKnnEncoder(Encoder):
@@ -194,7 +239,7 @@ def _load_state_file(source: str) -> dict[str, torch.Tensor]:
 
 
 @register_encoder("point-fps-knn", modality="point", offline=True,
-                  description="FPS + kNN groups + mini-PointNet (trained here): 64 tokens x 256")
+                  description="FPS + kNN groups + PointNet + context layer (trained here): 64 tokens x 256")
 def _point_fps_knn(source, *, device, dtype, state_dict):
     if source is not None and state_dict is not None:
         raise EncoderError("pass either source (a .safetensors file) or state_dict to 'point-fps-knn', not both")
