@@ -77,28 +77,43 @@ def test_trained_expert_saves_loads_and_composes(tmp_path):
     assert [a.name for a in answer] == ["DAMC", "expert:image"]
 
 
-def test_stage0_pulls_projected_tokens_towards_the_scene_words():
-    config = TrainConfig(stage0_steps=150, stage1_steps=0, stage2_steps=0, batch_size=4, seed=0)
+def _stage0_alignment(steps: int) -> tuple[float, float, list[dict]]:
+    """Stage 0 for `steps` on features that carry the scene (a fixed random code per category,
+    summed, plus noise); over all 24 scenes: the fraction whose categories are exactly the
+    words closest to some token, the mean similarity margin present - absent, and the log."""
+    from training.world import CATEGORIES
+
+    config = TrainConfig(stage0_steps=steps, stage1_steps=0, stage2_steps=0, batch_size=4, seed=0)
     trainer = Trainer(tiny_base(), config, log=lambda *_: None)
     world, rng = World(0), np.random.default_rng(0)
     scenes = [world.sample_scene(rng) for _ in range(24)]
-    # Features that carry the scene: a fixed random code per category, summed, plus noise.
     codes = torch.randn(8, FEATURE_DIMS["image"], generator=torch.Generator().manual_seed(1))
-    from training.world import CATEGORIES
-
-    inputs = [torch.stack([sum(codes[CATEGORIES.index(c)] for c in s.categories) + 0.1 * torch.randn(FEATURE_DIMS["image"])
-                           for _ in range(4)]) for s in scenes]
-    data = ModalityData("image", scenes, inputs)
-    parts = trainer.stage1(data)  # stage 0 runs first, then 0 stage-1 steps
-    log = [row for row in parts.log if "stage0_step" in row]
-    assert log[-1]["loss"] < log[0]["loss"]
+    noise = torch.Generator().manual_seed(2)
+    inputs = [torch.stack([sum(codes[CATEGORIES.index(c)] for c in s.categories)
+                           + 0.1 * torch.randn(FEATURE_DIMS["image"], generator=noise) for _ in range(4)]) for s in scenes]
+    parts = trainer.stage1(ModalityData("image", scenes, inputs))  # stage 0 runs first, then 0 stage-1 steps
     emb = torch.nn.functional.normalize(trainer.word_embeddings(tuple(CATEGORIES)), dim=-1)
-    with torch.no_grad():
-        tokens = torch.nn.functional.normalize(parts.projector(inputs[0]), dim=-1)
-    best = (tokens @ emb.T).max(0).values  # per category: the closest token's similarity
-    present = [CATEGORIES.index(c) for c in scenes[0].categories]
-    absent = [i for i in range(8) if i not in present]
-    assert best[present].min() > best[absent].max()
+    exact, margins = [], []
+    for scene, x in zip(scenes, inputs):
+        with torch.no_grad():
+            tokens = torch.nn.functional.normalize(parts.projector(x), dim=-1)
+        best = (tokens @ emb.T).max(0).values  # per category: the closest token's similarity
+        present = sorted({CATEGORIES.index(c) for c in scene.categories})
+        absent = [i for i in range(len(CATEGORIES)) if i not in present]
+        exact.append(bool(best[present].min() > best[absent].max()))
+        margins.append(float(best[present].mean() - best[absent].mean()))
+    return float(np.mean(exact)), float(np.mean(margins)), [row for row in parts.log if "stage0_step" in row]
+
+
+def test_stage0_pulls_projected_tokens_towards_the_scene_words():
+    # Scored over every scene, not one: the tiny base's byte-level word embeddings overlap
+    # (cosine up to ~0.6 between category words), so a single scene is a coin toss of init.
+    untrained_exact, untrained_margin, _ = _stage0_alignment(0)
+    exact, margin, log = _stage0_alignment(150)
+    assert log[-1]["loss"] < log[0]["loss"]
+    # Measured: untrained 0.00 exact / 0.05 margin; after 150 steps 0.58 / 0.41.
+    assert untrained_exact <= 0.1 and untrained_margin < 0.15
+    assert exact >= 0.4 and margin >= 0.25, (exact, margin)
 
 
 def test_linear_probe_finds_what_the_features_hold_and_nothing_more():
@@ -198,10 +213,11 @@ def test_point_encoder_pretraining_learns_from_real_clouds_and_freezes(tmp_path)
     from training.point_pretrain import encode_clouds, pretrain_point_encoder
 
     data = prepare_modality("point", 24, 5, tmp_path, log=lambda *_: None)
-    encoder, log = pretrain_point_encoder(data, steps=100, seed=0, batch_size=16, warmup=10, heldout=data, log=lambda *_: None)
+    encoder, log = pretrain_point_encoder(data, steps=200, seed=0, batch_size=16, warmup=10, heldout=data, log=lambda *_: None)
     losses = [row["loss"] for row in log if "pretrain_step" in row]
     assert losses[-1] < 0.5 * losses[0]
-    # Scored on its own training clouds: it fits them (an untrained encoder finds the exact colour set of ~none).
+    # Scored on its own training clouds: it fits them (measured 0.92 after 200 steps, 0.08 after 100;
+    # an untrained encoder finds the exact colour set of ~none).
     assert log[-1]["pretrain_heldout_exact_set"]["colour"] >= 0.5
     assert not encoder.training and not any(p.requires_grad for p in encoder.parameters())
     features = encode_clouds(encoder, data)
