@@ -4,7 +4,8 @@ Fixed seeds throughout (scenes, initialisation, batches). For each modality: ren
 encode the training scenes, stage 1 once, then stages 2 and 3 for both training kinds; the 8
 experts are written to ``assets/experts/<name>/`` in fp16, with a report of losses, wall
 times and held-out accuracy in ``assets/experts/training_report.json``. Uses the GPU when
-one is present (``--device``); on a 2-core CPU the whole run takes about 100 minutes.
+one is present (``--device``); on a 2-core CPU the whole run takes about 80 minutes
+(from its parts' measured times and the two-thread speed-up; README "Bundled experts").
 
 ``--stage3-from DIR`` runs only stage 3 (the option-letter lookup, text only) on the experts
 saved in DIR and writes the results to ``--out``: how a set trained before stage 3 existed

@@ -1,8 +1,8 @@
 """Point-cloud encoder `point-fps-knn`: a small Point-BERT-style grouper + PointNet + context layer.
 
 No pretrained point encoder exists offline, so this architecture is defined here and its
-weights are trained with the point expert (training/); `get_encoder("point-fps-knn",
-state_dict=...)` then loads them frozen. Without a state_dict the weights come from a fixed
+weights are pre-trained on the synthetic world (training/point_pretrain.py) and saved with
+the point experts; `get_encoder("point-fps-knn", state_dict=...)` then loads them frozen. Without a state_dict the weights come from a fixed
 seed, so features are still deterministic; `pretrained` is False then.
 
 cloud (N, 6) = xyz (centred, unit sphere) + rgb in [0, 1]
