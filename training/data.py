@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from .world import CATEGORIES, COLOUR_NAMES, EXTENSIONS, Scene, SceneObject, World, render
 
-# Which frozen encoder each modality's bundled experts use (point: trained, see recipe).
+# Which frozen encoder each modality's bundled experts use (point: pre-trained here, see point_pretrain).
 ENCODERS = {"image": "efficientnet-lite0", "audio": "whisper-tiny.en", "video": "efficientnet-lite0-video", "point": "point-fps-knn"}
 
 

@@ -5,10 +5,10 @@ its seeded initialisation as a multi-label classifier of what the synthetic worl
 a scene (its categories and colours): a linear head on every group token, max-pooled over
 the tokens (logsumexp), so a label is present when some part of the cloud shows it. The
 head is thrown away afterwards; the encoder is frozen and the training clouds are encoded
-once, so stages 0-2 of the point experts run on cached features like the other modalities.
+once (from the groups already computed), so stages 0-2 of the point experts run on cached features like the other modalities.
 
 Why before the LLM stages, and not through them: classifying costs no LLM pass (about
-0.3 s per batch of 32 clouds on one CPU thread), so the encoder gets hundreds of steps
+0.26 s per batch of 32 clouds on one CPU thread), so the encoder gets hundreds of steps
 where the LLM stages afford tens; when it was trained only through the LLM, the point
 experts stayed at chance on categories. The farthest-point sampling and neighbour search
 have no weights, so they run once per cloud here, not once per step.
@@ -43,9 +43,11 @@ def exact_set_accuracy(logits: torch.Tensor, labels: torch.Tensor, n_categories:
 
 def pretrain_point_encoder(data: ModalityData, steps: int, seed: int, batch_size: int = 32, lr: float = 1e-3,
                            warmup: int = 50, heldout: ModalityData | None = None,
-                           log=print) -> tuple[PointEncoderNet, list[dict]]:
-    """Train a fresh encoder (seeded) on ``data``'s clouds; returns it frozen in eval mode, and a log
-    (losses; the held-out exact-set accuracy when ``heldout`` is given)."""
+                           log=print) -> tuple[PointEncoderNet, list[torch.Tensor], list[dict]]:
+    """Train a fresh encoder (seeded) on ``data``'s clouds. Returns it frozen in eval mode, every
+    training cloud's features through it ((num_groups, feature_dim) each, what the registry's
+    encoder gives for the same cloud), and a log (losses; the held-out exact-set accuracy when
+    ``heldout`` is given)."""
     if data.modality != "point":
         raise ValueError(f"point encoder pre-training needs point-cloud data, got {data.modality!r} data")
     encoder = build_point_encoder(seed=seed)
@@ -76,15 +78,11 @@ def pretrain_point_encoder(data: ModalityData, steps: int, seed: int, batch_size
             rows.append({"pretrain_step": step + 1, "loss": round(running, 4), "seconds": round(time.perf_counter() - start, 1)})
             log(f"  point encoder pre-training step {step + 1}/{steps} loss {running:.3f}")
     encoder.requires_grad_(False).eval()
+    with torch.no_grad():  # one cloud at a time, exactly as the frozen encoder runs at inference
+        features = [encoder.embed(local[i:i + 1], centres[i:i + 1])[0] for i in range(len(data))]
     if heldout is not None and len(heldout):
         with torch.no_grad():
             accuracy = exact_set_accuracy(classify(*_groups(encoder, heldout)), scene_labels(heldout))
         rows.append({"pretrain_heldout_exact_set": accuracy})
         log(f"  point encoder pre-training: held-out exact set {accuracy}")
-    return encoder, rows
-
-
-def encode_clouds(encoder: PointEncoderNet, data: ModalityData) -> list[torch.Tensor]:
-    """Every cloud of ``data`` through the frozen encoder: (num_groups, feature_dim) each."""
-    with torch.no_grad():
-        return [encoder(cloud.float()[None])[0] for cloud in data.inputs]
+    return encoder, features, rows

@@ -7,8 +7,8 @@ which colours are in the scene) on the cached training scenes and reports, on th
 held-out scenes the build scores experts on, the fraction of scenes whose exact set of
 categories (colours) it finds. When the probe is near 100 % but an expert is not, the
 information is in the features and the expert's training (steps, answer format) is what
-to fix. Point clouds have no frozen encoder (it is trained with the expert), so the probe
-covers image, audio and video.
+to fix. Point clouds have no packaged encoder (training.point_pretrain trains theirs as a
+classifier and reports the same exact-set score), so the probe covers image, audio and video.
 """
 from __future__ import annotations
 
@@ -20,19 +20,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .data import prepare_modality
-from .world import CATEGORIES, COLOUR_NAMES
+from .data import prepare_modality, scene_labels
+from .world import CATEGORIES
 
 REPO = Path(__file__).resolve().parent.parent
 FROZEN = ("image", "audio", "video")
-
-
-def labels(scenes, words: tuple[str, ...], field: str) -> torch.Tensor:
-    y = torch.zeros(len(scenes), len(words))
-    for i, scene in enumerate(scenes):
-        for obj in scene.objects:
-            y[i, words.index(getattr(obj, field))] = 1.0
-    return y
 
 
 def pooled(inputs: list[torch.Tensor]) -> torch.Tensor:
@@ -68,10 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     quiet = lambda message: None  # noqa: E731
     train = prepare_modality(args.modality, args.scenes, args.seed, Path(args.cache), log=quiet)
     heldout = prepare_modality(args.modality, 42, args.seed + 1000, Path(args.cache), log=quiet)
-    result = {}
-    for field, words in (("category", tuple(CATEGORIES)), ("colour", tuple(COLOUR_NAMES))):
-        result[field] = probe(pooled(train.inputs), labels(train.scenes, words, field),
-                              pooled(heldout.inputs), labels(heldout.scenes, words, field))
+    train_y, heldout_y, n = scene_labels(train), scene_labels(heldout), len(CATEGORIES)  # categories, then colours
+    result = {field: probe(pooled(train.inputs), train_y[:, cols], pooled(heldout.inputs), heldout_y[:, cols])
+              for field, cols in (("category", slice(None, n)), ("colour", slice(n, None)))}
     print(json.dumps({"modality": args.modality, "train_scenes": len(train), "heldout_scenes": len(heldout), **result}))
     return 0
 

@@ -219,12 +219,12 @@ class Trainer:
         suffix = nn.Parameter(torch.randn(self.config.suffix_tokens, self.hidden, generator=g) * scale)
         parts = ModalityParts(projector, prefix, suffix)
         if modality == "point":
-            from .point_pretrain import encode_clouds, pretrain_point_encoder
+            from .point_pretrain import pretrain_point_encoder
 
-            parts.point_encoder, parts.log = pretrain_point_encoder(
+            # frozen from here on: both kinds share the encoder and its cached features
+            parts.point_encoder, parts.features, parts.log = pretrain_point_encoder(
                 data, self.config.point_pretrain_steps, self.config.seed, self.config.point_pretrain_batch_size,
                 self.config.lr_point_pretrain, heldout=heldout, log=self.log)
-            parts.features = encode_clouds(parts.point_encoder, data)  # frozen from here on: both kinds share it
         parts.log += self.stage0(data, parts, colours_known)
         trainable = list(projector.parameters()) + [prefix, suffix]
         parts.log += self._run(f"{modality} stage 1", self.config.stage1_steps, [(trainable, self.config.lr_projector)],
