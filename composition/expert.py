@@ -92,6 +92,11 @@ class ExpertConfig:
     prefix_tokens: int = 0
     suffix_tokens: int = 0
     description: str = ""
+    # What the expert knows, in a sentence the catalog and every answer card show (an expert
+    # asked about something else answers from that world anyway; users need to know).
+    trained_on: str = ""
+    # Where the expert came from: "" for experts trained here, else e.g. the imported checkpoint.
+    source: str = ""
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -100,7 +105,7 @@ class ExpertConfig:
         if len(self.name) > MAX_NAME_CHARS or not self.name.isprintable():
             raise ExpertError(f"expert name {self.name!r:.80} must be at most {MAX_NAME_CHARS} printable characters "
                               "(no control characters); rename the expert in its expert.json.")
-        for name in ("base_model_name", "description"):
+        for name in ("base_model_name", "description", "trained_on", "source"):
             if not isinstance(getattr(self, name), str):
                 raise ExpertError(f"expert {self.name!r}: {name}={getattr(self, name)!r:.80} must be a string.")
         if self.base_model_sha256 is not None and not isinstance(self.base_model_sha256, str):

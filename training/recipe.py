@@ -43,6 +43,7 @@ from composition.variants import TEXT_ROUTE, route_names
 
 from .data import ENCODERS, ModalityData, label_words, scene_labels
 from .instructions import KINDS, question_for
+from .world import TRAINED_ON
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 FEATURE_DIMS = {"image": 1280, "audio": 384, "video": 1280, "point": 256}
@@ -376,6 +377,7 @@ class Trainer:
             projector=ProjectorSpec(PROJECTORS[modality], FEATURE_DIMS[modality], self.hidden),
             prefix_tokens=self.config.prefix_tokens, suffix_tokens=self.config.suffix_tokens,
             description=f"{modality} expert trained {'with one shared delta (NaiveMC-style)' if training == 'shared' else 'with decoupled text and modality deltas (DAMC-style)'} on the synthetic world",
+            trained_on=TRAINED_ON,
         )
         encoder_state = {k: v.detach().clone() for k, v in parts.point_encoder.state_dict().items()} if parts.point_encoder else {}
         return Expert(config, deltas, parts.projector, parts.prefix.detach().clone(), parts.suffix.detach().clone(), encoder_state)

@@ -36,6 +36,10 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 }
 COLOUR_NAMES: tuple[str, ...] = tuple(COLOURS)
 
+# What an expert trained on this world knows, as its expert.json ``trained_on`` says it.
+TRAINED_ON = ("the synthetic world of training/world.py: 1-3 objects per scene, categories "
+              + ", ".join(CATEGORIES) + "; colours " + ", ".join(COLOURS) + ". It knows nothing else.")
+
 # How each category moves in a video and what it sounds like (the renderers implement these;
 # the words are here so documentation, the UI and tests can show them).
 MOTIONS: dict[str, str] = {
