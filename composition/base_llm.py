@@ -38,6 +38,7 @@ from torch import nn
 
 from .routing import plain_state_dict
 from .errors import CompositionError
+from .lora import LLAMA_TARGETS
 from .templates import TOKENIZER_TEMPLATE, ChatTemplate, get_template
 
 OFFLINE_DEFAULT = "offline:smollm2-135m-instruct"
@@ -50,7 +51,6 @@ ONLINE_DEFAULT = "HuggingFaceTB/SmolLM2-135M-Instruct"  # same model, for online
 CACHE_ENV = "MLLM_STUDIO_CACHE"
 CACHE_MARKER = "complete.json"
 CACHE_FORMAT_VERSION = 1
-DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 class BaseLLMError(CompositionError):
@@ -144,7 +144,7 @@ class BaseLLM:
         """Token ids ``(..., T)`` -> input embeddings ``(..., T, hidden_size)``."""
         return self.model.get_input_embeddings()(ids)
 
-    def linear_module_names(self, targets: tuple[str, ...] = DEFAULT_TARGETS) -> list[str]:
+    def linear_module_names(self, targets: tuple[str, ...] = LLAMA_TARGETS) -> list[str]:
         """Full names of the ``nn.Linear`` modules whose last name part is in ``targets``.
 
         Returned in model order (``model.layers.0.self_attn.q_proj``, ...): these are the

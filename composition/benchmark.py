@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -34,26 +34,25 @@ import torch
 
 from .composer import ComposedModel, ModalInput
 from .errors import CompositionError
-from .expert import EncoderRef, Expert, ExpertConfig, ProjectorSpec
+from .expert import Expert
+from .factory import (OFFLINE_ENCODERS, SMALL_GPU, TINY, VICUNA_7B, ModelShape, SyntheticBase, byte_tokenizer,  # noqa: F401
+                      scaled_random_expert, synthetic_base)
 from .generate import GenerationConfig, generate_batch
-from .lora import LoraDelta
+from .lora import LLAMA_TARGETS
 from .variants import DAMC, EXPERT_PREFIX, TEXT_ROUTE, Coefficients
 
 REPO = Path(__file__).resolve().parent.parent
 MODALITIES = ("image", "audio", "video", "point")
 QUESTION = "What do these inputs have in common?"
-ALL_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # Tokens per input of the offline encoders (DESIGN.md §4): what synthetic features mimic.
 FEATURE_TOKENS = {"image": 49, "audio": 32, "video": 57, "point": 64}
 # The offline encoders: modality -> (kind, feature dim); random experts on the real base use them.
-OFFLINE_ENCODERS = {"image": ("efficientnet-lite0", 1280), "audio": ("whisper-tiny.en", 384),
-                    "video": ("efficientnet-lite0-video", 1280), "point": ("point-fps-knn", 256)}
 EXAMPLE_FILES = {"image": "image-example.png", "audio": "audio-example.wav", "video": "video-example.mp4", "point": "point-example.npy"}
 # Peak memory bandwidth (bytes/s) by GPU name; other GPUs use the measured copy bandwidth.
 PEAK_BANDWIDTH = (("H200", 4.8e12), ("H100 NVL", 3.9e12), ("H100 PCIe", 2.0e12), ("H100", 3.35e12),
                   ("A100-SXM4-80GB", 2.039e12), ("A100 80GB PCIe", 1.935e12), ("A100", 1.555e12), ("L40S", 0.864e12),
                   ("A10G", 0.6e12), ("L4", 0.3e12))
-TARGETS = {"side_by_side_one_input": 1.5, "side_by_side_all_inputs": 2.5, "side_by_side_all_inputs_seconds": 5.0,
+FIGURE_TARGETS = {"side_by_side_one_input": 1.5, "side_by_side_all_inputs": 2.5, "side_by_side_all_inputs_seconds": 5.0,
            "side_by_side_gpu": 1.15, "materialize_gpu_ms": 15.0, "decode_vs_floor": 2.0, "app_cold_start_s": 20.0,
            "app_peak_rss_gb": 2.5}
 
@@ -79,23 +78,6 @@ class BenchConfig:
                 raise CompositionError(f"{name}={value!r}; expected a positive integer.")
         if not isinstance(self.warmup, int) or self.warmup < 0:
             raise CompositionError(f"warmup={self.warmup!r}; expected a non-negative integer.")
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    """A Llama-shaped model with random weights (no download)."""
-
-    name: str
-    hidden: int
-    layers: int
-    heads: int
-    intermediate: int
-    vocab: int
-
-
-VICUNA_7B = ModelShape("Vicuna-7B-shaped (random)", 4096, 32, 32, 11008, 32000)
-TINY = ModelShape("tiny Llama (random)", 64, 2, 4, 128, 512)
-SMALL_GPU = ModelShape("small Llama (random)", 128, 2, 4, 344, 4096)
 
 
 # --- timing -------------------------------------------------------------------------
@@ -135,82 +117,6 @@ def memory_bandwidth(device) -> tuple[float, str]:
 
 
 # --- models -------------------------------------------------------------------------
-@dataclass
-class SyntheticBase:
-    """What ComposedModel needs from a base, for a random Llama and a byte-level tokenizer."""
-
-    model: torch.nn.Module
-    tokenizer: object
-    template: object
-    eos_token_ids: list[int]
-    name: str
-    hidden_size: int
-    sha256: str = "0" * 64
-    load_seconds: dict = field(default_factory=dict)
-
-
-def byte_tokenizer():
-    """Byte-level BPE without merges: the 256 bytes plus <s>, </s>, <pad> (ids < 259)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {ch: i for i, ch in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
-    for special in ("<s>", "</s>", "<pad>"):
-        vocab[special] = len(vocab)
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
-
-
-def synthetic_base(shape: ModelShape, device, dtype: torch.dtype, seed: int = 0) -> SyntheticBase:
-    """A random-weight Llama of ``shape`` built directly on ``device`` in ``dtype``."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from .templates import get_template
-
-    tokenizer = byte_tokenizer()
-    config = LlamaConfig(vocab_size=max(shape.vocab, len(tokenizer)), hidden_size=shape.hidden, intermediate_size=shape.intermediate,
-                         num_hidden_layers=shape.layers, num_attention_heads=shape.heads, num_key_value_heads=shape.heads,
-                         max_position_embeddings=4096, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
-    torch.manual_seed(seed)
-    with torch.device(device):
-        model = LlamaForCausalLM._from_config(config, dtype=dtype)
-    model.eval().requires_grad_(False)
-    return SyntheticBase(model, tokenizer, get_template("vicuna_v1"), [tokenizer.eos_token_id], shape.name, shape.hidden)
-
-
-def random_expert(base, modality: str, training: str, *, rank: int, targets: Sequence[str], encoder: tuple[str, int],
-                  boundary_tokens: int, seed: int) -> Expert:
-    """An untrained expert with LoRA deltas of ``rank`` on ``targets``, made on the base's device and dtype."""
-    weight = base.model.get_input_embeddings().weight
-    shapes = {n: (m.out_features, m.in_features) for n, m in base.model.named_modules()
-              if isinstance(m, torch.nn.Linear) and n.rsplit(".", 1)[-1] in targets}
-    g = torch.Generator(device=weight.device).manual_seed(seed)
-
-    def factor(*size, std):
-        return torch.randn(*size, generator=g, device=weight.device, dtype=weight.dtype) * std
-
-    def delta():
-        return LoraDelta(rank, 2.0 * rank, {m: factor(rank, fin, std=fin ** -0.5) for m, (fout, fin) in shapes.items()},
-                         {m: factor(fout, rank, std=0.01 / rank ** 0.5) for m, (fout, fin) in shapes.items()})
-
-    hidden = weight.shape[1]
-    name = modality if training == "decoupled" else f"{modality}-shared"
-    config = ExpertConfig(name=name, modality=modality, training=training, base_model_name=base.name,
-                          base_model_sha256=base.sha256, encoder=EncoderRef(encoder[0], None, encoder[1]),
-                          projector=ProjectorSpec("linear", encoder[1], hidden),
-                          prefix_tokens=boundary_tokens, suffix_tokens=boundary_tokens)
-    projector = config.projector.build()
-    with torch.no_grad():
-        projector[0].weight.mul_(0.05)
-    deltas = {n: delta() for n in config.delta_names}
-    cpu = torch.Generator().manual_seed(seed)
-    prefix, suffix = (torch.randn(boundary_tokens, hidden, generator=cpu) * 0.01 for _ in range(2))
-    return Expert(config, deltas, projector, prefix, suffix)
-
-
 class SyntheticFeatures:
     """A stand-in encoder: fixed random features per modality, ``FEATURE_TOKENS`` rows each (or ``tokens``)."""
 
@@ -260,11 +166,11 @@ def fixed_length_view(cm: ComposedModel) -> ComposedModel:
     return view
 
 
-def synthetic_setup(base: SyntheticBase, *, rank: int, kinds: Sequence[str], targets: Sequence[str] = ALL_TARGETS,
+def synthetic_setup(base: SyntheticBase, *, rank: int, kinds: Sequence[str], targets: Sequence[str] = LLAMA_TARGETS,
                     feature_dim: int = 64, tokens: dict[str, int] | None = None) -> Setup:
     """Random experts of ``kinds`` (one per modality and kind) on ``base``, with synthetic features."""
     device = str(base.model.get_input_embeddings().weight.device)
-    experts = [random_expert(base, m, kind, rank=rank, targets=targets, encoder=("synthetic", feature_dim), boundary_tokens=2,
+    experts = [scaled_random_expert(base, m, kind, rank=rank, targets=targets, encoder=("synthetic", feature_dim), boundary_tokens=2,
                              seed=100 + 10 * i + j)
                for j, kind in enumerate(kinds) for i, m in enumerate(MODALITIES)]
     cm = ComposedModel(base, experts, feature_fn=SyntheticFeatures(feature_dim, tokens))
@@ -281,7 +187,7 @@ def bundled_expert_folders() -> list[Path]:
 
 def random_real_experts(base) -> list[Expert]:
     """Untrained experts shaped like the bundled ones (LoRA r=4 on q,k,v,o, 2+2 boundary tokens), both kinds."""
-    return [random_expert(base, m, kind, rank=4, targets=("q_proj", "k_proj", "v_proj", "o_proj"), encoder=OFFLINE_ENCODERS[m],
+    return [scaled_random_expert(base, m, kind, rank=4, targets=("q_proj", "k_proj", "v_proj", "o_proj"), encoder=OFFLINE_ENCODERS[m],
                           boundary_tokens=2, seed=100 + 10 * i + j)
             for j, kind in enumerate(("decoupled", "shared")) for i, m in enumerate(MODALITIES)]
 
@@ -627,7 +533,7 @@ def run_benchmark(config: BenchConfig, emit: Callable[[str], None] = print) -> d
     """Run every section; ``emit`` gets the human-readable lines as they come. Returns all figures."""
     result: dict = {"device": config.device, "quick": config.quick, "torch": torch.__version__,
                     "cpu_threads": torch.get_num_threads(), "new_tokens": config.new_tokens, "repeats": config.repeats,
-                    "warmup": config.warmup, "targets": TARGETS}
+                    "warmup": config.warmup, "targets": FIGURE_TARGETS}
     if config.quick:
         setup = synthetic_setup(synthetic_base(TINY, config.device, torch.float32), rank=4, kinds=("decoupled", "shared"),
                                 tokens={"image": 6, "audio": 4, "video": 7, "point": 8})
@@ -675,8 +581,8 @@ def run_section(name: str, run: Callable[[], dict], fmt: Callable[[dict], list[s
 # --- text output --------------------------------------------------------------------
 def format_side_by_side(f: dict, gpu: bool = False) -> list[str]:
     n = len(f["variants"])
-    target = TARGETS["side_by_side_gpu" if gpu else "side_by_side_one_input" if len(f["inputs"]) == 1 else "side_by_side_all_inputs"]
-    extra = f"; ≤ {TARGETS['side_by_side_all_inputs_seconds']:.0f} s in all" if len(f["inputs"]) > 1 and not gpu else ""
+    target = FIGURE_TARGETS["side_by_side_gpu" if gpu else "side_by_side_one_input" if len(f["inputs"]) == 1 else "side_by_side_all_inputs"]
+    extra = f"; ≤ {FIGURE_TARGETS['side_by_side_all_inputs_seconds']:.0f} s in all" if len(f["inputs"]) > 1 and not gpu else ""
     return [f"side by side, {'+'.join(f['inputs'])} input{'s' if len(f['inputs']) > 1 else ''}: {', '.join(f['variants'])}",
             f"  {n} variants in one batch {f['batched_s']:.3f} s = {f['ratio_vs_one']:.2f}x one variant "
             f"({f['one_variant']} alone {f['one_variant_s']:.3f} s; target ≤ {target}x{extra}); prefill floor "
@@ -706,19 +612,19 @@ def format_mcub(f: dict) -> list[str]:
 
 def format_app(f: dict) -> list[str]:
     return [f"app cold start (python app.py, {f['experts']} experts): page answered after {f['cold_start_s']:.1f} s "
-            f"(target ≤ {TARGETS['app_cold_start_s']:.0f} s); peak RSS {f['peak_rss_gb']:.2f} GB (target ≤ {TARGETS['app_peak_rss_gb']} GB)"]
+            f"(target ≤ {FIGURE_TARGETS['app_cold_start_s']:.0f} s); peak RSS {f['peak_rss_gb']:.2f} GB (target ≤ {FIGURE_TARGETS['app_peak_rss_gb']} GB)"]
 
 
 def format_gpu(f: dict) -> list[str]:
     d, r = f["decode"], f["recompose"]
     lines = [f"gpu: {f['model']}; peak bandwidth {f['bandwidth_gb_s']:.0f} GB/s ({f['bandwidth_source']})"]
     lines += ["  " + line for line in format_side_by_side(f["side_by_side"], gpu=True)]
-    lines += ["  " + line + f"  [target ≤ {TARGETS['materialize_gpu_ms']:.0f} ms]" for line in format_materialized(r)]
+    lines += ["  " + line + f"  [target ≤ {FIGURE_TARGETS['materialize_gpu_ms']:.0f} ms]" for line in format_materialized(r)]
     lines += [f"  decode ({d['prompt_tokens']} prompt tokens): memory floor {d['floor_ms_per_token']:.2f} ms/token; "
               f"model.generate {d['hf_generate_ms_per_token']:.2f} ms/token ({d['hf_generate_vs_floor']:.2f}x floor); engine online 1 variant {d['online_one_variant_ms_per_token']:.2f} ms/token "
               f"({d['online_vs_floor']:.2f}x floor), {d['all_variants']} variants {d['online_all_variants_ms_per_token']:.2f} ms/token "
               f"({d['all_variants_vs_one']:.2f}x one), materialized {d['materialized_ms_per_token']:.2f} ms/token "
-              f"({d['materialized_vs_floor']:.2f}x floor; target ≤ {TARGETS['decode_vs_floor']}x)"]
+              f"({d['materialized_vs_floor']:.2f}x floor; target ≤ {FIGURE_TARGETS['decode_vs_floor']}x)"]
     return lines
 
 

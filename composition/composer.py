@@ -21,12 +21,12 @@ import torch
 from .errors import CompositionError
 from .expert import Expert, load_expert
 from .generate import GenerationConfig, RoutedBatch, generate_batch, pad_rows, prefill_logits
+from .lora import LLAMA_TARGETS
 from .prompt import PromptRow, build_prompt_row, user_message
 from .routing import RoutedLinear, Router, attach_routed_linears
 from .variants import (DAMC, EXPERT_PREFIX, NAIVE, TEXT_ROUTE, Coefficients, ResolvedVariant, SlotTable, VariantSpec,
                        participants, resolve_variant, route_names)
 
-DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # Each dense merge result is as large as the model's target layers: keep only a few.
 MAX_DENSE_RESULTS = 2
 
@@ -84,7 +84,7 @@ class ComposedModel:
     """
 
     def __init__(self, base, experts: Iterable[Expert] = (), *, feature_fn: FeatureFn | None = None,
-                 targets: Sequence[str] = DEFAULT_TARGETS) -> None:
+                 targets: Sequence[str] = LLAMA_TARGETS) -> None:
         self.base = base
         self.model = base.model
         self.router = Router()

@@ -20,6 +20,8 @@ from safetensors.torch import load_file, save_file
 
 from .errors import ExpertError
 
+# Every linear layer of a Llama block: what a LoRA expert may target (the paper's experts target all seven).
+LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 _PEFT_PREFIX = "base_model.model."

@@ -5,7 +5,7 @@ import socket
 
 import pytest
 
-from tests.random_experts import save_random_experts
+from composition.factory import save_random_experts
 
 
 def free_port() -> int:

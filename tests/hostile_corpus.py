@@ -18,8 +18,8 @@ at: outside every folder a loader may read), ``valid/`` (inputs and experts that
 "a valid request right after still works"), ``tripwires/`` (marker files that only
 unpickling would create; they must never appear).
 
-The experts are the untrained ones of ``tests/random_experts.py`` on the tiny base of
-``tests/tiny.py`` (hidden 32), so a studio over ``tiny_base()`` can load the valid ones.
+The experts are the untrained ones of ``composition/factory.py`` on the tiny base of
+``composition/factory.py`` (hidden 32), so a studio over ``tiny_base()`` can load the valid ones.
 Nothing here is ever unpickled: the pickles are written, never read.
 """
 from __future__ import annotations
@@ -643,8 +643,8 @@ def case_specs() -> list[Spec]:
 
 # --- valid references and the writer ----------------------------------------------------------
 def tiny_base_for_experts():
-    """The tiny base of tests/tiny.py with the fields save_random_experts reads (hidden_size)."""
-    from tests.tiny import HIDDEN, tiny_base
+    """The tiny base of composition/factory.py with the fields save_random_experts reads (hidden_size)."""
+    from composition.factory import HIDDEN, tiny_base
 
     base = tiny_base()
     return SimpleNamespace(model=base.model, name=base.name, sha256=base.sha256, hidden_size=HIDDEN)
@@ -670,7 +670,7 @@ def valid_mcub(root: Path) -> Path:
 def _write_valid(ctx: Ctx) -> None:
     from PIL import Image
 
-    from tests.random_experts import save_random_experts
+    from composition.factory import save_random_experts
 
     ctx.valid.mkdir(parents=True)
     rng = np.random.default_rng(SEED)

@@ -8,7 +8,7 @@ from composition.composer import ComposedModel, ModalInput
 from composition.errors import CompositionError
 from composition.generate import GenerationConfig
 from composition.variants import Coefficients
-from tests.tiny import features_as_data, random_expert, random_features, tiny_base
+from composition.factory import features_as_data, random_expert, random_features, tiny_base
 
 QUESTION = "What do these inputs have in common?"
 

@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from composition.errors import ExpertError
 from composition.expert import load_expert, save_expert
-from tests.tiny import linear_shapes, random_expert, tiny_base
+from composition.factory import linear_shapes, random_expert, tiny_base
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ shows no server path and no link target; nothing is unpickled; the studio keeps 
 had; and a valid request right after the corpus still works. The app part sends a few of
 the files to the running app's ``/compare`` and ``/add_expert`` through gradio_client.
 
-Tiny in-process models (tests/tiny.py); the whole file runs in well under a minute on 2 CPU cores.
+Tiny in-process models (composition/factory.py); the whole file runs in well under a minute on 2 CPU cores.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from studio.bench import SOURCES, load_items
 from studio.inputs import point_preview
 from studio.session import Studio
 from tests.hostile_corpus import (Case, KINDS, build_corpus, case_specs, valid_experts, valid_inputs, valid_mcub)
-from tests.tiny import tiny_base
+from composition.factory import tiny_base
 
 REPO = Path(__file__).resolve().parent.parent
 SPECS = case_specs()

@@ -16,7 +16,7 @@ from composition.mcub import (McubFormatError, McubItem, McubResult, Prediction,
                               score_answer)
 from composition.variants import Coefficients
 from tests.cli_runner import run_cli
-from tests.tiny import FEATURE_DIM, random_expert, tiny_base
+from composition.factory import FEATURE_DIM, random_expert, tiny_base
 
 MODALITIES = ("image", "audio", "video", "point")
 CONFIG = GenerationConfig(max_new_tokens=4)

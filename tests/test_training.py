@@ -13,7 +13,7 @@ from composition.expert import load_expert, save_expert
 from training.data import ModalityData
 from training.recipe import FEATURE_DIMS, TrainConfig, Trainer
 from training.world import World
-from tests.tiny import tiny_base
+from composition.factory import tiny_base
 
 
 def fake_data(modality: str = "image", n: int = 12, seed: int = 0) -> ModalityData:
@@ -154,7 +154,7 @@ def test_stage3_refuses_deltas_of_the_wrong_kind():
 
 
 def test_lookup_rows_learn_only_the_letters():
-    from composition.benchmark import byte_tokenizer
+    from composition.factory import byte_tokenizer
     from training.lookup import LOOKUP_VOCABULARY, letter_mask, letter_token_ids, lookup_example
     from training.world import CATEGORIES
 
