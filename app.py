@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 import functools
 import inspect
+import logging
 import os
+import uuid
 
 from studio.memory import limit_malloc_arenas
 
@@ -18,14 +20,15 @@ limit_malloc_arenas()
 
 import gradio as gr
 
+from checks import UserError
 from composition.methods import list_methods
-from modalities import MODALITY_NAMES
-from studio import bench, exporting, handlers
+from composition.methods.registry import GROUPS
+from modalities import MODALITY_NAMES, get_modality
+from studio import bench, controls, exporting, handlers
 from studio.cards import CARD_CSS
 from studio.examples import example_rows
-from studio.inputs import point_accept, point_views
+from studio.inputs import point_views
 from studio.session import Studio, expert_dirs_from, load_studio
-from studio.settings import MAX_LAMBDA_SLOTS
 
 try:  # On a ZeroGPU Space, spaces.GPU asks for a GPU per call; elsewhere it is a no-op.
     import spaces
@@ -42,43 +45,101 @@ LATEX = [{"left": "$$", "right": "$$", "display": True}, {"left": "$", "right": 
 CATALOG_HEADERS = ["name", "modality", "training", "base", "encoder", "folder"]
 
 
+log = logging.getLogger("studio")
+
+
+def as_gr_error(exc: BaseException) -> gr.Error:
+    """A user error's own message; anything else is our bug: logged with its traceback, shown with an id."""
+    if isinstance(exc, UserError):
+        return gr.Error(str(exc))
+    incident = uuid.uuid4().hex[:8]
+    log.error("internal error %s in a request", incident, exc_info=exc)
+    return gr.Error(f"internal error (id {incident}): this is a bug in the studio, not something you did. It was "
+                    "logged on the server; nothing you entered was lost, so you can try again or report the id.")
+
+
 def user_errors(fn):
-    """Turn the project's user errors (ValueError subclasses) into gr.Error: the message, no traceback."""
+    """Turn the project's user errors into gr.Error messages; other exceptions become an internal error with an id."""
     if inspect.isgeneratorfunction(fn):
         @functools.wraps(fn)
         def gen(*args, **kwargs):
             try:
                 yield from fn(*args, **kwargs)
-            except ValueError as exc:
-                raise gr.Error(str(exc)) from None
+            except gr.Error:
+                raise
+            except Exception as exc:  # noqa: BLE001 - turned into a message, logged when it is a bug
+                raise as_gr_error(exc) from None
         return gen
 
     @functools.wraps(fn)
     def call(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except ValueError as exc:
-            raise gr.Error(str(exc)) from None
+        except gr.Error:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise as_gr_error(exc) from None
     return call
 
 
 def slider_updates(views):
-    return [gr.update(visible=v.visible, label=v.label, value=v.value) for v in views]
+    return [gr.update(visible=v.visible, label=v.label, value=v.value, interactive=v.interactive) for v in views]
+
+
+def param_control(method, param):
+    """A method's hyper-parameter: a slider, or a whole-number box for a seed-like huge range."""
+    label = f"{method.label}: {param.name}"
+    if param.kind == "int" and param.maximum - param.minimum > 10_000:
+        return gr.Number(value=param.default, precision=0, minimum=param.minimum, maximum=param.maximum, label=label, info=param.help)
+    return gr.Slider(param.minimum, param.maximum, value=param.default, step=param.step, label=label, info=param.help)
+
+
+def media_component(modality: str):
+    """The upload box of a registered modality: a typed preview where gradio has one, else a file box."""
+    spec = get_modality(modality)
+    label = spec.label[:1].upper() + spec.label[1:]
+    if modality == "image":
+        return gr.Image(type="filepath", label=label, height=INPUT_HEIGHT)
+    if modality == "audio":
+        return gr.Audio(type="filepath", label=label)
+    if modality == "video":
+        return gr.Video(label=label, height=INPUT_HEIGHT)
+    return gr.File(label=label, file_types=list(spec.extensions), height=INPUT_HEIGHT)
 
 
 class Ui:
-    """The components other tabs' events read, gathered while the tabs are built."""
+    """Every component, declared once and kept by name (studio/controls.py names them)."""
 
     def __init__(self, studio: Studio):
         self.studio = studio
+        self.named: dict[str, gr.components.Component] = {}
+
+    def add(self, name: str, component):
+        self.named[name] = component
+        return component
+
+    def pick(self, names) -> dict:
+        return {n: self.named[n] for n in names}
 
     @property
-    def controls(self):
-        return [self.selected, *self.lams, *self.mus, self.methods, *self.params, self.max_new, self.temperature, self.top_p]
+    def controls(self) -> dict:
+        return self.pick(controls.control_names())
 
     @property
-    def media(self):
-        return [self.image, self.audio, self.video, self.point]
+    def media(self) -> dict:
+        return self.pick(controls.media_names())
+
+    @property
+    def lams(self) -> list:
+        return [self.named[n] for n in controls.lambda_names_all()]
+
+    @property
+    def mus(self) -> list:
+        return [self.named[n] for n in controls.mu_names_all()]
+
+    @property
+    def params(self) -> list:
+        return [self.named[controls.param_name(m, p)] for m, p in controls.param_keys()]
 
 
 # --- tabs -----------------------------------------------------------------------------
@@ -88,7 +149,7 @@ def experts_tab(ui: Ui) -> None:
     ui.catalog = gr.Dataframe(value=s.catalog_rows() or None, headers=CATALOG_HEADERS, interactive=False,
                               label="Loaded experts", wrap=True)
     ui.catalog_msg = gr.Markdown(handlers.catalog_message(s))
-    ui.selected = gr.CheckboxGroup(s.expert_names, value=s.expert_names, label="Experts taking part")
+    ui.selected = ui.add(controls.SELECTED, gr.CheckboxGroup(s.expert_names, value=s.expert_names, label="Experts taking part"))
     with gr.Row():
         ui.add_path = gr.Textbox(label="Add an expert", placeholder="/path/to/expert-folder (or a folder of experts, or a hub id when online)", scale=4)
         ui.add_btn = gr.Button("Add expert", scale=1)
@@ -96,52 +157,53 @@ def experts_tab(ui: Ui) -> None:
 
 def coefficients_block(ui: Ui) -> None:
     s = ui.studio
-    lam_views, mu_views = handlers.selection_views(s, s.expert_names)
+    lam_views, mu_views = handlers.slider_views(s, {controls.SELECTED: s.expert_names}, reset=True)
     with gr.Accordion("Coefficients and merge methods", open=True):
         gr.Markdown("λ weighs each expert's **text** delta (DAMC text merge, default 1/K); μ scales each "
                     "**modality** delta (default 1). Answers recompose when you release a slider.")
         with gr.Row():
-            ui.lams = [gr.Slider(-1, 2, value=v.value, step=0.01, label=v.label, visible=v.visible, min_width=160)
-                       for v in lam_views]
+            for name, v in zip(controls.lambda_names_all(), lam_views):
+                ui.add(name, gr.Slider(-1, 2, value=v.value, step=0.01, label=v.label, visible=v.visible, min_width=160))
         with gr.Row():
-            ui.mus = [gr.Slider(0, 2, value=v.value, step=0.01, label=v.label, visible=v.visible, min_width=160)
-                      for v in mu_views]
+            for name, v in zip(controls.mu_names_all(), mu_views):
+                ui.add(name, gr.Slider(0, 2, value=v.value, step=0.01, label=v.label, visible=v.visible, min_width=160))
         with gr.Row():
             ui.reset = gr.Button("Reset to the paper's defaults (λ = 1/K, μ = 1)", size="sm")
             ui.compose_msg = gr.Markdown()
-        methods = list_methods()
-        ui.methods = gr.CheckboxGroup([(m.label, m.name) for m in methods], value=[], label="Add merge methods as comparison columns",
-                                      info="applied to the text deltas; modality deltas stay as in DAMC")
-        ui.params, ui.param_groups = [], []
-        for m in methods:
+        gr.Markdown("**Add merge methods as comparison columns** — applied to the text deltas; modality deltas "
+                    "stay as in DAMC. *Core space* merges in the experts' low-rank core space (routed online, no "
+                    "dense result); for element-wise methods it is a different operation from the dense one.")
+        for group, choices in controls.method_groups().items():
+            info = "NaiveMC and DAMC always run when their experts are selected" if group == "paper" else None
+            ui.add(controls.methods_name(group), gr.CheckboxGroup(choices, value=[], label=GROUPS[group], info=info))
+        ui.param_groups = []
+        for m in list_methods():
             with gr.Group(visible=False) as group:
-                gr.Markdown(f"**{m.label}** — {m.help}")
+                gr.Markdown(f"**{m.label}** — {m.help}" + (f"  \n`{m.formula}`" if m.formula else ""))
                 with gr.Row():
                     for p in m.params:
-                        ui.params.append(gr.Slider(p.minimum, p.maximum, value=p.default, step=p.step,
-                                                   label=f"{m.label}: {p.name}", info=p.help))
+                        ui.add(controls.param_name(m.name, p.name), param_control(m, p))
             ui.param_groups.append(group)
 
 
 def compare_tab(ui: Ui) -> None:
     with gr.Row(equal_height=False):
         with gr.Column(scale=2, min_width=320):
-            ui.question = gr.Textbox(label="Question", value="What do these inputs have in common?", lines=2)
-            with gr.Row():
-                ui.image = gr.Image(type="filepath", label="Image", height=INPUT_HEIGHT)
-                ui.audio = gr.Audio(type="filepath", label="Audio")
-            with gr.Row():
-                ui.video = gr.Video(label="Video", height=INPUT_HEIGHT)
-                ui.point = gr.File(label="Point cloud", file_types=point_accept(), height=INPUT_HEIGHT)
+            ui.question = ui.add(controls.QUESTION, gr.Textbox(label="Question", value="What do these inputs have in common?", lines=2))
+            ui.world = gr.Markdown(handlers.world_banner(ui.studio), visible=bool(handlers.world_banner(ui.studio)))
+            for pair in range(0, len(MODALITY_NAMES), 2):  # two upload boxes a row, from the modality registry
+                with gr.Row():
+                    for modality in MODALITY_NAMES[pair:pair + 2]:
+                        ui.add(controls.media_name(modality), media_component(modality))
             with gr.Row():
                 ui.point_plot = gr.Plot(label="Point cloud preview (drag to rotate)", visible=False)
                 ui.point_3d = gr.Model3D(label="3-D view (drag to rotate, scroll to zoom)", visible=False,
                                          interactive=False, display_mode="point_cloud", height=320)
             with gr.Accordion("Generation settings", open=False):
-                ui.max_new = gr.Slider(1, 256, value=48, step=1, label="max new tokens")
-                ui.temperature = gr.Slider(0, 2, value=0, step=0.05, label="temperature (0 = greedy)")
-                ui.top_p = gr.Slider(0.05, 1, value=1, step=0.05, label="top-p")
-                ui.no_input = gr.Checkbox(False, label="also run selected experts that got no input of their modality")
+                ui.add("max_new_tokens", gr.Slider(1, 256, value=48, step=1, label="max new tokens"))
+                ui.add("temperature", gr.Slider(0, 2, value=0, step=0.05, label="temperature (0 = greedy)"))
+                ui.add("top_p", gr.Slider(0.05, 1, value=1, step=0.05, label="top-p"))
+                ui.add(controls.NO_INPUT, gr.Checkbox(False, label="also run selected experts that got no input of their modality"))
             with gr.Row():
                 ui.go = gr.Button("Compare all variants", variant="primary", scale=3)
                 ui.stop = gr.Button("Stop", variant="stop", scale=1)
@@ -151,7 +213,7 @@ def compare_tab(ui: Ui) -> None:
             ui.answered_with = gr.State("")  # the coefficients of the answers on screen (see handlers.recompose)
     rows = example_rows()
     if rows:
-        gr.Examples(rows, [ui.question, *ui.media], label="Examples: each modality alone, mixed, and MCUB-synth items",
+        gr.Examples(rows, [ui.question, *ui.media.values()], label="Examples: each modality alone, mixed, and MCUB-synth items",
                     examples_per_page=12)
 
 
@@ -210,32 +272,47 @@ def api_block(ui: Ui) -> None:
     """The /compare endpoint: hidden components so its signature never follows the UI."""
     with gr.Group(visible=False):
         question = gr.Textbox(label="question")
-        files = [gr.File(label=m) for m in MODALITY_NAMES]
+        files = {m: gr.File(label=m) for m in MODALITY_NAMES}
         out = gr.JSON(label="variants")
         trigger = gr.Button("compare")
 
     @gpu
     @user_errors
-    def compare(question: str, image=None, audio=None, video=None, point=None):
-        return handlers.compare_api(ui.studio, question, image, audio, video, point)
+    def compare(question: str, **media):
+        return handlers.compare_api(ui.studio, question, **media)
 
-    trigger.click(compare, [question, *files], out, api_name="compare")
+    # The API signature clients see: (question, image=None, audio=None, ...), one optional file per
+    # registered modality, so a client sends only the inputs it has.
+    compare.__signature__ = inspect.Signature(
+        [inspect.Parameter("question", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=str)]
+        + [inspect.Parameter(m, inspect.Parameter.KEYWORD_ONLY, default=None) for m in MODALITY_NAMES])
+
+    trigger.click(compare, outputs=out, inputs_kwargs={"question": question, **files}, api_name="compare")
 
 
 # --- wiring ---------------------------------------------------------------------------
 def wire(ui: Ui) -> None:
     s = ui.studio
-    controls, media = ui.controls, ui.media
+    composition = {**ui.controls, **ui.media}  # every event below passes these by name
+    sliders = [*ui.lams, *ui.mus]
 
-    def on_select(selected):
-        lams, mus = handlers.selection_views(s, selected)
+    def refresh_sliders(reset: bool = False, **values):
+        lams, mus = handlers.slider_views(s, values, reset=reset)
         return slider_updates(lams) + slider_updates(mus)
 
-    recompose = user_errors(lambda *v: handlers.recompose(s, v[:4], v[4:-1], v[-1]))
-    compose_in, compose_out = [*media, *controls, ui.answered_with], [ui.compose_msg, ui.formulas]
+    def recompose(answered_with="", **values):
+        return handlers.recompose(s, values, answered_with)
+
+    compose_out = [ui.compose_msg, ui.formulas]
+    compose_kw = {**composition, "answered_with": ui.answered_with}
+    recompose = user_errors(recompose)
     # .input, not .change: a config load sets the selection and must not reset λ to 1/K.
-    ui.selected.input(user_errors(on_select), ui.selected, [*ui.lams, *ui.mus], api_name="select_experts").then(
-        recompose, compose_in, compose_out, api_name="recompose_after_select")
+    ui.selected.input(user_errors(functools.partial(refresh_sliders, True)), outputs=sliders, inputs_kwargs=composition,
+                      api_name="select_experts").then(recompose, outputs=compose_out, inputs_kwargs=compose_kw,
+                                                      api_name="recompose_after_select")
+    # New inputs change who takes part (λ = 1/K over the experts with an input): the sliders show it.
+    gr.on([c.change for c in ui.media.values()], user_errors(refresh_sliders), outputs=sliders, inputs_kwargs=composition,
+          api_name="inputs_changed").then(recompose, outputs=compose_out, inputs_kwargs=compose_kw, api_name="recompose_after_inputs")
 
     def on_add(path, selected):
         rows, names, selection, msg = handlers.add_experts(s, path, selected)
@@ -244,17 +321,18 @@ def wire(ui: Ui) -> None:
     ui.add_btn.click(user_errors(on_add), [ui.add_path, ui.selected], [ui.catalog, ui.selected, ui.catalog_msg, ui.header],
                      api_name="add_expert")
 
-    gr.on([sl.release for sl in (*ui.lams, *ui.mus, *ui.params)] + [ui.methods.change],
-          recompose, compose_in, compose_out, api_name="recompose")
+    pickers = [ui.named[n] for n in controls.method_names_all()]
+    released = [c.release if isinstance(c, gr.Slider) else c.change for c in (*ui.lams, *ui.mus, *ui.params)]
+    gr.on(released + [p.change for p in pickers], recompose, outputs=compose_out, inputs_kwargs=compose_kw, api_name="recompose")
+    ui.reset.click(user_errors(functools.partial(refresh_sliders, True)), outputs=sliders, inputs_kwargs=composition,
+                   api_name="reset_coefficients").then(recompose, outputs=compose_out, inputs_kwargs=compose_kw,
+                                                       api_name="recompose_after_reset")
+    def show_params(**chosen):
+        picked = {m.partition("@")[0] for names in chosen.values() for m in (names or [])}
+        return [gr.update(visible=m.name in picked) for m in list_methods()]
 
-    def on_reset(selected):
-        lams, mus = handlers.selection_views(s, selected)
-        return [gr.update(value=v.value) for v in (*lams, *mus)]
-
-    ui.reset.click(on_reset, ui.selected, [*ui.lams, *ui.mus], api_name="reset_coefficients").then(
-        recompose, compose_in, compose_out, api_name="recompose_after_reset")
-    ui.methods.change(lambda chosen: [gr.update(visible=m.name in (chosen or [])) for m in list_methods()],
-                      ui.methods, ui.param_groups, api_name="choose_methods")
+    gr.on([p.change for p in pickers], show_params, outputs=ui.param_groups, inputs_kwargs=ui.pick(controls.method_names_all()),
+          api_name="choose_methods")
 
     def on_point(path):
         views = point_views(path)
@@ -263,55 +341,67 @@ def wire(ui: Ui) -> None:
         return (gr.update(value=views.figure, visible=True),
                 gr.update(value=views.model_path, display_mode=views.display_mode, visible=True))
 
-    ui.point.change(user_errors(on_point), ui.point, [ui.point_plot, ui.point_3d], api_name="point_preview")
+    point_box = ui.named[controls.media_name("point")]
+    point_box.change(user_errors(on_point), point_box, [ui.point_plot, ui.point_3d], api_name="point_preview")
 
-    def on_compare(question, *v):
-        used = handlers.answered_with(s, v[5:])
-        for page in handlers.compare_stream(s, question, v[:4], v[4], v[5:]):
+    def on_compare(**values):
+        used = handlers.answered_with(s, values)
+        for page in handlers.compare_stream(s, values):
             yield page, used
 
     stream = gpu(user_errors(on_compare))
-    compare_in, compare_out = [ui.question, *media, ui.no_input, *controls], [ui.cards, ui.answered_with]
-    runs = [ui.go.click(stream, compare_in, compare_out, api_name="compare_ui"),
-            ui.question.submit(stream, compare_in, compare_out, api_name="compare_ui_submit")]
+    compare_kw = {**composition, controls.QUESTION: ui.question, controls.NO_INPUT: ui.named[controls.NO_INPUT]}
+    compare_out = [ui.cards, ui.answered_with]
+    runs = [ui.go.click(stream, outputs=compare_out, inputs_kwargs=compare_kw, api_name="compare_ui"),
+            ui.question.submit(stream, outputs=compare_out, inputs_kwargs=compare_kw, api_name="compare_ui_submit")]
     # Cancelling closes the stream's generator; studio.run stops the generation thread at its next token.
     ui.stop.click(handlers.stopped_cards, ui.cards, ui.cards, cancels=runs, queue=False, api_name="stop_compare")
 
-    def on_bench(source, upload, n, *ctl, progress=gr.Progress()):
+    def on_bench(source, upload, n, progress=gr.Progress(), **values):
         items = bench.load_items(source, upload, n, progress)
-        return bench.run_benchmark(s, handlers.settings_of(s, ctl), items, progress)
+        return bench.run_benchmark(s, handlers.settings_of(s, values), items, progress)
 
-    ui.b_run.click(gpu(user_errors(on_bench)), [ui.b_source, ui.b_upload, ui.b_items, *controls],
-                   [ui.b_plot, ui.b_summary, ui.b_json], api_name="benchmark")
+    ui.b_run.click(gpu(user_errors(on_bench)), [ui.b_source, ui.b_upload, ui.b_items], [ui.b_plot, ui.b_summary, ui.b_json],
+                   inputs_kwargs=ui.controls, api_name="benchmark")
 
-    def on_sweep(source, upload, n, scales, mus, *ctl, progress=gr.Progress()):
+    def on_sweep(source, upload, n, scales, mus, progress=gr.Progress(), **values):
         items = bench.load_items(source, upload, n, progress)
-        return bench.run_sweep(s, handlers.settings_of(s, ctl), items, bench.parse_grid(scales, "λ scales"),
+        return bench.run_sweep(s, handlers.settings_of(s, values), items, bench.parse_grid(scales, "λ scales"),
                                bench.parse_grid(mus, "μ values"), progress)
 
-    ui.s_run.click(gpu(user_errors(on_sweep)), [ui.b_source, ui.b_upload, ui.s_items, ui.s_scales, ui.s_mus, *controls],
-                   ui.s_plot, api_name="sweep")
+    ui.s_run.click(gpu(user_errors(on_sweep)), [ui.b_source, ui.b_upload, ui.s_items, ui.s_scales, ui.s_mus], ui.s_plot,
+                   inputs_kwargs=ui.controls, api_name="sweep")
 
-    ui.r_btn.click(user_errors(lambda q, var, *v: handlers.token_routing(s, q, var, v[:4], v[4:])),
-                   [ui.question, ui.r_variant, *media, *controls], ui.routing, api_name="token_routing")
+    def on_routing(variant, **values):
+        return handlers.token_routing(s, variant, values)
 
-    ui.cfg_save.click(user_errors(lambda *ctl: handlers.save_config(s, ctl)), controls, ui.cfg_file, api_name="save_config")
+    ui.r_btn.click(user_errors(on_routing), [ui.r_variant], ui.routing, inputs_kwargs=compare_kw, api_name="token_routing")
 
-    def on_load_config(path):
-        c, msg = handlers.load_config(s, path)
-        return ([gr.update(value=c["selected"])] + slider_updates(c["lambdas"]) + slider_updates(c["mus"]) +
-                [gr.update(value=c["methods"])] + [gr.update(value=v) for v in c["params"]] +
-                [c["max_new_tokens"], c["temperature"], c["top_p"], msg])
+    def on_save(**values):
+        return handlers.save_config(s, values)
 
-    ui.cfg_upload.upload(user_errors(on_load_config), ui.cfg_upload, [*controls, ui.cfg_msg], api_name="load_config").then(
-        recompose, compose_in, compose_out, api_name="recompose_after_load")
+    ui.cfg_save.click(user_errors(on_save), outputs=ui.cfg_file, inputs_kwargs=ui.controls, api_name="save_config")
 
-    def on_export(variant, *ctl):
-        path, msg = exporting.export_zip(s, handlers.settings_of(s, ctl), variant)
-        return path, msg
+    restored = [*ui.controls.values(), ui.cfg_msg]
 
-    ui.x_btn.click(gpu(user_errors(on_export)), [ui.x_variant, *controls], [ui.x_file, ui.x_msg], api_name="export_model")
-    ui.demo.load(recompose, compose_in, compose_out, api_name="initial_compose")
+    def on_load_config(path, **values):
+        shown, msg = handlers.load_config(s, path, values)
+        updates = []
+        for name in ui.controls:
+            value = shown[name]
+            updates += slider_updates([value]) if isinstance(value, controls.SliderView) else [gr.update(value=value)]
+        return updates + [msg]
+
+    ui.cfg_upload.upload(user_errors(on_load_config), ui.cfg_upload, restored, inputs_kwargs=ui.media,
+                         api_name="load_config").then(recompose, outputs=compose_out, inputs_kwargs=compose_kw,
+                                                      api_name="recompose_after_load")
+
+    def on_export(variant, **values):
+        return exporting.export_zip(s, handlers.settings_of(s, values), variant)
+
+    ui.x_btn.click(gpu(user_errors(on_export)), [ui.x_variant], [ui.x_file, ui.x_msg], inputs_kwargs=ui.controls,
+                   api_name="export_model")
+    ui.demo.load(recompose, outputs=compose_out, inputs_kwargs=compose_kw, api_name="initial_compose")
     # A page load shows the catalog as it is now (an expert folder removed since startup is flagged).
     ui.demo.load(lambda: handlers.catalog_status(s), None, [ui.catalog, ui.catalog_msg], api_name="catalog_status")
 

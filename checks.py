@@ -17,6 +17,16 @@ from typing import Iterable, TypeVar
 
 T = TypeVar("T")
 
+
+class UserError(ValueError):
+    """Base of every error a user can cause (a bad file, folder, value or request).
+
+    The app and the CLI show such a message alone (it names the value, what was expected and
+    the fix); any other exception is an internal error: logged with its traceback, and
+    shown as such. Subclasses: composition.errors.CompositionError, modalities' ModalityError,
+    modalities.encoders' EncoderError, studio.errors.StudioError.
+    """
+
 _SHOWN = 80  # characters of a bad value quoted in a message (a hostile file may hold megabytes)
 
 
@@ -44,6 +54,10 @@ def is_real(value: object) -> bool:
 
 
 def _range_text(minimum, maximum, *, open_min: bool = False) -> str:
+    if maximum is None and minimum == 0:
+        return "positive" if open_min else "non-negative"
+    if maximum is None and minimum == 1 and not open_min:
+        return "positive"
     if minimum is not None and maximum is not None:
         return f"in {'(' if open_min else '['}{minimum}, {maximum}]"
     if minimum is not None:
@@ -53,12 +67,20 @@ def _range_text(minimum, maximum, *, open_min: bool = False) -> str:
     return ""
 
 
+def _described(what: str, minimum, maximum, open_min: bool = False) -> str:
+    """'a positive integer', 'a non-negative integer', 'an integer in [1, 1024]', 'a finite number in (0, 1]'."""
+    bounds = _range_text(minimum, maximum, open_min=open_min)
+    if bounds in ("positive", "non-negative"):
+        return f"a {bounds} {what}"
+    article = "an" if what[0] in "aeiou" else "a"
+    return f"{article} {what}{' ' + bounds if bounds else ''}"
+
+
 def check_int(value: object, name: str, minimum: int | None = None, maximum: int | None = None, *,
               error: type[Exception] = ValueError, owner: str = "") -> int:
     """``value`` as an int in [minimum, maximum] (either bound optional)."""
     if not is_int(value) or (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-        bounds = _range_text(minimum, maximum)
-        raise error(f"{_where(name, owner)}={_show(value)}; expected an integer{' ' + bounds if bounds else ''}.")
+        raise error(f"{_where(name, owner)}={_show(value)}; expected {_described('integer', minimum, maximum)}.")
     return int(value)
 
 
@@ -71,8 +93,7 @@ def check_float(value: object, name: str, minimum: float | None = None, maximum:
         ok = not ((minimum is not None and (number < minimum or (open_min and number == minimum)))
                   or (maximum is not None and number > maximum))
     if not ok:
-        bounds = _range_text(minimum, maximum, open_min=open_min)
-        raise error(f"{_where(name, owner)}={_show(value)}; expected a finite number{' ' + bounds if bounds else ''}.")
+        raise error(f"{_where(name, owner)}={_show(value)}; expected {_described('finite number', minimum, maximum, open_min)}.")
     return float(value)
 
 

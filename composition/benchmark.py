@@ -10,7 +10,14 @@ Every figure is printed beside a baseline measured in the same run:
 - decode (CUDA): ms per token of a 7B-shaped model vs ``model.generate`` and the memory
   floor (bytes of weights / peak bandwidth);
 - MCUB: items/s with items and variants batched vs one item at a time;
-- app (``--app``): ``python app.py`` cold start until its page answers, and its peak RSS.
+- merge methods: time and peak memory of every registered method, dense vs core space,
+  beside the plain loop, on a 7B-shaped layer set (4 experts, r=128) on a GPU, scaled down
+  on a CPU with the scaling printed (``composition/methods/profile.py``).
+
+``--only gpu`` runs the 7B-shaped section alone: it needs only torch and transformers (no
+offline base, no bundled experts), which is all a bare GPU machine has; with
+``--device cpu --quick`` the same path is rehearsed at tiny sizes. The app's cold start and
+memory are the app's figures: ``python -m studio.cold_start``.
 
 Timing: warm-up runs first, then the median of the repeats (``torch.cuda.synchronize``
 around each on a GPU). Sections that need CUDA say so and are skipped on a CPU.
@@ -32,6 +39,8 @@ from typing import Callable, Sequence
 
 import torch
 
+from checks import check_int
+
 from .composer import ComposedModel, ModalInput
 from .errors import CompositionError
 from .expert import Expert
@@ -39,7 +48,8 @@ from .factory import (OFFLINE_ENCODERS, SMALL_GPU, TINY, VICUNA_7B, ModelShape, 
                       scaled_random_expert, synthetic_base)
 from .generate import GenerationConfig, generate_batch
 from .lora import LLAMA_TARGETS
-from .variants import DAMC, EXPERT_PREFIX, TEXT_ROUTE, Coefficients
+from .methods.profile import format_method_figures, method_figures
+from .variants import DAMC, TEXT_ROUTE, Coefficients, VariantKind
 
 REPO = Path(__file__).resolve().parent.parent
 MODALITIES = ("image", "audio", "video", "point")
@@ -52,9 +62,10 @@ EXAMPLE_FILES = {"image": "image-example.png", "audio": "audio-example.wav", "vi
 PEAK_BANDWIDTH = (("H200", 4.8e12), ("H100 NVL", 3.9e12), ("H100 PCIe", 2.0e12), ("H100", 3.35e12),
                   ("A100-SXM4-80GB", 2.039e12), ("A100 80GB PCIe", 1.935e12), ("A100", 1.555e12), ("L40S", 0.864e12),
                   ("A10G", 0.6e12), ("L4", 0.3e12))
+SECTIONS = ("side_by_side_one_input", "side_by_side_all_inputs", "recompose_online", "recompose_materialized", "mcub",
+            "methods", "gpu")
 FIGURE_TARGETS = {"side_by_side_one_input": 1.5, "side_by_side_all_inputs": 2.5, "side_by_side_all_inputs_seconds": 5.0,
-           "side_by_side_gpu": 1.15, "materialize_gpu_ms": 15.0, "decode_vs_floor": 2.0, "app_cold_start_s": 20.0,
-           "app_peak_rss_gb": 2.5}
+           "side_by_side_gpu": 1.15, "materialize_gpu_ms": 15.0, "decode_vs_floor": 2.0}
 
 
 @dataclass(frozen=True)
@@ -67,17 +78,17 @@ class BenchConfig:
     repeats: int = 3
     warmup: int = 1
     mcub_items: int = 4
-    app: bool = False
+    only: tuple[str, ...] = ()  # section names to run (empty: all of them)
 
     def __post_init__(self) -> None:
         if self.device not in ("cpu", "cuda"):
             raise CompositionError(f"device {self.device!r}; expected cpu or cuda.")
         for name in ("new_tokens", "repeats", "mcub_items"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise CompositionError(f"{name}={value!r}; expected a positive integer.")
-        if not isinstance(self.warmup, int) or self.warmup < 0:
-            raise CompositionError(f"warmup={self.warmup!r}; expected a non-negative integer.")
+            check_int(getattr(self, name), name, 1, error=CompositionError)
+        check_int(self.warmup, "warmup", 0, error=CompositionError)
+        unknown = sorted(set(self.only) - set(SECTIONS))
+        if unknown:
+            raise CompositionError(f"--only {unknown[0]!r} is not a section; expected some of {', '.join(SECTIONS)}.")
 
 
 # --- timing -------------------------------------------------------------------------
@@ -218,13 +229,13 @@ def real_setup(device: str) -> Setup:
 def bench_variants(cm: ComposedModel, modalities: Sequence[str]) -> list[str]:
     """NaiveMC and DAMC (where their experts exist), then one expert per input (decoupled first)."""
     names, seen = [], set()
-    for name in cm.default_variants(set(modalities)):
-        if name.startswith(EXPERT_PREFIX):
-            modality = cm.experts[name[len(EXPERT_PREFIX):]].modality
+    for rv in cm.plan(set(modalities)).variants:
+        if rv.kind is VariantKind.EXPERT:
+            modality = next(iter(rv.modalities))
             if modality in seen:
                 continue
             seen.add(modality)
-        names.append(name)
+        names.append(rv.name)
     return names
 
 
@@ -415,83 +426,6 @@ def mcub_throughput(setup: Setup, config: BenchConfig) -> dict:
             "speedup": single_s / batched_s}
 
 
-# --- app ----------------------------------------------------------------------------
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def peak_rss_bytes(pid: int) -> int | None:
-    """VmHWM (peak resident set) of a live process, from /proc."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def app_cold_start(expert_dir: Path | None, timeout_s: float = 300.0) -> dict:
-    """Launch ``python app.py`` on a free port; seconds until its page answers, and its peak RSS then."""
-    import subprocess
-    import urllib.error
-    import urllib.request
-
-    port = free_port()
-    env = dict(os.environ, GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port), GRADIO_ANALYTICS_ENABLED="False")
-    command = [sys.executable, "app.py"] + (["--experts", str(expert_dir)] if expert_dir else [])
-    url = f"http://127.0.0.1:{port}/"
-    with tempfile.TemporaryFile() as log:
-        start = time.perf_counter()
-        proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-        ready, peak = None, 0
-        try:
-            while time.perf_counter() - start < timeout_s and proc.poll() is None:
-                peak = max(peak, peak_rss_bytes(proc.pid) or 0)
-                try:
-                    with urllib.request.urlopen(url, timeout=2) as response:
-                        if response.status == 200:
-                            ready = time.perf_counter() - start
-                            break
-                except (urllib.error.URLError, OSError):
-                    time.sleep(0.2)
-            peak = max(peak, peak_rss_bytes(proc.pid) or 0)
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if ready is None:
-            log.seek(0)
-            tail = log.read().decode(errors="replace").strip().splitlines()[-3:]
-            raise CompositionError(f"app.py did not answer on {url} within {timeout_s:.0f} s "
-                                   f"(exit code {proc.returncode}): {' | '.join(tail)}")
-    return {"cold_start_s": ready, "peak_rss_gb": peak / 1e9, "experts": "bundled" if expert_dir is None else "random (saved for the run)"}
-
-
-def app_section(setup: Setup | None) -> dict:
-    from .expert import save_expert
-
-    if bundled_expert_folders():
-        return app_cold_start(None)
-    with tempfile.TemporaryDirectory(prefix="bench-experts-") as folder:
-        if setup is not None and getattr(setup.cm.base, "source", None):
-            experts = list(setup.cm.experts.values())
-        else:
-            from .base_llm import load_base_llm
-
-            experts = random_real_experts(load_base_llm())
-        for expert in experts:
-            save_expert(expert, Path(folder) / expert.name, dtype=torch.float16)
-        return app_cold_start(Path(folder))
-
-
 # --- the sections together ----------------------------------------------------------
 def gpu_section(config: BenchConfig, device: str = "cuda", dtype: torch.dtype = torch.bfloat16) -> dict:
     """7B-shaped bf16 model, 4 random decoupled experts at r=128 (small sizes with --quick).
@@ -530,39 +464,44 @@ def gpu_section(config: BenchConfig, device: str = "cuda", dtype: torch.dtype = 
 
 
 def run_benchmark(config: BenchConfig, emit: Callable[[str], None] = print) -> dict:
-    """Run every section; ``emit`` gets the human-readable lines as they come. Returns all figures."""
+    """Run the sections asked for (all by default); ``emit`` gets the human-readable lines as they come."""
     result: dict = {"device": config.device, "quick": config.quick, "torch": torch.__version__,
                     "cpu_threads": torch.get_num_threads(), "new_tokens": config.new_tokens, "repeats": config.repeats,
                     "warmup": config.warmup, "targets": FIGURE_TARGETS}
-    if config.quick:
-        setup = synthetic_setup(synthetic_base(TINY, config.device, torch.float32), rank=4, kinds=("decoupled", "shared"),
-                                tokens={"image": 6, "audio": 4, "video": 7, "point": 8})
-    else:
-        setup = real_setup(config.device)
-    result["setup"] = setup.description
-    emit(f"setup: {setup.description}; device {config.device}, {torch.get_num_threads()} CPU threads, "
-         f"{config.new_tokens} new tokens, median of {config.repeats} after {config.warmup} warm-up")
-
-    sections = [
-        ("side_by_side_one_input", lambda: side_by_side(setup, ("image",), config), format_side_by_side),
-        ("side_by_side_all_inputs", lambda: side_by_side(setup, MODALITIES, config), format_side_by_side),
-        ("recompose_online", lambda: recompose_online(setup, config), format_online),
-        ("recompose_materialized", lambda: recompose_materialized(setup, config, memory_bandwidth(config.device)[0]), format_materialized),
-        ("mcub", lambda: mcub_throughput(setup, config), format_mcub),
-    ]
-    for name, run, fmt in sections:
-        result[name] = run_section(name, run, fmt, emit)
-    if config.device == "cuda":
-        result["gpu"] = run_section("gpu", lambda: gpu_section(config), format_gpu, emit)
-    else:
-        why = "--device cpu" if torch.cuda.is_available() else "no CUDA GPU on this machine"
-        result["gpu"] = {"skipped": f"needs CUDA ({why})"}
-        emit(f"gpu (7B-shaped side by side, materialize, decode): skipped, needs CUDA ({why})")
-    if config.app:
-        result["app"] = run_section("app", lambda: app_section(None if config.quick else setup), format_app, emit)
-    else:
-        result["app"] = {"skipped": "slow: pass --app"}
-        emit("app cold start: skipped (pass --app; it launches python app.py)")
+    wanted = set(config.only or SECTIONS)
+    engine = [n for n in SECTIONS if n not in ("gpu", "methods") and n in wanted]
+    if engine:  # the offline base (or tiny models) only when an engine section runs
+        if config.quick:
+            setup = synthetic_setup(synthetic_base(TINY, config.device, torch.float32), rank=4, kinds=("decoupled", "shared"),
+                                    tokens={"image": 6, "audio": 4, "video": 7, "point": 8})
+        else:
+            setup = real_setup(config.device)
+        result["setup"] = setup.description
+        emit(f"setup: {setup.description}; device {config.device}, {torch.get_num_threads()} CPU threads, "
+             f"{config.new_tokens} new tokens, median of {config.repeats} after {config.warmup} warm-up")
+        sections = {
+            "side_by_side_one_input": (lambda: side_by_side(setup, ("image",), config), format_side_by_side),
+            "side_by_side_all_inputs": (lambda: side_by_side(setup, MODALITIES, config), format_side_by_side),
+            "recompose_online": (lambda: recompose_online(setup, config), format_online),
+            "recompose_materialized": (lambda: recompose_materialized(setup, config, memory_bandwidth(config.device)[0]),
+                                       format_materialized),
+            "mcub": (lambda: mcub_throughput(setup, config), format_mcub),
+        }
+        for name in engine:
+            result[name] = run_section(name, *sections[name], emit)
+    if "methods" in wanted:  # per merge method, dense vs core space, beside the plain loop (7B-shaped layers on a GPU)
+        result["methods"] = run_section("methods", lambda: method_figures(config.device, config.quick, emit),
+                                        format_method_figures, emit)
+    if "gpu" in wanted:
+        if config.device == "cuda":
+            result["gpu"] = run_section("gpu", lambda: gpu_section(config), format_gpu, emit)
+        elif config.only:  # asked for by name on a CPU: the same code path, rehearsed in fp32
+            result["gpu"] = run_section("gpu", lambda: gpu_section(config, device="cpu", dtype=torch.float32), format_gpu, emit)
+            result["gpu"]["rehearsal"] = "cpu, fp32: the code path of the GPU section, not its figures"
+        else:
+            why = "--device cpu" if torch.cuda.is_available() else "no CUDA GPU on this machine"
+            result["gpu"] = {"skipped": f"needs CUDA ({why}); rehearse it with --only gpu --quick"}
+            emit(f"gpu (7B-shaped side by side, materialize, decode): skipped, needs CUDA ({why})")
     return result
 
 
@@ -608,11 +547,6 @@ def format_mcub(f: dict) -> list[str]:
     return [f"MCUB ({f['data']}, {f['items']} items x {len(f['variants'])} variants, {f['new_tokens']} new tokens): "
             f"batched {f['batched_items_per_s']:.3f} items/s vs one item at a time {f['one_item_at_a_time_items_per_s']:.3f} "
             f"items/s ({f['speedup']:.2f}x)"]
-
-
-def format_app(f: dict) -> list[str]:
-    return [f"app cold start (python app.py, {f['experts']} experts): page answered after {f['cold_start_s']:.1f} s "
-            f"(target ≤ {FIGURE_TARGETS['app_cold_start_s']:.0f} s); peak RSS {f['peak_rss_gb']:.2f} GB (target ≤ {FIGURE_TARGETS['app_peak_rss_gb']} GB)"]
 
 
 def format_gpu(f: dict) -> list[str]:

@@ -5,6 +5,8 @@ about a second with a clear message instead of after a 10-second model load.
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -16,6 +18,8 @@ from .lora import read_json
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_EXPERTS = REPO_ROOT / "assets" / "experts"
+EXAMPLES = REPO_ROOT / "examples"
+MAX_DIGEST_BYTES = 200 * 2**20  # uploads are capped at 100 MB; larger files are not examples anyway
 
 
 @dataclass(frozen=True)
@@ -103,3 +107,50 @@ def fetch_expert(source: str, *, cache_dir: Path | None = None) -> Path:
         raise ExpertError(f"hub repo {repo_id!r}{' folder ' + repr(subfolder) if subfolder else ''} holds no expert.json; "
                           "it is not an expert in this studio's format.")
     return folder
+
+
+# --- what the bundled experts know --------------------------------------------------
+def file_digest(path: str | Path) -> str | None:
+    """sha256 of a file's contents (None when unreadable or too large to be an example)."""
+    try:
+        path = Path(path)
+        if path.stat().st_size > MAX_DIGEST_BYTES:
+            return None
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+@functools.cache
+def example_digests() -> frozenset[str]:
+    """Contents of every file under examples/: a copy the UI made of an example still matches."""
+    if not EXAMPLES.is_dir():
+        return frozenset()
+    return frozenset(d for p in EXAMPLES.rglob("*") if p.is_file() and (d := file_digest(p)))
+
+
+def is_bundled(expert) -> bool:
+    """An expert loaded from the bundled folder (it knows only the synthetic world)."""
+    folder = getattr(expert, "path", None)
+    return folder is not None and Path(folder).resolve().is_relative_to(BUNDLED_EXPERTS.resolve())
+
+
+def world_notes(experts: Iterable, files: Mapping[str, Sequence[str | Path]]) -> dict[str, str]:
+    """expert name -> a note, for each bundled expert that reads an input which is not one of the examples.
+
+    The bundled experts were trained on the synthetic world only (their ``trained_on``); asked
+    about a real photo they still answer in its terms ("a cone, a star and an orange ball").
+    """
+    notes = {}
+    known = None
+    for expert in experts:
+        if not is_bundled(expert) or not expert.config.trained_on:
+            continue
+        for path in files.get(expert.modality, ()) or ():
+            known = example_digests() if known is None else known
+            if file_digest(path) not in known:
+                notes[expert.name] = (f"{expert.name} is a bundled demo expert: it knows only {expert.config.trained_on} "
+                                      f"{Path(path).name} is not one of its examples, so expect an answer in those terms. "
+                                      "Load real experts (python -m composition import modelcompose …) for real files.")
+                break
+    return notes

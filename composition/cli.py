@@ -79,9 +79,9 @@ def variant_specs(names: Sequence[str], method_params: Sequence[str]):
         method, dot, param = key.partition(".")
         if not dot:
             raise CompositionError(f"--method-param {key!r} must be METHOD.PARAM=V, e.g. ties.density=0.3.")
-        per_method.setdefault(method, {})[param] = value
+        per_method.setdefault(method.partition("@")[0], {})[param] = value  # ties@core shares ties' parameters
     flat = [n for name in names for n in name.split(",") if n.strip()]
-    specs = [VariantSpec.parse(n, per_method.get(n.strip())) for n in flat]
+    specs = [VariantSpec.parse(n, per_method.get(n.strip().partition("@")[0])) for n in flat]
     unused = sorted(set(per_method) - {s.method for s in specs if s.method})
     if unused:
         raise CompositionError(f"--method-param given for {unused[0]!r}, which is not among the variants; add it to --variants.")
@@ -214,7 +214,10 @@ def build_bench(p: argparse.ArgumentParser):
     p.add_argument("--device", default=None, choices=["cpu", "cuda"], help="where models run (default: cuda when available); "
                    "the 7B-shaped GPU sections need cuda")
     p.add_argument("--quick", action="store_true", help="a fast smoke run on tiny random models (checks, not figures)")
-    p.add_argument("--app", action="store_true", help="also time the app's cold start (launches python app.py; slow)")
+    p.add_argument("--only", nargs="+", default=[], metavar="SECTION",
+                   help="run only these sections (side_by_side_one_input, side_by_side_all_inputs, recompose_online, "
+                        "recompose_materialized, mcub, methods, gpu); --only gpu needs only torch and transformers "
+                        "(with --device cpu --quick: a rehearsal of its code path)")
     p.add_argument("--new-tokens", type=int, default=None, help="tokens generated per variant (default 32; 4 with --quick)")
     p.add_argument("--repeats", type=int, default=None, help="timed runs per figure, the median is reported (default 3; 1 with --quick)")
     p.add_argument("--mcub-items", type=int, default=4, help="MCUB items to evaluate (default 4)")
@@ -231,7 +234,7 @@ def run_bench(args: argparse.Namespace) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise CompositionError("--device cuda was asked for but no CUDA GPU is available; use --device cpu.")
-    config = BenchConfig(device=device, quick=args.quick, app=args.app, mcub_items=args.mcub_items,
+    config = BenchConfig(device=device, quick=args.quick, only=tuple(args.only), mcub_items=args.mcub_items,
                          new_tokens=args.new_tokens if args.new_tokens is not None else 4 if args.quick else 32,
                          repeats=args.repeats if args.repeats is not None else 1 if args.quick else 3)
     emit = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else (lambda line: print(line, flush=True))

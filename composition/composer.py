@@ -24,11 +24,13 @@ from .generate import GenerationConfig, RoutedBatch, generate_batch, pad_rows, p
 from .lora import LLAMA_TARGETS
 from .prompt import PromptRow, build_prompt_row, user_message
 from .routing import RoutedLinear, Router, attach_routed_linears
-from .variants import (DAMC, EXPERT_PREFIX, NAIVE, TEXT_ROUTE, Coefficients, ResolvedVariant, SlotTable, VariantSpec,
-                       participants, resolve_variant, route_names)
+from .plan import Plan, make_plan
+from .variants import TEXT_ROUTE, Coefficients, ResolvedVariant, SlotTable, VariantKind, VariantSpec, route_names
 
-# Each dense merge result is as large as the model's target layers: keep only a few.
+# Each dense merge result is as large as the model's target layers: keep only a few. A core-space
+# result is a low-rank slot (rank <= K·r), a few percent of that: keep more.
 MAX_DENSE_RESULTS = 2
+MAX_CORE_RESULTS = 8
 
 
 @dataclass
@@ -47,6 +49,8 @@ class ModalInput:
 
 @dataclass
 class VariantAnswer:
+    """One variant's answer, with what ran: its kind, the experts taking part and the coefficients applied."""
+
     name: str
     answer: str
     seconds: float
@@ -54,10 +58,14 @@ class VariantAnswer:
     prompt_tokens: int
     notes: list[str] = field(default_factory=list)
     token_ids: list[int] = field(default_factory=list)
+    kind: VariantKind = VariantKind.EXPERT
+    experts: list[str] = field(default_factory=list)
+    coefficients: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
-        return {"name": self.name, "answer": self.answer, "seconds": round(self.seconds, 4), "new_tokens": self.new_tokens,
-                "prompt_tokens": self.prompt_tokens, "notes": self.notes}
+        return {"name": self.name, "kind": self.kind.value, "answer": self.answer, "seconds": round(self.seconds, 4),
+                "new_tokens": self.new_tokens, "prompt_tokens": self.prompt_tokens, "experts": list(self.experts),
+                "coefficients": self.coefficients, "notes": self.notes}
 
 
 FeatureFn = Callable[[Expert, ModalInput], torch.Tensor]
@@ -97,7 +105,8 @@ class ComposedModel:
         self.layers = attach_routed_linears(self.model, names, self.router)
         self.linear_shapes = {n: (layer.out_features, layer.in_features) for n, layer in self.layers.items()}
         self.experts: dict[str, Expert] = {}
-        self._dense_results: OrderedDict[tuple, int] = OrderedDict()
+        self._dense_results: OrderedDict[tuple, int] = OrderedDict()  # dense slots of non-linear merges
+        self._core_results: OrderedDict[tuple, int] = OrderedDict()  # low-rank slots of core-space merges
         self._baseline: torch.Tensor | None = None  # coefficients written into the weights
         self.materialized_variant: str | None = None
         # One forward pass at a time: the router is per-model state during a pass.
@@ -144,95 +153,113 @@ class ComposedModel:
                 slot = self.slots.index.get((name, delta_name))
                 for layer in self.layers.values():
                     layer.remove_slot(slot)
+            merged = list(self._dense_results.values()) + list(self._core_results.values())
             self._dense_results.clear()  # they may include this expert
+            self._core_results.clear()
             for layer in self.layers.values():
-                for slot in list(layer.dense):
+                for slot in merged:
                     layer.remove_slot(slot)
 
     def subset(self, names: Iterable[str]) -> "ComposedModel":
         """A view that composes only the named experts (a user's selection).
 
         The view shares everything heavy with this model (weights, routed layers, slots,
-        dense-merge cache, lock); only the expert list differs. Selections live in the
-        request, like coefficients, so users never change each other's composition.
+        dense-merge cache, lock); only the expert list differs. It takes no lock (a running
+        generation holds it until its last token): the expert mapping is copied in one step,
+        atomic under the GIL, and every run on the view takes the shared lock itself.
         """
         names = list(names)
-        unknown = [n for n in names if n not in self.experts]
+        experts = dict(self.experts)
+        unknown = [n for n in names if n not in experts]
         if unknown:
-            raise CompositionError(f"expert {unknown[0]!r} is not loaded; loaded experts: {sorted(self.experts)}.")
-        with self.lock:
-            view = copy.copy(self)
-            view.experts = {n: e for n, e in self.experts.items() if n in names}
+            raise CompositionError(f"expert {unknown[0]!r} is not loaded; loaded experts: {sorted(experts)}.")
+        view = copy.copy(self)
+        view.experts = {n: e for n, e in experts.items() if n in names}
         return view
 
     # --- variants -----------------------------------------------------------
-    def default_variants(self, input_modalities: Iterable[str]) -> list[str]:
-        """NaiveMC and DAMC where their experts exist, then every expert that has an input."""
-        present = set(input_modalities)
-        experts = list(self.experts.values())
-        names = []
-        if participants(experts, "shared", present) and self._covers(experts, "shared", present):
-            names.append(NAIVE)
-        if participants(experts, "decoupled", present) and self._covers(experts, "decoupled", present):
-            names.append(DAMC)
-        order = {m: i for i, m in enumerate(route_names())}
-        with_input = sorted((e for e in experts if e.modality in present), key=lambda e: (order[e.modality], e.training == "shared"))
-        return names + [EXPERT_PREFIX + e.name for e in with_input]
+    def plan(self, present: Iterable[str] = (), variants: Sequence[str | VariantSpec] | None = None,
+             coefficients: Coefficients | None = None, *, selection: Iterable[str] | None = None,
+             methods: Iterable[str] = (), hyper=None, experts_without_input: bool = False) -> Plan:
+        """The variants a request runs and the coefficients they apply (see ``composition.plan``).
 
-    @staticmethod
-    def _covers(experts: list[Expert], kind: str, present: set[str]) -> bool:
-        return present <= {e.modality for e in experts if e.training == kind}
+        ``selection`` names the experts that may take part (default: all loaded). Planning
+        takes no lock and computes nothing dense, so it never waits for a running generation.
+        """
+        experts = dict(self.experts)  # one atomic copy: an expert added meanwhile is wholly in or out
+        if selection is not None:
+            names = list(selection)
+            unknown = [n for n in names if n not in experts]
+            if unknown:
+                raise CompositionError(f"expert {unknown[0]!r} is not loaded; loaded experts: {sorted(experts)}.")
+            experts = {n: e for n, e in experts.items() if n in names}
+        return make_plan(list(experts.values()), self.slots, present, variants, coefficients, methods=methods, hyper=hyper,
+                         experts_without_input=experts_without_input)
+
+    def default_variants(self, input_modalities: Iterable[str]) -> list[str]:
+        """The names of the variants a request with these inputs runs by default."""
+        return self.plan(input_modalities).names
 
     def resolve(self, variants: Sequence[str | VariantSpec], coefficients: Coefficients, input_modalities: set[str]) -> list[ResolvedVariant]:
-        resolved = []
+        """Plan ``variants`` and compute the dense merges they need (the engine's run-time step)."""
+        plan = self.plan(input_modalities, variants, coefficients)
+        self.prepare_dense(plan.variants)
+        return plan.variants
+
+    def prepare_dense(self, variants: Sequence[ResolvedVariant]) -> None:
+        """Compute (or reuse) the dense merge result of every non-linear method among ``variants``."""
         in_use: set[int] = set()  # dense slots this request needs: never evicted while it runs
-        for v in variants:
-            spec = v if isinstance(v, VariantSpec) else VariantSpec.parse(v)
-            rv = resolve_variant(spec, list(self.experts.values()), self.slots, coefficients, input_modalities)
-            if spec.kind != "expert":
-                missing = sorted(input_modalities - rv.modalities)
-                if missing:
-                    raise CompositionError(f"variant {spec.name!r} has no expert for the {', '.join(missing)} input(s); "
-                                           f"load an expert for {missing[0]} or remove that input.")
+        for rv in variants:
             if rv.dense is not None:
                 in_use.add(self._fill_dense(rv, in_use))
-            resolved.append(rv)
-        return resolved
 
     def _fill_dense(self, rv: ResolvedVariant, in_use: set[int]) -> int:
-        """Compute (or reuse) the per-layer dense result of a non-linear merge method; returns its slot.
+        """Compute (or reuse) the per-layer result of a non-linear merge method; returns its slot.
 
-        Results are model-sized, so only a few are kept; the least recently used one goes,
-        unless this request or the materialized weights still use it.
+        Dense results are model-sized, so only a few are kept; core-space results are low-rank
+        slots, so more are. The least recently used one goes, unless this request or the
+        materialized weights still use it.
         """
         from .methods import merge_deltas
+        from .methods.core_space import core_merge
 
         req = rv.dense
-        key = (req.method, tuple(sorted(req.hyper.items())), tuple(req.slots), tuple(req.weights), req.seed)
+        core = req.space == "core"
+        cache, limit = (self._core_results, MAX_CORE_RESULTS) if core else (self._dense_results, MAX_DENSE_RESULTS)
+        key = (req.method, req.space, tuple(sorted(req.hyper.items())), tuple(req.slots), tuple(req.weights), req.seed)
         with self.lock:
-            if key in self._dense_results:
-                self._dense_results.move_to_end(key)
-                slot = self._dense_results[key]
+            if key in cache:
+                cache.move_to_end(key)
+                slot = cache[key]
             else:
                 pinned = set(in_use)
                 if self._baseline is not None:
                     pinned |= {i for i, c in enumerate(self._baseline.tolist()) if c != 0.0}
-                evictable = [k for k, v in self._dense_results.items() if v not in pinned]
-                while evictable and len(self._dense_results) >= MAX_DENSE_RESULTS:
-                    old = self._dense_results.pop(evictable.pop(0))
+                evictable = [k for k, v in cache.items() if v not in pinned]
+                while evictable and len(cache) >= limit:
+                    old = cache.pop(evictable.pop(0))
                     for layer in self.layers.values():
                         layer.remove_slot(old)
-                slot = self.slots.slot(("dense", repr(key)))
+                slot = self.slots.slot(("dense" if not core else "core", repr(key)))
                 for name, layer in self.layers.items():
+                    # A stable per-layer seed so random methods (DARE) differ by layer yet repeat exactly.
+                    layer_seed = (req.seed * 1_000_003 + zlib.crc32(name.encode())) % (2**31)
+                    if core:
+                        # An expert with no delta at this layer takes no part here (dense passes zeros instead).
+                        present = [(s, w) for s, w in zip(req.slots, req.weights) if s in layer.lowrank]
+                        if present:
+                            A, B, scale = core_merge(req.method, [(layer.lowrank[s].A, layer.lowrank[s].B_scaled, 1.0)
+                                                                  for s, _ in present], [w for _, w in present], req.hyper,
+                                                     seed=layer_seed)
+                            layer.set_lowrank(slot, A, B, scale)
+                        continue
                     inputs = [layer.slot_delta(s) for s in req.slots]
                     if all(d is None for d in inputs):
                         continue
                     zeros = torch.zeros(layer.out_features, layer.in_features, device=layer.weight.device)  # slot_delta is fp32
                     inputs = [d if d is not None else zeros for d in inputs]
-                    # A stable per-layer seed so random methods (DARE) differ by layer yet repeat exactly.
-                    layer_seed = (req.seed * 1_000_003 + zlib.crc32(name.encode())) % (2**31)
                     layer.set_dense(slot, merge_deltas(req.method, inputs, req.weights, seed=layer_seed, **req.hyper))
-                self._dense_results[key] = slot
+                cache[key] = slot
         for route in rv.dense_routes:
             rv.routes[route] = {slot: 1.0}
         return slot
@@ -292,20 +319,27 @@ class ComposedModel:
         return pad_rows([row.embeds for row in rows], route_ids, text_ids)
 
     # --- running ------------------------------------------------------------
-    def compare(self, question: str, inputs: Sequence[ModalInput] = (), variants: Sequence[str] | None = None,
+    def compare(self, question: str, inputs: Sequence[ModalInput] = (), variants: Sequence[str | VariantSpec] | Plan | None = None,
                 coefficients: Coefficients | None = None, config: GenerationConfig | None = None, *, batched: bool = True,
                 on_step: Callable[[list[str]], None] | None = None, should_stop: Callable[[], bool] | None = None) -> list[VariantAnswer]:
-        """Answer ``question`` with every variant, side by side (one batch unless ``batched=False``)."""
+        """Answer ``question`` with every variant, side by side (one batch unless ``batched=False``).
+
+        ``variants``: a ``Plan`` (from ``plan``), names or specs, or None for the defaults.
+        """
         if not isinstance(question, str) or not question.strip():
             raise CompositionError("the question is empty; type a question for the models to answer.")
-        coefficients = coefficients or Coefficients()
         config = config or GenerationConfig()
         present = {item.modality for item in inputs}
-        names = list(variants) if variants else self.default_variants(present)
-        if not names:
-            raise CompositionError("no variant can answer: load experts (or name variants) first.")
+        if isinstance(variants, Plan):
+            plan = variants
+            if set(plan.present) != present:
+                raise CompositionError(f"the plan was made for inputs {sorted(plan.present)} but the request has "
+                                       f"{sorted(present)}; plan again with these inputs.")
+        else:
+            plan = self.plan(present, list(variants) if variants else None, coefficients)
+        resolved = plan.variants
         with self.lock:
-            resolved = self.resolve(names, coefficients, present)
+            self.prepare_dense(resolved)
             rows = self.prompt_rows(question, inputs, resolved)
             groups = [list(range(len(rows)))] if batched else [[i] for i in range(len(rows))]
             answers: list[VariantAnswer | None] = [None] * len(rows)
@@ -319,8 +353,9 @@ class ComposedModel:
                 tokens = generate_batch(self.model, self.router, batch, table, config, self.base.eos_token_ids, step_cb, should_stop)
                 seconds = time.perf_counter() - start
                 for j, i in enumerate(group):
-                    answers[i] = VariantAnswer(resolved[i].name, self.decode(tokens[j]), seconds, len(tokens[j]),
-                                               rows[i].length, self._notes(resolved[i], inputs), tokens[j])
+                    rv = resolved[i]
+                    answers[i] = VariantAnswer(rv.name, self.decode(tokens[j]), seconds, len(tokens[j]), rows[i].length,
+                                               self._notes(rv, inputs), tokens[j], rv.kind, rv.experts, rv.coefficients_json())
         return answers
 
     def _partial(self, tokens: list[list[int]], group: list[int], total: int) -> list[str]:
@@ -337,7 +372,7 @@ class ComposedModel:
         notes = []
         given = {item.modality for item in inputs}
         for modality, expert in rv.block_experts.items():
-            if modality not in given and rv.name.startswith(EXPERT_PREFIX):
+            if modality not in given and rv.kind is VariantKind.EXPERT:
                 notes.append(f"the {modality} expert got no {modality} input")
         for item in inputs:
             if item.modality in rv.block_experts:

@@ -6,7 +6,10 @@ what to do. The CLI and the app show the message alone, never a traceback.
 """
 
 
-class CompositionError(ValueError):
+from checks import UserError
+
+
+class CompositionError(UserError):
     """A composition cannot be built or run as asked."""
 
 

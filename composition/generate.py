@@ -15,11 +15,12 @@ position would be a fifth of a small model's prefill).
 from __future__ import annotations
 
 import inspect
-import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
+
+from checks import check_float, check_int
 
 from .errors import CompositionError
 from .routing import Router
@@ -35,12 +36,12 @@ class GenerationConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if not isinstance(self.max_new_tokens, int) or not 1 <= self.max_new_tokens <= 1024:
-            raise CompositionError(f"max_new_tokens={self.max_new_tokens!r}; expected an integer in [1, 1024].")
-        if not isinstance(self.temperature, (int, float)) or not math.isfinite(self.temperature) or not 0 <= self.temperature <= 5:
-            raise CompositionError(f"temperature={self.temperature!r}; expected a number in [0, 5] (0 = greedy).")
-        if not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:
-            raise CompositionError(f"top_p={self.top_p!r}; expected a number in (0, 1].")
+        # Frozen: the normalised values (8.0 -> 8) are set through object.__setattr__.
+        for name, value in (("max_new_tokens", check_int(self.max_new_tokens, "max_new_tokens", 1, 1024, error=CompositionError)),
+                            ("temperature", check_float(self.temperature, "temperature", 0, 5, error=CompositionError)),
+                            ("top_p", check_float(self.top_p, "top_p", 0, 1, open_min=True, error=CompositionError)),
+                            ("seed", check_int(self.seed, "seed", 0, error=CompositionError))):
+            object.__setattr__(self, name, value)
 
 
 @dataclass

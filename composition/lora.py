@@ -9,7 +9,6 @@ adapter onto the base model, and adapters trained with peft load here.
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,8 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+from checks import check_float, check_int
 
 from .errors import ExpertError
 
@@ -47,10 +48,8 @@ class LoraDelta:
     B: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.r, int) or self.r < 1:
-            raise ExpertError(f"LoRA rank r={self.r!r} must be a positive integer.")
-        if not (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha) and self.alpha > 0):
-            raise ExpertError(f"LoRA alpha={self.alpha!r} must be a positive finite number.")
+        self.r = check_int(self.r, "LoRA rank r", 1, error=ExpertError)
+        self.alpha = check_float(self.alpha, "LoRA alpha", 0, open_min=True, error=ExpertError)
         if set(self.A) != set(self.B):
             only_a = sorted(set(self.A) - set(self.B))
             only_b = sorted(set(self.B) - set(self.A))
@@ -188,10 +187,8 @@ def load_lora(folder: Path, *, what: str) -> LoraDelta:
         if config.get(flag):
             raise ExpertError(f"{what}: {flag}=true is not supported; retrain or convert the adapter to plain LoRA.")
     r, alpha = config.get("r"), config.get("lora_alpha")
-    if not isinstance(r, int) or isinstance(r, bool) or r < 1:
-        raise ExpertError(f"{what}: adapter_config.json has r={r!r}; expected a positive integer.")
-    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not math.isfinite(alpha) or alpha <= 0:
-        raise ExpertError(f"{what}: adapter_config.json has lora_alpha={alpha!r}; expected a positive finite number.")
+    check_int(r, "r", 1, error=ExpertError, owner=f"{what}: adapter_config.json")
+    check_float(alpha, "lora_alpha", 0, open_min=True, error=ExpertError, owner=f"{what}: adapter_config.json")
     if not (folder / ADAPTER_WEIGHTS).is_file() and (folder / "adapter_model.bin").is_file():
         raise ExpertError(f"{what}: only adapter_model.bin is there, a pickled PyTorch file, which is never loaded "
                           "(unpickling can run code). Save the adapter as adapter_model.safetensors (peft: "

@@ -12,7 +12,9 @@ tokens (generated tokens are text too) and its tokens of each modality block.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Mapping
 
 from .errors import CompositionError
@@ -58,37 +60,57 @@ class Coefficients:
         return float(self.mus.get(modality, 1.0))
 
 
+class VariantKind(str, Enum):
+    """What a variant is; the engine and every layer above branch on this, never on its name."""
+
+    EXPERT = "expert"  # one expert alone
+    NAIVE = "naive"  # NaiveMC
+    DAMC = "damc"  # DAMC
+    METHOD = "method"  # a registry merge method
+
+    @property
+    def composes(self) -> bool:
+        """True for the variants that merge several experts (everything but a single expert)."""
+        return self is not VariantKind.EXPERT
+
+
 @dataclass(frozen=True)
 class VariantSpec:
     """What a user asks for by name: ``NaiveMC``, ``DAMC``, ``expert:<name>`` or a method name."""
 
     name: str
-    kind: str  # "naive" | "damc" | "expert" | "method"
+    kind: VariantKind
     expert: str | None = None
     method: str | None = None
     hyper: tuple[tuple[str, float], ...] = ()
+    space: str = "dense"  # a method's: "dense" (the reference) or "core" (low-rank, routed online); name suffix @core
 
     @staticmethod
     def parse(name: str, hyper: Mapping[str, float] | None = None) -> "VariantSpec":
         from .methods import get_method, list_methods
+        from .methods.registry import SPACE_SEPARATOR, RenamedParameterWarning, split_space
 
         name = name.strip()
         if name == NAIVE:
-            return VariantSpec(NAIVE, "naive")
+            return VariantSpec(NAIVE, VariantKind.NAIVE)
         if name == DAMC:
-            return VariantSpec(DAMC, "damc")
+            return VariantSpec(DAMC, VariantKind.DAMC)
         if name.startswith(EXPERT_PREFIX) and len(name) > len(EXPERT_PREFIX):
-            return VariantSpec(name, "expert", expert=name[len(EXPERT_PREFIX):])
-        if name in {m.name for m in list_methods()}:
-            method = get_method(name)
-            values = {p.name: p.default for p in method.params}
-            for key, value in (hyper or {}).items():
-                if key not in values:
-                    raise CompositionError(f"method {name!r} has no hyper-parameter {key!r}; it takes {sorted(values) or 'none'}.")
-                values[key] = float(value)
-            return VariantSpec(name, "method", method=name, hyper=tuple(sorted(values.items())))
+            return VariantSpec(name, VariantKind.EXPERT, expert=name[len(EXPERT_PREFIX):])
+        if name.partition(SPACE_SEPARATOR)[0] in {m.name for m in list_methods()}:
+            method_name, space = split_space(name)
+            values, notes = get_method(method_name).resolve_hyper(dict(hyper or {}))
+            for note in notes:  # an old hyper-parameter name (drop_rate): it works, and the user is told the new one
+                warnings.warn(note, RenamedParameterWarning, stacklevel=2)
+            return VariantSpec(name, VariantKind.METHOD, method=method_name, hyper=tuple(sorted(values.items())), space=space)
         methods = ", ".join(m.name for m in list_methods())
-        raise CompositionError(f"unknown variant {name!r}; expected {NAIVE}, {DAMC}, expert:<name> or a merge method ({methods}).")
+        raise CompositionError(f"unknown variant {name!r}; expected {NAIVE}, {DAMC}, expert:<name> or a merge method ({methods}; "
+                               f"<method>{SPACE_SEPARATOR}core runs it in the experts' low-rank core space).")
+
+    @staticmethod
+    def of_expert(name: str) -> "VariantSpec":
+        """The single-expert variant of the expert called ``name``."""
+        return VariantSpec(EXPERT_PREFIX + name, VariantKind.EXPERT, expert=name)
 
 
 @dataclass
@@ -100,21 +122,50 @@ class DenseRequest:
     slots: list[int]  # the input delta slots, one per expert
     weights: list[float]
     seed: int = 0
+    space: str = "dense"  # "core": merged in the experts' core space, the result a low-rank slot
 
 
 @dataclass
 class ResolvedVariant:
-    """A variant as the engine runs it."""
+    """A variant as the engine runs it, and the coefficients it applies (what the user is shown).
 
-    name: str
+    ``lambdas`` maps each expert taking part to the weight of its text-side delta (its
+    shared delta for NaiveMC and shared-only merges), ``mus`` each modality to the scale
+    of its modality delta; both are the values applied, after the paper's defaults.
+    """
+
+    spec: VariantSpec
     routes: dict[str, dict[int, float]]  # route -> {slot: coefficient}
     block_experts: dict[str, Expert]  # modality -> expert whose projector makes its blocks
+    lambdas: dict[str, float] = field(default_factory=dict)
+    mus: dict[str, float] = field(default_factory=dict)
     dense: DenseRequest | None = None  # filled into routes[...] under a slot the engine allocates
     dense_routes: tuple[str, ...] = ()
 
     @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def kind(self) -> VariantKind:
+        return self.spec.kind
+
+    @property
     def modalities(self) -> set[str]:
         return set(self.block_experts)
+
+    @property
+    def experts(self) -> list[str]:
+        """The experts taking part, in prompt (modality) order."""
+        return [e.name for e in in_prompt_order(self.block_experts.values())]
+
+    def coefficients_json(self) -> dict:
+        """``{"lambdas": {expert: λ}, "mus": {modality: μ}}`` (+ ``"hyper"`` for merge methods): the values applied."""
+        data: dict = {"lambdas": {n: round(v, 6) for n, v in self.lambdas.items()},
+                      "mus": {m: round(v, 6) for m, v in self.mus.items()}}
+        if self.kind is VariantKind.METHOD:
+            data["hyper"] = dict(self.spec.hyper)
+        return data
 
 
 class SlotTable:
@@ -130,6 +181,11 @@ class SlotTable:
 
     def __len__(self) -> int:
         return len(self.index)
+
+
+def in_prompt_order(experts) -> list[Expert]:
+    order = {m: i for i, m in enumerate(route_names())}
+    return sorted(experts, key=lambda e: order.get(e.modality, len(order)))
 
 
 def _one_per_modality(experts: list[Expert], kind: str) -> dict[str, Expert]:
@@ -154,57 +210,88 @@ def participants(experts: list[Expert], kind: str, input_modalities: set[str]) -
     return pool
 
 
+def text_merge_pool(experts: list[Expert], input_modalities: set[str]) -> tuple[dict[str, Expert], bool]:
+    """The experts whose text-side deltas DAMC and the merge methods combine, and whether they are decoupled.
+
+    Decoupled experts when any takes part, else shared ones (their one delta serves every
+    token). This is the one place that rule lives; the λ sliders ask it too.
+    """
+    pool = participants(experts, "decoupled", input_modalities)
+    if pool:
+        return pool, True
+    return participants(experts, "shared", input_modalities), False
+
+
+def applied_lambdas(experts: list[Expert], input_modalities: set[str], coefficients: "Coefficients") -> dict[str, float]:
+    """λ per expert that a text merge with these inputs applies (the user's value, else 1/K)."""
+    pool, _ = text_merge_pool(experts, input_modalities)
+    return {e.name: coefficients.lam(e.name, len(pool)) for e in pool.values()}
+
+
+def _check_covers(spec: VariantSpec, rv_modalities: set[str], input_modalities: set[str]) -> None:
+    missing = sorted(input_modalities - rv_modalities)
+    if missing:
+        raise CompositionError(f"variant {spec.name!r} has no expert for the {', '.join(missing)} input(s); "
+                               f"select an expert for {missing[0]} or remove that input.")
+
+
 def resolve_variant(spec: VariantSpec, experts: list[Expert], slots: SlotTable, coefficients: Coefficients,
                     input_modalities: set[str]) -> ResolvedVariant:
-    """Turn a spec into route coefficients over ``slots`` (allocating slots as needed)."""
+    """Turn a spec into route coefficients over ``slots`` (allocating slots as needed).
+
+    A composition must cover every input given (an input none of its experts reads is an
+    error that names the modality); a single expert reads only its own modality's inputs.
+    """
     by_name = {e.name: e for e in experts}
-    if spec.kind == "expert":
+    if spec.kind is VariantKind.EXPERT:
         expert = by_name.get(spec.expert)
         if expert is None:
             raise CompositionError(f"variant {spec.name!r}: no loaded expert is named {spec.expert!r}; loaded: {sorted(by_name)}.")
         if expert.training == "shared":
             d = slots.slot((expert.name, "shared"))
             routes = {TEXT_ROUTE: {d: 1.0}, expert.modality: {d: 1.0}}
-        else:
-            routes = {TEXT_ROUTE: {slots.slot((expert.name, "text")): 1.0},
-                      expert.modality: {slots.slot((expert.name, "modality")): 1.0}}
-        return ResolvedVariant(spec.name, routes, {expert.modality: expert})
+            return ResolvedVariant(spec, routes, {expert.modality: expert}, {expert.name: 1.0})
+        routes = {TEXT_ROUTE: {slots.slot((expert.name, "text")): 1.0},
+                  expert.modality: {slots.slot((expert.name, "modality")): 1.0}}
+        return ResolvedVariant(spec, routes, {expert.modality: expert}, {expert.name: 1.0}, {expert.modality: 1.0})
 
-    if spec.kind == "naive":
+    if spec.kind is VariantKind.NAIVE:
         pool = participants(experts, "shared", input_modalities)
         if not pool:
             raise CompositionError(f"{NAIVE} merges experts trained with shared deltas, and none is selected"
                                    f"{' for the given inputs' if input_modalities else ''}. Select shared experts or use {DAMC}.")
+        _check_covers(spec, set(pool), input_modalities)
         mean = {slots.slot((e.name, "shared")): 1.0 / len(pool) for e in pool.values()}
-        return ResolvedVariant(spec.name, {r: dict(mean) for r in (TEXT_ROUTE, *pool)}, pool)
+        lambdas = {e.name: 1.0 / len(pool) for e in pool.values()}
+        return ResolvedVariant(spec, {r: dict(mean) for r in (TEXT_ROUTE, *pool)}, pool, lambdas)
 
     # DAMC and the registry methods: decoupled experts when there are any, else shared ones.
-    pool = participants(experts, "decoupled", input_modalities)
-    decoupled = bool(pool)
-    if not decoupled:
-        if spec.kind == "damc":
-            raise CompositionError(f"{DAMC} needs experts trained with decoupled (text + modality) deltas, and none is selected"
-                                   f"{' for the given inputs' if input_modalities else ''}. Select decoupled experts or use {NAIVE}.")
-        pool = participants(experts, "shared", input_modalities)
-        if not pool:
-            raise CompositionError(f"variant {spec.name!r}: no experts are selected to merge.")
+    pool, decoupled = text_merge_pool(experts, input_modalities)
+    if not decoupled and spec.kind is VariantKind.DAMC:
+        raise CompositionError(f"{DAMC} needs experts trained with decoupled (text + modality) deltas, and none is selected"
+                               f"{' for the given inputs' if input_modalities else ''}. Select decoupled experts or use {NAIVE}.")
+    if not pool:
+        raise CompositionError(f"variant {spec.name!r}: no experts are selected to merge.")
+    _check_covers(spec, set(pool), input_modalities)
     text_delta = "text" if decoupled else "shared"
     k = len(pool)
-    weights = {slots.slot((e.name, text_delta)): coefficients.lam(e.name, k) for e in pool.values()}
-    if decoupled:
-        modality_routes = {m: {slots.slot((e.name, "modality")): coefficients.mu(m)} for m, e in pool.items()}
-    else:
-        modality_routes = {}
+    lambdas = {e.name: coefficients.lam(e.name, k) for e in pool.values()}
+    weights = {slots.slot((e.name, text_delta)): lambdas[e.name] for e in pool.values()}
+    mus = {m: coefficients.mu(m) for m in pool} if decoupled else {}
+    modality_routes = {m: {slots.slot((e.name, "modality")): mus[m]} for m, e in pool.items()} if decoupled else {}
 
     from .methods import get_method
 
-    linear = spec.kind == "damc" or get_method(spec.method).linear
-    if linear:
+    method = None if spec.kind is VariantKind.DAMC else get_method(spec.method)
+    if method is not None and method.linear:  # exact in either space: the weights route the low-rank slots directly
+        weights = dict(zip(weights, method.linear_weights(list(weights.values()))))
+        lambdas = dict(zip(lambdas, weights.values()))
+    if method is None or method.linear:
         text = dict(weights)
         if not decoupled:
             modality_routes = {m: dict(weights) for m in pool}
-        return ResolvedVariant(spec.name, {TEXT_ROUTE: text, **modality_routes}, pool)
-    request = DenseRequest(spec.method, dict(spec.hyper), list(weights), list(weights.values()))
+        return ResolvedVariant(spec, {TEXT_ROUTE: text, **modality_routes}, pool, lambdas, mus)
+    request = DenseRequest(spec.method, dict(spec.hyper), list(weights), list(weights.values()), space=spec.space)
     dense_routes = (TEXT_ROUTE,) if decoupled else (TEXT_ROUTE, *pool)
     routes = {TEXT_ROUTE: {}, **modality_routes, **{m: {} for m in pool if not decoupled}}
-    return ResolvedVariant(spec.name, routes, pool, dense=request, dense_routes=dense_routes)
+    return ResolvedVariant(spec, routes, pool, lambdas, mus, dense=request, dense_routes=dense_routes)

@@ -18,12 +18,14 @@ from typing import Any, ClassVar
 
 import torch
 
+from checks import UserError, check_float, check_int
+
 from .sniff import Sniffed, sniff_file
 
 MB = 1024 * 1024
 
 
-class ModalityError(ValueError):
+class ModalityError(UserError):
     """A user-facing input problem: the message says what is wrong with the file and what to do."""
 
 
@@ -70,10 +72,11 @@ class Limits:
 
 def check_positive(obj: Any, name: str, kind: type) -> None:
     """Validate a positive number field of a limits dataclass (bool is not a number here)."""
-    value = getattr(obj, name)
-    ok_type = isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
-    if not ok_type or not value > 0:
-        raise ModalityError(f"{type(obj).__name__}.{name} must be a positive {kind.__name__}, got {value!r}")
+    value, owner = getattr(obj, name), type(obj).__name__
+    if kind is float:
+        check_float(value, name, 0, open_min=True, error=ModalityError, owner=owner)
+    else:
+        check_int(value, name, 1, error=ModalityError, owner=owner)
 
 
 def human_bytes(n: int) -> str:

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from checks import check_int
+
 from .base import MB, Limits, LoadedInput, Modality, ModalityError, check_positive
 from .point_io import CLOUD_EXTENSIONS, MESH_EXTENSIONS, read_cloud
 from .point_sampling import farthest_point_indices, normalize_unit_sphere, pad_indices, random_indices
@@ -48,8 +50,7 @@ class PointLimits(Limits):
             check_positive(self, name, int)
         if self.sampling not in SAMPLING_METHODS:
             raise ModalityError(f"PointLimits.sampling must be one of {SAMPLING_METHODS}, got {self.sampling!r}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
-            raise ModalityError(f"PointLimits.seed must be a non-negative int, got {self.seed!r}")
+        check_int(self.seed, "seed", 0, error=ModalityError, owner="PointLimits")
         if self.min_points > self.num_points:
             raise ModalityError(f"PointLimits.min_points ({self.min_points}) must not exceed num_points ({self.num_points})")
         if self.fps_candidates < self.num_points:

@@ -13,8 +13,9 @@ from composition.mcub import McubResult, evaluate, load_mcub
 from composition.variants import Coefficients, VariantSpec
 
 from .session import Studio
-from .settings import StudioSettings, text_merge_experts
-from .variants import model_view, plan_variants
+from .cards import KIND_COLOURS
+from .run import plan_request
+from .settings import StudioSettings, lambda_names
 
 REPO = Path(__file__).resolve().parent.parent
 BUNDLED_MCUB = REPO / "examples" / "manifest.json"
@@ -54,7 +55,7 @@ def load_items(source: str, uploaded: str | None, n_items: int, progress: Progre
 
 def _evaluate(studio: Studio, settings: StudioSettings, items: list, variants, coefficients, progress: Progress | None,
               label: str) -> McubResult:
-    view = model_view(studio.cm, settings.selected)
+    view = studio.cm.subset(settings.selected)
 
     def report(done: int, total: int) -> None:
         if progress:
@@ -69,10 +70,10 @@ def _evaluate(studio: Studio, settings: StudioSettings, items: list, variants, c
 
 def run_benchmark(studio: Studio, settings: StudioSettings, items: list, progress: Progress | None = None):
     """(plotly bar chart, markdown summary, result JSON) of accuracy by variant."""
-    view = model_view(studio.cm, settings.selected)
     present = {m for item in items for m in item.modalities}
-    plan = plan_variants(view, settings, present, experts_without_input=False)
-    result = _evaluate(studio, settings, items, plan.specs, settings.coefficients(view.experts), progress, "benchmark")
+    plan = plan_request(studio, settings, present)
+    result = _evaluate(studio, settings, items, plan.specs, settings.coefficients(studio.cm.experts, present), progress,
+                       "benchmark")
     acc = result.accuracy()
     summary = (f"**{result.n_items} items**, {len(acc)} variants in {result.seconds:.1f} s "
                f"({result.items_per_second:.2f} items/s). Chance is 25 %." +
@@ -84,10 +85,9 @@ def accuracy_chart(acc: dict[str, float], n_items: int):
     import plotly.graph_objects as go
 
     names = list(acc)
+    colours = [KIND_COLOURS[VariantSpec.parse(n).kind.value] for n in names]
     fig = go.Figure(go.Bar(x=names, y=[100 * acc[n] for n in names], text=[f"{100 * acc[n]:.0f} %" for n in names],
-                           textposition="outside", marker_color=["#4f46e5" if n == "DAMC" else "#d97706" if n == "NaiveMC"
-                                                                 else "#be185d" if not n.startswith("expert:") else "#0f766e"
-                                                                 for n in names]))
+                           textposition="outside", marker_color=colours))
     fig.add_hline(y=25, line_dash="dot", annotation_text="chance (25 %)")
     fig.update_layout(title=f"MCUB accuracy by variant ({n_items} items)", yaxis_title="accuracy (%)",
                       yaxis_range=[0, 110], height=380, margin={"l": 50, "r": 20, "t": 50, "b": 60})
@@ -101,8 +101,8 @@ def run_sweep(studio: Studio, settings: StudioSettings, items: list, scales: lis
 
     if len(scales) * len(mus) > 36:
         raise CompositionError(f"the sweep grid has {len(scales)}×{len(mus)} cells; keep it at most 36 (each cell runs every item).")
-    view = model_view(studio.cm, settings.selected)
-    names = text_merge_experts(view.experts, settings.selected)
+    view = studio.cm.subset(settings.selected)
+    names = lambda_names(view.experts, settings.selected)
     if not any(view.experts[n].training == "decoupled" for n in names):
         raise CompositionError("the sweep varies DAMC's λ and μ, which needs decoupled experts; select some in the Experts tab.")
     modalities = sorted({view.experts[n].modality for n in names})

@@ -4,7 +4,7 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass, field
 
-KIND_COLOURS = {"NaiveMC": "#d97706", "DAMC": "#4f46e5", "expert": "#0f766e", "method": "#be185d"}
+KIND_COLOURS = {"naive": "#d97706", "damc": "#4f46e5", "expert": "#0f766e", "method": "#be185d"}
 
 
 @dataclass
@@ -17,20 +17,30 @@ class Card:
     new_tokens: int | None = None
     notes: list[str] = field(default_factory=list)
     status: str = "waiting"
+    kind: str = "method"  # composition.variants.VariantKind value: the engine's, never parsed from the name
+    experts: list[str] = field(default_factory=list)
+    coefficients: dict = field(default_factory=dict)  # the values applied: {"lambdas", "mus"[, "hyper"]}
 
     @classmethod
     def from_answer(cls, answer) -> "Card":
-        return cls(answer.name, answer.answer, answer.seconds, answer.new_tokens, list(answer.notes), "done")
+        return cls(answer.name, answer.answer, answer.seconds, answer.new_tokens, list(answer.notes), "done",
+                   answer.kind.value, list(answer.experts), dict(answer.coefficients))
 
 
-def _kind(name: str) -> str:
-    if name in ("NaiveMC", "DAMC"):
-        return name
-    return "expert" if name.startswith("expert:") else "method"
+def coefficients_line(card: Card) -> str:
+    """What the card's variant applied, in words (compositions only; a single expert applies its own deltas)."""
+    if card.kind == "expert" or not card.coefficients:
+        return ""
+    parts = []
+    for key, symbol, fmt in (("lambdas", "λ", ".2f"), ("mus", "μ", ".2f"), ("hyper", "", "g")):
+        values = card.coefficients.get(key) or {}
+        if values:
+            parts.append((symbol + " " if symbol else "") + ", ".join(f"{k} {v:{fmt}}" for k, v in values.items()))
+    return " · ".join(parts)
 
 
 def card_html(card: Card) -> str:
-    colour = KIND_COLOURS[_kind(card.name)]
+    colour = KIND_COLOURS.get(card.kind, KIND_COLOURS["method"])
     if card.status == "skipped":
         body = f'<div class="mc-skip">not run: {html.escape(card.answer)}</div>'
     elif card.answer:
@@ -45,9 +55,11 @@ def card_html(card: Card) -> str:
     if card.status == "running":
         meta.append("streaming")
     notes = "".join(f'<li>{html.escape(n)}</li>' for n in card.notes)
+    coefficients = coefficients_line(card)
+    used = f'<div class="mc-coef">{html.escape(coefficients)}</div>' if coefficients else ""
     return (f'<div class="mc-card" style="border-top: 4px solid {colour}">'
             f'<div class="mc-head"><span class="mc-name" style="color:{colour}">{html.escape(card.name)}</span>'
-            f'<span class="mc-meta">{" · ".join(meta)}</span></div>{body}'
+            f'<span class="mc-meta">{" · ".join(meta)}</span></div>{used}{body}'
             f'{f"<ul class=mc-notes>{notes}</ul>" if notes else ""}</div>')
 
 
@@ -90,6 +102,7 @@ CARD_CSS = """
 .mc-head { display: flex; justify-content: space-between; align-items: baseline; gap: 8px; margin-bottom: 8px; }
 .mc-name { font-weight: 700; font-size: 1.05em; }
 .mc-meta { color: var(--body-text-color-subdued); font-size: .85em; white-space: nowrap; }
+.mc-coef { color: var(--body-text-color-subdued); font-size: .82em; margin: -4px 0 6px 0; }
 .mc-answer { white-space: pre-wrap; line-height: 1.5; }
 .mc-wait, .mc-empty { color: var(--body-text-color-subdued); font-style: italic; }
 .mc-skip { color: #b45309; }

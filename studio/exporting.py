@@ -8,24 +8,25 @@ import zipfile
 from pathlib import Path
 
 from composition.export import export_composition
-from composition.variants import VariantSpec
+from composition.variants import VariantKind, VariantSpec
 
 from .session import Studio
 from .settings import StudioSettings
-from .variants import model_view
 
 
 def export_zip(studio: Studio, settings: StudioSettings, variant: str = "DAMC") -> tuple[str, str]:
     """Returns (zip path, one-line summary). The folder is removed once zipped."""
-    view = model_view(studio.cm, settings.selected)
-    spec = VariantSpec.parse(variant, settings.hyper(variant) if variant in settings.method_params or
-                             variant in settings.methods else None)
+    view = studio.cm.subset(settings.selected)
+    spec = VariantSpec.parse(variant)
+    if spec.kind is VariantKind.METHOD:
+        spec = VariantSpec.parse(variant, settings.hyper(variant))
+    modalities = {e.modality for e in view.experts.values()}
     work = Path(tempfile.mkdtemp(prefix="composition-export-"))
     name = f"{spec.name.replace(':', '-')}-composition"
     start = time.perf_counter()
     try:
-        export_composition(view, spec, work / name, coefficients=settings.coefficients(view.experts),
-                           modalities={e.modality for e in view.experts.values()})
+        export_composition(view, spec, work / name, coefficients=settings.coefficients(view.experts, modalities),
+                           modalities=modalities)
         archive = work.parent / f"{name}-{work.name}.zip"
         # Stored, not deflated: float weights barely compress and deflate is slow on a small CPU.
         with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zf:

@@ -1,50 +1,37 @@
-"""Event handlers as plain functions of (studio, component values) -> plain values.
+"""Event handlers as plain functions of (studio, named values) -> plain values.
 
-app.py binds each to its components (a one-line adapter turns SliderViews into gradio
-updates and ValueErrors into gr.Error); tests call them directly.
+app.py passes every component by its name (studio/controls.py) and binds each handler to
+its components with a one-line adapter (SliderViews -> gradio updates, user errors ->
+gr.Error); tests call them directly with a ``{name: value}`` mapping.
 """
 from __future__ import annotations
 
 import tempfile
-from typing import Iterator, Sequence
-
-from modalities import MODALITY_NAMES
+from typing import Iterator, Mapping
 
 from . import run
 from .cards import cards_html, stopped_html
 from .config_io import settings_from_yaml, settings_to_yaml
-from .controls import controls_from_settings, lambda_views, mu_views, param_keys, settings_from_controls
+from .controls import NO_INPUT, QUESTION, SELECTED, lambda_views, media_of, mu_views, settings_from_values, values_from_settings
+from .errors import StudioError
 from .inputs import collect_files, load_user_inputs
 from .learn import formulas_markdown, routing_html
 from .session import NO_EXPERTS_HELP, Studio
-from .settings import MAX_LAMBDA_SLOTS, StudioSettings
-from .variants import model_view
-
-N_MU = len(MODALITY_NAMES)
+from .settings import StudioSettings
 
 
-def n_controls() -> int:
-    """How many values the flat control list has (see settings_of)."""
-    return 1 + MAX_LAMBDA_SLOTS + N_MU + 1 + len(param_keys()) + 3
-
-
-def settings_of(studio: Studio, controls: Sequence) -> StudioSettings:
-    """[selected, λ×MAX, μ×modalities, methods, params…, max_new_tokens, temperature, top_p] -> settings."""
-    controls = list(controls)
-    if len(controls) != n_controls():
-        raise ValueError(f"expected {n_controls()} control values, got {len(controls)}; reload the page.")
-    i = 0
-    selected = controls[i]; i += 1
-    lams = controls[i:i + MAX_LAMBDA_SLOTS]; i += MAX_LAMBDA_SLOTS
-    mus = controls[i:i + N_MU]; i += N_MU
-    methods = controls[i]; i += 1
-    params = controls[i:i + len(param_keys())]; i += len(param_keys())
-    max_new, temperature, top_p = controls[i:i + 3]
-    return settings_from_controls(studio.cm.experts, selected or [], lams, mus, methods or [], params, max_new, temperature, top_p)
+def settings_of(studio: Studio, values: Mapping) -> StudioSettings:
+    """The named control values -> validated settings."""
+    return settings_from_values(studio.cm.experts, values)
 
 
 def default_settings(studio: Studio) -> StudioSettings:
     return StudioSettings(selected=list(studio.cm.experts))
+
+
+def present_modalities(values: Mapping) -> set[str]:
+    """The modalities that have an input among the named media values."""
+    return set(collect_files(media_of(values)))
 
 
 # --- experts --------------------------------------------------------------------------
@@ -61,64 +48,83 @@ def catalog_status(studio: Studio) -> tuple[list[list[str]], str]:
     return studio.catalog_rows(), catalog_message(studio)
 
 
-def add_experts(studio: Studio, path: str, selected: Sequence[str]) -> tuple[list[list[str]], list[str], list[str], str]:
+def add_experts(studio: Studio, path: str, selected) -> tuple[list[list[str]], list[str], list[str], str]:
     """(catalog rows, all names, new selection, message); new experts are selected."""
     added = studio.add_expert_folder(path)
     selection = list(dict.fromkeys([*(selected or []), *added]))
     return studio.catalog_rows(), studio.expert_names, selection, f"added {', '.join(added)}. " + catalog_message(studio)
 
 
-def selection_views(studio: Studio, selected: Sequence[str], lambdas=None, mus=None):
-    """Slider views after the selection changed (λ back to 1/K over the new selection)."""
-    return lambda_views(studio.cm.experts, selected or [], lambdas), mu_views(studio.cm.experts, selected or [], mus)
+def slider_views(studio: Studio, values: Mapping, *, reset: bool = False):
+    """(λ views, μ views) for the selection and inputs in ``values``: the values a Compare would apply.
+
+    ``reset`` (a new selection, the Reset button) puts λ back to 1/K and μ to 1.
+    """
+    selected = values.get(SELECTED) or []
+    present = present_modalities(values)
+    settings = None if reset else settings_of(studio, values)
+    lambdas = None if settings is None else settings.lambdas
+    mus = None if settings is None else settings.mus
+    return (lambda_views(studio.cm.experts, selected, lambdas, present),
+            mu_views(studio.cm.experts, selected, mus, present))
+
+
+def world_banner(studio: Studio) -> str:
+    """What the bundled experts know, shown next to the inputs while any is loaded ('' otherwise)."""
+    from composition.catalog import is_bundled
+
+    bundled = [e for e in studio.cm.experts.values() if is_bundled(e) and e.config.trained_on]
+    if not bundled:
+        return ""
+    return (f"**The loaded experts are the bundled demo experts.** They know only {bundled[0].config.trained_on} "
+            "The **Examples** below show it; any other file (a photo, a song) is answered in terms of that world. "
+            "For real experts: `python -m composition import modelcompose SRC --out DIR`, then add DIR in the "
+            "Experts tab or start with `python app.py --experts DIR` (or `--preset modelcompose` with a GPU).")
 
 
 # --- compose / learn ------------------------------------------------------------------
-def present_modalities(image=None, audio=None, video=None, point=None) -> set[str]:
-    return set(collect_files(image, audio, video, point))
-
-
-def recompose(studio: Studio, media: Sequence, controls: Sequence, answered_with: str = "") -> tuple[str, str]:
-    """(compose timing line, formulas markdown) for the current sliders.
+def recompose(studio: Studio, values: Mapping, answered_with: str = "") -> tuple[str, str]:
+    """(compose timing line, formulas markdown) for the current sliders and inputs.
 
     ``answered_with`` is what the answers on screen (or a generation still running) were
     made with (see ``answered_with``); when the sliders now differ, the line says so: a
     running generation keeps its coefficients, the next Compare uses the new ones.
     """
-    settings = settings_of(studio, controls)
+    settings = settings_of(studio, values)
+    present = present_modalities(values)
     if not settings.selected:
-        return "select experts to compose them", formulas_markdown(model_view(studio.cm, []), settings)
-    timing = run.compose_timing(studio, settings, present_modalities(*media))
-    now = run.settings_line(studio.cm.experts, settings)
+        return "select experts to compose them", formulas_markdown(studio, settings, present)
+    timing = run.compose_timing(studio, settings, present)
+    now = run.plan_line(run.plan_request(studio, settings, present))
     if answered_with and answered_with != now:
         timing += (f"  \n⚠️ The answers shown (or still generating) use **{answered_with}**; a running generation keeps "
                    "the coefficients it started with. Press **Compare** to answer with these.")
-    return timing, formulas_markdown(model_view(studio.cm, settings.selected), settings)
+    return timing, formulas_markdown(studio, settings, present)
 
 
-def answered_with(studio: Studio, controls: Sequence) -> str:
-    """The coefficients a Compare with these controls runs with, in words (kept by the UI next to the answers)."""
-    return run.settings_line(studio.cm.experts, settings_of(studio, controls))
+def answered_with(studio: Studio, values: Mapping) -> str:
+    """The coefficients a Compare with these controls and inputs applies, in words (kept next to the answers)."""
+    present = present_modalities(values)
+    return run.plan_line(run.plan_request(studio, settings_of(studio, values), present))
 
 
-def token_routing(studio: Studio, question: str, variant: str, media: Sequence, controls: Sequence) -> str:
-    settings = settings_of(studio, controls)
-    inputs = load_user_inputs(collect_files(*media))
-    view = model_view(studio.cm, settings.selected)
-    return routing_html(view, question or "What do these inputs have in common?", inputs, variant, settings)
+def token_routing(studio: Studio, variant: str, values: Mapping) -> str:
+    settings = settings_of(studio, values)
+    inputs = load_user_inputs(collect_files(media_of(values)))
+    return routing_html(studio, values.get(QUESTION) or "What do these inputs have in common?", inputs, variant, settings)
 
 
 # --- compare --------------------------------------------------------------------------
-def compare_stream(studio: Studio, question: str, media: Sequence, experts_without_input: bool,
-                   controls: Sequence) -> Iterator[str]:
-    settings = settings_of(studio, controls)
-    req = run.prepare(studio, settings, question, collect_files(*media), experts_without_input=bool(experts_without_input))
+def compare_stream(studio: Studio, values: Mapping) -> Iterator[str]:
+    settings = settings_of(studio, values)
+    req = run.prepare(studio, settings, values.get(QUESTION) or "", collect_files(media_of(values)),
+                      experts_without_input=bool(values.get(NO_INPUT)))
     yield from run.stream(req)
 
 
-def compare_api(studio: Studio, question: str, image=None, audio=None, video=None, point=None) -> dict:
-    """The /compare contract: default variants and coefficients over every loaded expert."""
-    req = run.prepare(studio, default_settings(studio), question, collect_files(image, audio, video, point))
+def compare_api(studio: Studio, question: str, **media) -> dict:
+    """The /compare contract: default variants and coefficients over every loaded expert (``media``: by modality)."""
+    req = run.prepare(studio, default_settings(studio), question, collect_files(media))
     return run.api_payload(run.run_blocking(req), req.warnings)
 
 
@@ -132,22 +138,23 @@ def stopped_cards(page: str | None) -> str:
 
 
 # --- config ---------------------------------------------------------------------------
-def save_config(studio: Studio, controls: Sequence) -> str:
+def save_config(studio: Studio, values: Mapping) -> str:
     """Path of a YAML file with the current composition."""
-    text = settings_to_yaml(studio, settings_of(studio, controls))
+    text = settings_to_yaml(studio, settings_of(studio, values))
     handle = tempfile.NamedTemporaryFile("w", prefix="composition-", suffix=".yaml", delete=False, encoding="utf-8")
     with handle:
         handle.write(text)
     return handle.name
 
 
-def load_config(studio: Studio, path: str) -> tuple[dict, str]:
-    """(control values to restore, message) from an uploaded YAML config."""
+def load_config(studio: Studio, path: str, values: Mapping | None = None) -> tuple[dict, str]:
+    """(named control values to restore, message) from an uploaded YAML config."""
     if not path:
-        raise ValueError("upload a .yaml config saved by this app first.")
+        raise StudioError("upload a .yaml config saved by this app first.")
     try:
         text = open(path, encoding="utf-8").read()
     except UnicodeDecodeError:
-        raise ValueError("the uploaded config is not a text (YAML) file; upload the .yaml the Export tab saved.") from None
+        raise StudioError("the uploaded config is not a text (YAML) file; upload the .yaml the Export tab saved.") from None
     settings, notes = settings_from_yaml(studio, text)
-    return controls_from_settings(studio.cm.experts, settings), "config loaded." + "".join(f" Note: {n}" for n in notes)
+    present = present_modalities(values or {})
+    return values_from_settings(studio.cm.experts, settings, present), "config loaded." + "".join(f" Note: {n}" for n in notes)

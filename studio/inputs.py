@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from composition.catalog import load_inputs
+from composition.catalog import load_inputs, world_notes
 from composition.composer import ModalInput
 from modalities import MODALITY_NAMES, get_modality
 
@@ -23,15 +23,20 @@ def file_path(value) -> str | None:
     return os.fspath(value) if value else None
 
 
-def collect_files(image=None, audio=None, video=None, point=None) -> dict[str, list[str]]:
-    """``{modality: [path]}`` for the inputs given, in prompt order."""
-    given = dict(zip(MODALITY_NAMES, (image, audio, video, point)))
-    return {m: [p] for m, v in given.items() if (p := file_path(v))}
+def collect_files(media: Mapping[str, object]) -> dict[str, list[str]]:
+    """``{modality: [path]}`` for the inputs given (``{modality: component value}``), in prompt order."""
+    return {m: [p] for m in MODALITY_NAMES if (p := file_path(media.get(m)))}
 
 
 def load_user_inputs(files: Mapping[str, list[str]]) -> list[ModalInput]:
     """Validate and decode every file; the first bad one raises its ModalityError (names the file, says the fix)."""
     return load_inputs(files)
+
+
+def outside_world_notes(experts: Mapping, plan, files: Mapping[str, list[str]]) -> dict[str, str]:
+    """Notes for the bundled experts of ``plan`` that read a file which is not one of the examples."""
+    taking_part = {n for v in plan.variants for n in v.experts}
+    return world_notes([experts[n] for n in taking_part if n in experts], files)
 
 
 def point_accept() -> list[str]:

@@ -6,10 +6,11 @@ import html
 from typing import Sequence
 
 from composition.composer import ComposedModel, ModalInput
+from composition.errors import CompositionError
 from composition.prompt import placeholder_pattern, tokenize_segments
-from composition.variants import TEXT_ROUTE, VariantSpec
+from composition.variants import DAMC, NAIVE, TEXT_ROUTE, VariantKind, VariantSpec
 
-from .settings import StudioSettings, text_merge_experts
+from .settings import StudioSettings
 
 ROUTE_COLOURS = {"text": "#e0e7ff", "image": "#fde68a", "audio": "#bbf7d0", "video": "#fbcfe8", "point": "#bae6fd"}
 
@@ -22,35 +23,38 @@ def _sub(name: str) -> str:
     return "\\text{" + name.replace("_", "\\_") + "}"
 
 
-def formulas_markdown(view: ComposedModel, settings: StudioSettings) -> str:
-    """Markdown with $$…$$ formulas, coefficients filled in from the settings."""
-    experts = view.experts
-    shared = [e for e in experts.values() if e.training == "shared"]
-    decoupled = [e for e in experts.values() if e.training == "decoupled"]
+def formulas_markdown(studio, settings: StudioSettings, present: set[str] = frozenset()) -> str:
+    """Markdown with $$…$$ formulas, filled in with the coefficients the engine's plan applies for these inputs."""
+    from .run import plan_request
+
+    experts = {n: e for n, e in studio.cm.experts.items() if n in set(settings.selected)}
+    try:
+        plan = plan_request(studio, settings, set(present)) if experts else None
+    except CompositionError:
+        plan = None  # the compare button says why; the formulas still show their general form
+    naive = plan.variant(NAIVE) if plan else None
+    damc = plan.variant(DAMC) if plan else None
     out = ["### NaiveMC — merge the shared deltas",
            "Every token (text and modality) goes through the same weights, the **exact mean of the deltas** "
            "(not the mean of the LoRA factors, which would add cross terms):"]
-    if shared:
-        k = len(shared)
-        terms = " + ".join(_term(1 / k, f"D_{{{_sub(e.name)}}}") for e in shared)
+    if naive is not None:
+        terms = " + ".join(_term(v, f"D_{{{_sub(n)}}}") for n, v in naive.lambdas.items())
         out.append(f"$$W_{{\\text{{NaiveMC}}}} = W + {terms}$$")
     else:
-        out.append("$$W + \\tfrac{1}{K}\\sum_i D_i$$  *(no shared expert is selected)*")
+        out.append("$$W + \\tfrac{1}{K}\\sum_i D_i$$  *(no shared expert takes part)*")
     out += ["### DAMC — decoupled text and modality deltas",
             "Text tokens (the question and every generated token) use the λ-weighted text deltas; tokens of "
             "modality $m_i$ use only that expert's modality delta, scaled by μ:"]
-    if decoupled:
-        names = text_merge_experts(experts, settings.selected)
-        lambdas = settings.coefficients(experts).lambdas
-        k = len(names)
-        text = " + ".join(_term(lambdas.get(n, 1 / k), f"T_{{{_sub(n)}}}") for n in names)
+    if damc is not None:
+        text = " + ".join(_term(v, f"T_{{{_sub(n)}}}") for n, v in damc.lambdas.items())
         out.append(f"$$W_{{\\text{{text}}}} = W + {text}$$")
-        for e in decoupled:
-            mu = settings.mus.get(e.modality, 1.0)
-            out.append(f"$$W_{{{_sub(e.modality)}}} = W + {_term(mu, f'M_{{{_sub(e.name)}}}')}$$")
-        out.append("λ left at the default means $1/K$ over the experts that **get an input** in a request.")
+        for modality, expert in damc.block_experts.items():
+            out.append(f"$$W_{{{_sub(modality)}}} = W + {_term(damc.mus[modality], f'M_{{{_sub(expert.name)}}}')}$$")
+        out.append("These are the values the current inputs use: λ left at its default is $1/K$ over the "
+                   f"experts that **get an input** (here K = {len(damc.lambdas)}).")
     else:
-        out.append("$$W_{\\text{text}} = W + \\sum_i \\lambda_i T_i, \\qquad W_{m_i} = W + \\mu_i M_i$$  *(no decoupled expert is selected)*")
+        out.append("$$W_{\\text{text}} = W + \\sum_i \\lambda_i T_i, \\qquad W_{m_i} = W + \\mu_i M_i$$  "
+                   "*(no decoupled expert takes part)*")
     if settings.methods:
         out.append("### Extra merge methods")
         for m in settings.methods:
@@ -70,11 +74,15 @@ def route_formula(routes: dict[int, float], names: dict[int, str]) -> str:
     return "W + " + " + ".join(terms) if terms else "W (no delta)"
 
 
-def routing_html(view: ComposedModel, question: str, inputs: Sequence[ModalInput], variant: str,
-                 settings: StudioSettings) -> str:
+def routing_html(studio, question: str, inputs: Sequence[ModalInput], variant: str, settings: StudioSettings) -> str:
     """Coloured spans: each text token (hover: its weights) and one span per modality block."""
-    spec = VariantSpec.parse(variant, settings.hyper(variant) if variant not in ("NaiveMC", "DAMC") and not variant.startswith("expert:") else None)
-    rv = view.resolve([spec], settings.coefficients(view.experts), {i.modality for i in inputs})[0]
+    view = studio.cm
+    spec = VariantSpec.parse(variant)
+    if spec.kind is VariantKind.METHOD:
+        spec = VariantSpec.parse(variant, settings.hyper(variant))
+    present = {i.modality for i in inputs}
+    rv = view.plan(present, [spec], settings.coefficients(view.experts, present), selection=settings.selected).variants[0]
+    view.prepare_dense([rv])
     row = view.prompt_rows(question, inputs, [rv])[0]
     names = _slot_names(view)
     tokenizer = view.base.tokenizer

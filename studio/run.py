@@ -22,15 +22,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Mapping
 
-from composition.composer import ComposedModel, ModalInput, VariantAnswer
+from composition.composer import ModalInput, VariantAnswer
 from composition.errors import CompositionError
-from modalities import MODALITY_NAMES
+from composition.plan import Plan
 
 from .cards import Card, cards_html
-from .inputs import load_user_inputs
+from .inputs import load_user_inputs, outside_world_notes
 from .session import Studio
-from .settings import StudioSettings, text_merge_experts
-from .variants import VariantPlan, model_view, plan_variants
+from .settings import StudioSettings
 
 OOM_RETRY_NOTE = ("the GPU ran out of memory running all {n} variants in one batch; they ran one at a time instead "
                   "(same answers, slower)")
@@ -42,19 +41,21 @@ class OutOfMemory(CompositionError):
 
 @dataclass
 class Request:
-    """A validated request: the per-request model view, loaded inputs and the variant plan.
+    """A validated request: the shared studio, loaded inputs and the engine's plan for them.
 
     ``warnings`` collects what the user should know about this request (a removed expert
-    folder, an out-of-memory retry); ``used`` names the coefficients it runs with.
+    folder, an out-of-memory retry); ``used`` names the coefficients it runs with (from the
+    plan: the values applied); ``world_notes`` is what each bundled expert does not know.
     """
 
-    view: ComposedModel
+    studio: Studio
     question: str
     inputs: list[ModalInput]
-    plan: VariantPlan
+    plan: Plan
     settings: StudioSettings
     warnings: list[str] = field(default_factory=list)
     used: str = ""
+    world_notes: dict[str, str] = field(default_factory=dict)
 
 
 def prepare(studio: Studio, settings: StudioSettings, question: str, files: Mapping[str, list[str]], *,
@@ -68,26 +69,34 @@ def prepare(studio: Studio, settings: StudioSettings, question: str, files: Mapp
     if not settings.selected:
         raise CompositionError("no expert is selected; tick at least one expert in the Experts tab.")
     inputs = load_user_inputs(files)
-    view = model_view(studio.cm, settings.selected)
-    plan = plan_variants(view, settings, {i.modality for i in inputs}, experts_without_input=experts_without_input)
-    return Request(view, question, inputs, plan, settings, studio.folder_warnings(view.experts),
-                   settings_line(view.experts, settings))
+    plan = plan_request(studio, settings, {i.modality for i in inputs}, experts_without_input=experts_without_input)
+    return Request(studio, question, inputs, plan, settings, studio.folder_warnings(settings.selected), plan_line(plan),
+                   outside_world_notes(studio.cm.experts, plan, files))
 
 
-def settings_line(experts: Mapping, settings: StudioSettings) -> str:
-    """The coefficients a request runs with, in words: ``λ image 0.50, audio 0.50 · μ image 1.00 · TIES (density 0.3)``."""
-    names = text_merge_experts(experts, settings.selected)
+def plan_request(studio: Studio, settings: StudioSettings, present: set[str], *, experts_without_input: bool = False) -> Plan:
+    """The engine's plan for these settings and inputs: who takes part, with which coefficients."""
+    return studio.cm.plan(present, None, settings.coefficients(studio.cm.experts, present), selection=settings.selected,
+                          methods=settings.methods, hyper={m: settings.hyper(m) for m in settings.methods},
+                          experts_without_input=experts_without_input)
+
+
+def coefficient_text(coefficients: dict) -> str:
+    """``λ image 0.50, audio 0.50 · μ image 1.00, audio 1.00 · density 0.3``: applied values, in words."""
     parts = []
-    if names:
-        parts.append("λ " + ", ".join(f"{n} {settings.lambdas.get(n, 1 / len(names)):.2f}" for n in names))
-    decoupled = {experts[n].modality for n in settings.selected if n in experts and experts[n].training == "decoupled"}
-    mus = [f"{m} {settings.mus.get(m, 1.0):.2f}" for m in MODALITY_NAMES if m in decoupled]
-    if mus:
-        parts.append("μ " + ", ".join(mus))
-    for method in settings.methods:
-        hyper = ", ".join(f"{p} {v:g}" for p, v in settings.hyper(method).items())
-        parts.append(f"{method} ({hyper})" if hyper else method)
-    return " · ".join(parts) or "no coefficients (nothing selected)"
+    if coefficients.get("lambdas"):
+        parts.append("λ " + ", ".join(f"{n} {v:.2f}" for n, v in coefficients["lambdas"].items()))
+    if coefficients.get("mus"):
+        parts.append("μ " + ", ".join(f"{m} {v:.2f}" for m, v in coefficients["mus"].items()))
+    if coefficients.get("hyper"):
+        parts.append(", ".join(f"{p} {v:g}" for p, v in coefficients["hyper"].items()))
+    return " · ".join(parts)
+
+
+def plan_line(plan: Plan) -> str:
+    """What the compositions of a plan apply, in words: ``DAMC: λ image 0.50, audio 0.50 · μ … | ties: …``."""
+    parts = [f"{v.name}: {coefficient_text(v.coefficients_json())}" for v in plan.variants if v.kind.composes]
+    return " | ".join(parts) or "single experts only (no composition coefficients)"
 
 
 # --- generation with fault handling ------------------------------------------------------
@@ -120,11 +129,11 @@ def generate(req: Request, on_step: Callable[[list[str]], None] | None = None,
 
     A retry's note goes to ``req.warnings`` (and to ``on_retry``, so a stream can say it).
     """
-    coefficients, config = req.settings.coefficients(req.view.experts), req.settings.generation()
+    config = req.settings.generation()
 
     def run(batched: bool) -> list[VariantAnswer]:
-        return req.view.compare(req.question, req.inputs, req.plan.specs, coefficients, config, batched=batched,
-                                on_step=on_step, should_stop=should_stop)
+        return req.studio.cm.compare(req.question, req.inputs, req.plan, config=config, batched=batched,
+                                     on_step=on_step, should_stop=should_stop)
 
     failure = None
     try:
@@ -135,8 +144,8 @@ def generate(req: Request, on_step: Callable[[list[str]], None] | None = None,
         failure = _oom_detail(exc)
     # Outside the except block: its traceback (and the tensors its frames hold) is gone now.
     free_accelerator_memory()
-    if len(req.plan.specs) > 1:
-        note = OOM_RETRY_NOTE.format(n=len(req.plan.specs))
+    if len(req.plan.variants) > 1:
+        note = OOM_RETRY_NOTE.format(n=len(req.plan.variants))
         if on_retry is not None:
             on_retry(note)
         try:
@@ -155,19 +164,35 @@ def generate(req: Request, on_step: Callable[[list[str]], None] | None = None,
 
 
 def run_blocking(req: Request) -> list[Card]:
-    answers = generate(req)
-    return [Card.from_answer(a) for a in answers] + skipped_cards(req.plan)
+    return answer_cards(req, generate(req))
 
 
-def skipped_cards(plan: VariantPlan) -> list[Card]:
-    return [Card(name, why, status="skipped") for name, why in plan.skipped.items()]
+def answer_cards(req: Request, answers: list[VariantAnswer]) -> list[Card]:
+    """A card per answer, with the world note of every bundled expert taking part, then the skipped ones."""
+    cards = []
+    for answer in answers:
+        card = Card.from_answer(answer)
+        card.notes += [req.world_notes[n] for n in answer.experts if n in req.world_notes]
+        cards.append(card)
+    return cards + skipped_cards(req.plan)
+
+
+def running_cards(req: Request) -> list[Card]:
+    return [Card(v.name, status="running", kind=v.kind.value, experts=v.experts, coefficients=v.coefficients_json())
+            for v in req.plan.variants] + skipped_cards(req.plan)
+
+
+def skipped_cards(plan: Plan) -> list[Card]:
+    return [Card(name, why, status="skipped", kind=plan.skipped_kinds[name].value) for name, why in plan.skipped.items()]
 
 
 def api_payload(cards: list[Card], warnings: list[str] | None = None) -> dict:
-    """``{"variants": [{name, answer, seconds, new_tokens, notes}], "skipped": [{name, reason}], "warnings": [str]}``."""
+    """``{"variants": [{name, kind, answer, seconds, new_tokens, experts, coefficients, notes}],
+    "skipped": [{name, reason}], "warnings": [str]}``; coefficients are the values applied."""
     done = [c for c in cards if c.status == "done"]
-    return {"variants": [{"name": c.name, "answer": c.answer, "seconds": round(c.seconds or 0.0, 4),
-                          "new_tokens": c.new_tokens or 0, "notes": c.notes} for c in done],
+    return {"variants": [{"name": c.name, "kind": c.kind, "answer": c.answer, "seconds": round(c.seconds or 0.0, 4),
+                          "new_tokens": c.new_tokens or 0, "experts": c.experts, "coefficients": c.coefficients,
+                          "notes": c.notes} for c in done],
             "skipped": [{"name": c.name, "reason": c.answer} for c in cards if c.status == "skipped"],
             "warnings": list(warnings or [])}
 
@@ -181,8 +206,7 @@ def stream(req: Request, min_interval: float = 0.15, stop: threading.Event | Non
     answers so far are then shown as final, with a note that they were cut short.
     """
     stop = stop if stop is not None else threading.Event()
-    names = req.plan.names
-    cards = [Card(n, status="running") for n in names] + skipped_cards(req.plan)
+    cards = running_cards(req)
     updates: queue.Queue = queue.Queue()
     result: dict = {}
     notices = list(req.warnings)
@@ -220,7 +244,7 @@ def stream(req: Request, min_interval: float = 0.15, stop: threading.Event | Non
         thread.join()
         if "error" in result:
             raise result["error"]
-        cards = [Card.from_answer(a) for a in result["answers"]] + skipped_cards(req.plan)
+        cards = answer_cards(req, result["answers"])
         notices = list(req.warnings)
         if stop.is_set():
             notices.append("stopped before the end: the answers are cut short.")
@@ -244,19 +268,18 @@ def _apply(cards: list[Card], notices: list[str], item) -> None:
 
 def compose_timing(studio: Studio, settings: StudioSettings, present: set[str]) -> str:
     """Online composition = resolving the variants and building the coefficient table; time it."""
-    view = model_view(studio.cm, settings.selected)
-    plan = plan_variants(view, settings, present)
     start = time.perf_counter()
+    plan = plan_request(studio, settings, present)
     try:
-        resolved = view.resolve(plan.specs, settings.coefficients(view.experts), present)
-        table = view.coef_table(resolved)
+        studio.cm.prepare_dense(plan.variants)  # takes the lock only to compute a missing dense merge
+        table = studio.cm.coef_table(plan.variants)
     except Exception as exc:  # noqa: BLE001 - a merge method's dense result may not fit on the GPU
         if not is_out_of_memory(exc):
             raise
         detail = _oom_detail(exc)
     else:
         ms = (time.perf_counter() - start) * 1000
-        return (f"composed {len(resolved)} variant(s) in **{ms:.1f} ms** on **{table.device.type}** "
+        return (f"composed {len(plan.variants)} variant(s) in **{ms:.1f} ms** on **{table.device.type}** "
                 f"({table.shape[0]} routes × {table.shape[1]} delta slots)")
     free_accelerator_memory()
     return (f"⚠️ out of GPU memory while composing ({detail}): a merge method's dense result did not fit. "

@@ -1,7 +1,7 @@
 """The process-wide session: one base LLM and one expert catalog, loaded once at startup.
 
 Users share the loaded weights; what differs per user (selected experts, coefficients,
-methods) travels with each request (see studio.variants.model_view), so nothing a user
+methods) travels with each request (the engine's plan, ComposedModel.plan), so nothing a user
 does changes what another user's generation computes.
 """
 from __future__ import annotations

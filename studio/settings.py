@@ -6,39 +6,44 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
 from composition.errors import CompositionError
 from composition.generate import GenerationConfig
-from composition.methods import get_method, list_methods
-from composition.variants import Coefficients
+from composition.methods import get_method
+from composition.methods.registry import split_space
+from composition.variants import Coefficients, in_prompt_order, text_merge_pool
 
 MAX_LAMBDA_SLOTS = 8  # the UI pre-builds this many λ sliders; more selected experts is an error
 DEFAULT_TOL = 1e-6
 
 
-def text_merge_experts(experts: Mapping, selected: Iterable[str]) -> list[str]:
-    """The selected experts whose text deltas a text merge combines (decoupled ones, else shared ones).
+def selected_experts(experts: Mapping, selected: Iterable[str]) -> list:
+    """The loaded experts among ``selected``, in load order."""
+    chosen = set(selected or [])
+    return [e for n, e in experts.items() if n in chosen]
 
-    Mirrors composition.variants.resolve_variant: DAMC and the methods merge decoupled
-    experts when there are any, else the shared ones.
+
+def lambda_names(experts: Mapping, selected: Iterable[str]) -> list[str]:
+    """One λ slider per expert whose text delta a text merge of the selection can use (prompt order).
+
+    The engine owns the rule (``composition.variants.text_merge_pool``); with inputs, only
+    the experts that get one take part (see ``applied_lambdas``).
     """
-    from modalities import MODALITY_NAMES
-
-    order = {m: i for i, m in enumerate(MODALITY_NAMES)}  # prompt order: image, audio, video, point
-    chosen = sorted((experts[n] for n in selected if n in experts), key=lambda e: order.get(e.modality, len(order)))
-    decoupled = [e.name for e in chosen if e.training == "decoupled"]
-    return decoupled or [e.name for e in chosen if e.training == "shared"]
+    pool, _ = text_merge_pool(selected_experts(experts, selected), set())
+    return [e.name for e in in_prompt_order(pool.values())]
 
 
-def paper_lambdas(names: list[str]) -> dict[str, float]:
-    """λ_i = 1/K over the K experts merged (DAMC's default)."""
-    return {n: 1.0 / len(names) for n in names} if names else {}
+def untouched_lambdas(values: Mapping[str, float], names: Sequence[str]) -> bool:
+    """True when the λ of ``names`` are all one paper default 1/j (j = 1..len(names)), or unset.
 
-
-def paper_mus(modalities: Iterable[str]) -> dict[str, float]:
-    """μ = 1 for every modality (DAMC's default)."""
-    return {m: 1.0 for m in modalities}
+    The default λ = 1/K counts the experts that get an input, so it changes with the inputs;
+    sliders still at a default made for other inputs mean "the default", not that number.
+    """
+    given = [values[n] for n in names if n in values]
+    if not given:
+        return True
+    return any(all(math.isclose(v, 1 / j, abs_tol=DEFAULT_TOL) for v in given) for j in range(1, len(names) + 1))
 
 
 @dataclass
@@ -59,6 +64,7 @@ class StudioSettings:
     mus: dict[str, float] = field(default_factory=dict)
     methods: list[str] = field(default_factory=list)
     method_params: dict[str, dict[str, float]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list, compare=False, repr=False)  # set on validation: renamed parameters
     max_new_tokens: int = 48
     temperature: float = 0.0
     top_p: float = 1.0
@@ -71,56 +77,42 @@ class StudioSettings:
         self.mus = {str(k): float(v) for k, v in (self.mus or {}).items()}
         Coefficients(self.lambdas, self.mus)  # range and modality-name checks, with the engine's messages
         for method in self.methods:
-            get_method(method)  # unknown name -> error listing the registered ones
-        clean = {}
+            split_space(method)  # unknown name or space -> an error listing what is accepted
+        clean, self.notes = {}, []
         for method, params in (self.method_params or {}).items():
-            spec = get_method(method)
-            declared = {p.name: p for p in spec.params}
-            for name, value in (params or {}).items():
-                if name not in declared:
-                    raise CompositionError(f"method {method!r} has no hyper-parameter {name!r}; it takes {sorted(declared) or 'none'}.")
-                clean.setdefault(method, {})[name] = declared[name].validate(value, method)
+            # Hyper-parameters belong to the method, shared by its dense and @core columns.
+            values, notes = get_method(split_space(method)[0]).resolve_hyper(dict(params or {}))
+            clean[split_space(method)[0]] = values
+            self.notes += notes  # an old name (drop_rate) still works; the note names the new one
         self.method_params = clean
-        if isinstance(self.max_new_tokens, float) and self.max_new_tokens.is_integer():
-            self.max_new_tokens = int(self.max_new_tokens)
-        self.generation()  # validates max_new_tokens, temperature, top_p
-        if not isinstance(self.seed, int) or self.seed < 0:
-            if isinstance(self.seed, float) and self.seed.is_integer() and self.seed >= 0:
-                self.seed = int(self.seed)
-            else:
-                raise CompositionError(f"seed={self.seed!r}; expected a non-negative integer.")
+        config = self.generation()  # validates max_new_tokens, temperature, top_p and seed
+        self.max_new_tokens, self.seed = config.max_new_tokens, config.seed
 
     def generation(self) -> GenerationConfig:
         return GenerationConfig(self.max_new_tokens, float(self.temperature), float(self.top_p), self.seed)
 
-    def coefficients(self, experts: Mapping) -> Coefficients:
-        """The request's coefficients; λ left at the paper default is omitted so the engine uses 1/K
-        over the experts that actually get an input (K depends on the inputs, the sliders cannot)."""
-        names = text_merge_experts(experts, self.selected)
-        lambdas = {n: self.lambdas[n] for n in names if n in self.lambdas}
-        default = paper_lambdas(names)
-        if all(math.isclose(lambdas.get(n, default[n]), default[n], abs_tol=DEFAULT_TOL) for n in names):
-            lambdas = {}
+    def coefficients(self, experts: Mapping, present: Iterable[str] = ()) -> Coefficients:
+        """The request's coefficients for inputs of ``present`` modalities.
+
+        λ values left at a paper default are omitted, so the engine applies 1/K over the
+        experts that actually take part (K depends on the inputs; see ``untouched_lambdas``).
+        """
+        everyone = lambda_names(experts, self.selected)
+        lambdas = {} if untouched_lambdas(self.lambdas, everyone) else {n: v for n, v in self.lambdas.items() if n in everyone}
         mus = {m: v for m, v in self.mus.items() if not math.isclose(v, 1.0, abs_tol=DEFAULT_TOL)}
         return Coefficients(lambdas, mus)
 
     def hyper(self, method: str) -> dict[str, float]:
-        values = get_method(method).defaults()
-        values.update(self.method_params.get(method, {}))
+        """The hyper-parameters of ``method`` (``ties`` or ``ties@core``): the user's, else the registry defaults."""
+        name = split_space(method)[0]
+        values = get_method(name).defaults()
+        values.update(self.method_params.get(name, {}))
         return values
-
-
-def method_specs() -> list[dict]:
-    """The registry as plain data for the UI: name, label, help, params with min/max/step/default."""
-    return [{"name": m.name, "label": m.label, "help": m.help, "linear": m.linear,
-             "params": [{"name": p.name, "default": p.default, "minimum": p.minimum, "maximum": p.maximum,
-                         "step": p.step, "help": p.help, "kind": p.kind} for p in m.params]}
-            for m in list_methods()]
 
 
 def lambda_slots(experts: Mapping, selected: Iterable[str]) -> list[str | None]:
     """Expert name per pre-built λ slider (None = hidden), at most MAX_LAMBDA_SLOTS."""
-    names = text_merge_experts(experts, selected)
+    names = lambda_names(experts, selected)
     if len(names) > MAX_LAMBDA_SLOTS:
         raise CompositionError(f"{len(names)} experts selected for the text merge; the app shows at most "
                                f"{MAX_LAMBDA_SLOTS} λ sliders. Deselect some experts.")

@@ -1,15 +1,36 @@
-"""Shared test configuration: GPU tests are skipped on machines without CUDA."""
+"""Shared test configuration: the test tiers, and GPU tests skipped on machines without CUDA.
+
+`pytest -m "not slow"` is the fast tier of the edit-test loop: no SmolLM2 load, no server,
+no CLI subprocess. A test is slow when it says so, or when it uses a fixture that loads the
+real base (every fixture built on ``smollm2``: the random experts on disk, the running app),
+or when it runs the CLI in a process (``tests/cli_runner.py``'s ``cli`` fixture).
+"""
 import pytest
 import torch
 
+# Fixtures whose use makes a test slow (pytest lists a test's fixtures with their dependencies).
+SLOW_FIXTURES = {"smollm2", "cli"}
+
 
 def pytest_collection_modifyitems(config, items):
+    slow = pytest.mark.slow
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) and "slow" not in item.keywords:
+            item.add_marker(slow)
     if torch.cuda.is_available():
         return
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture
+def cli():
+    """``cli(*args, cache=None, timeout=300)``: ``python -m composition ARGS`` in a real process."""
+    from tests.cli_runner import run_cli
+
+    return run_cli
 
 
 @pytest.fixture(scope="session")

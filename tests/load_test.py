@@ -105,22 +105,28 @@ class Outcome:
 
 
 def controls_for(experts: dict, selected: list[str], lambdas: dict, mus: dict, methods: list[str],
-                 params: dict, max_new_tokens: int) -> list:
-    """The flat control list the UI sends: [selected, λ×MAX, μ×modalities, methods, params…, max_new, temperature, top_p]."""
-    from studio.controls import lambda_views, mu_views, param_keys
+                 params: dict, max_new_tokens: int) -> dict:
+    """The named control values the UI sends (studio/controls.py names them)."""
+    from studio.controls import SliderView, values_from_settings
     from studio.settings import StudioSettings
 
     settings = StudioSettings(selected=selected, lambdas=lambdas, mus=mus, methods=methods, method_params=params,
                               max_new_tokens=max_new_tokens)
-    lams = [v.value for v in lambda_views(experts, selected, settings.lambdas)]
-    mu_values = [v.value for v in mu_views(experts, selected, settings.mus)]
-    values = [settings.hyper(m)[p] for m, p in param_keys()]
-    return [selected, *lams, *mu_values, methods, *values, max_new_tokens, 0.0, 1.0]
+    shown = values_from_settings(experts, settings)
+    return {name: v.value if isinstance(v, SliderView) else v for name, v in shown.items()}
+
+
+def ui_kwargs(question: str, media: list, controls: dict) -> dict:
+    """/compare_ui's named inputs: the question, one file per modality, 'also run experts without input', the controls."""
+    from studio.controls import NO_INPUT, QUESTION, media_name
+
+    return {QUESTION: question, **{media_name(m): file_arg(p) for m, p in zip(RANDOM_MODALITIES, media)}, NO_INPUT: False,
+            **controls}
 
 
 def session_profile(i: int, experts: dict, max_new_tokens: int) -> dict:
     """Client i's own composition: a selection, λ, μ, maybe a merge method, a question, and its inputs."""
-    from studio.settings import text_merge_experts
+    from studio.settings import lambda_names
 
     names = list(experts)
     subsets = (1 << len(names)) - 1
@@ -130,7 +136,7 @@ def session_profile(i: int, experts: dict, max_new_tokens: int) -> dict:
     for n in selected:
         if experts[n].modality not in modalities:
             modalities.append(experts[n].modality)
-    merged = text_merge_experts(experts, selected)
+    merged = lambda_names(experts, selected)
     lambdas = {n: round(0.1 + 0.15 * ((i + j) % 9), 2) for j, n in enumerate(merged)}
     mus = {m: round(0.5 + 0.25 * ((i + j) % 5), 2) for j, m in enumerate(modalities)
            if any(experts[n].modality == m and experts[n].training == "decoupled" for n in selected)}
@@ -152,14 +158,14 @@ def file_arg(path):
 
 def requests_for(i: int, profile: dict, k: int, bad_file: str, mismatch: list | None) -> list[Req]:
     """K requests of session i, a rotating mix: its UI compare, its API compare, and invalid ones."""
-    ui = Req(f"ui:{i}", "ui", "/compare_ui", [profile["question"], *map(file_arg, profile["media"]), False, *profile["controls"]])
+    ui = Req(f"ui:{i}", "ui", "/compare_ui", kwargs=ui_kwargs(profile["question"], profile["media"], profile["controls"]))
     names = ("image", "audio", "video", "point")
     api = Req(f"api:{i}", "api", "/compare", kwargs={"question": profile["question"],
                                                      **{m: file_arg(p) for m, p in zip(names, profile["media"]) if p}})
     bads = [Req("bad:empty-question", "bad", "/compare", kwargs={"question": "   ", "image": file_arg(str(MEDIA["image"]))}),
             Req("bad:broken-image", "bad", "/compare", kwargs={"question": "What is it?", "image": file_arg(bad_file)})]
     if mismatch is not None:
-        bads.append(Req("bad:no-expert-for-input", "bad", "/compare_ui", mismatch))
+        bads.append(Req("bad:no-expert-for-input", "bad", "/compare_ui", kwargs=mismatch))
     cycle = [ui, api, ui, None]  # None: the next invalid request, each session starting at another kind
     out, n_bad = [], 0
     for r in range(k):
@@ -410,7 +416,7 @@ def run_load(args: argparse.Namespace) -> dict:
     return report
 
 
-def mismatch_request(experts: dict, max_new_tokens: int) -> list | None:
+def mismatch_request(experts: dict, max_new_tokens: int) -> dict | None:
     """/compare_ui with one expert selected and an input only another modality's expert reads (refused)."""
     names = list(experts)
     for n in names:
@@ -418,7 +424,7 @@ def mismatch_request(experts: dict, max_new_tokens: int) -> list | None:
         if other:
             media = [str(MEDIA[m]) if m == other else None for m in RANDOM_MODALITIES]
             controls = controls_for(experts, [n], {}, {}, [], {}, max_new_tokens)
-            return ["What is it?", *map(file_arg, media), False, *controls]
+            return ui_kwargs("What is it?", media, controls)
     return None
 
 
@@ -485,10 +491,10 @@ class SliderSession:
         self.timed_out = False
 
     def run(self, done: threading.Event) -> None:
-        from studio.settings import text_merge_experts
+        from studio.settings import lambda_names
 
         names = list(self.experts)
-        merged = text_merge_experts(self.experts, names)
+        merged = lambda_names(self.experts, names)
         step = 0
         while not done.is_set():
             lam = round(-0.5 + 0.07 * (step % 30), 2)
@@ -496,10 +502,12 @@ class SliderSession:
             mus = {e.modality: round(0.2 + 0.09 * (step % 20), 2) for e in self.experts.values() if e.training == "decoupled"}
             methods, params = (["ties"], {"ties": {"density": 0.5}}) if step % 3 == 2 else ([], {})
             controls = controls_for(self.experts, names, lambdas, mus, methods, params, self.max_new)
-            req = Req("recompose", "recompose", "/recompose", [None, None, None, None, *controls])
+            from studio.controls import media_name
+
+            req = Req("recompose", "recompose", "/recompose", kwargs={**controls, **{media_name(m): None for m in RANDOM_MODALITIES}})
             try:
                 start = time.perf_counter()
-                job = self.client.submit(*req.args, api_name=req.api_name)
+                job = self.client.submit(*req.args, api_name=req.api_name, **req.kwargs)
                 timing, formulas = job.result(timeout=max(1.0, self.deadline - time.monotonic()))
                 self.latencies.append(time.perf_counter() - start)
             except TimeoutError:

@@ -30,13 +30,36 @@ def test_page_config_has_the_tabs_and_controls(app_url):  # noqa: F811
     assert all(d.get("api_name") for d in config["dependencies"]), "every event needs an api_name"
 
 
+BROWSER_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (apt-get install chromium; "
                                              "./studio.sh test installs packages-test.txt)")
-def test_screenshot_of_the_page(app_url):  # noqa: F811
+def test_a_user_sees_the_inputs_compares_and_gets_answer_cards(app_url):  # noqa: F811
+    """In a real browser: four upload boxes, the Compare button; after a compare, one answer card per variant."""
+    from playwright.sync_api import sync_playwright
+
     SHOTS.mkdir(parents=True, exist_ok=True)
-    shot = SHOTS / "app.png"
-    shot.unlink(missing_ok=True)
-    subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                    "--virtual-time-budget=15000", f"--screenshot={shot}", "--window-size=1400,2400", app_url],
-                   capture_output=True, timeout=120, check=False)
-    assert shot.is_file() and shot.stat().st_size > 20_000, "chromium wrote no (or an empty) screenshot"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=BROWSER_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1800})
+            page.goto(app_url, wait_until="networkidle", timeout=120_000)
+            for label in ("Image", "Audio", "Video", "Point cloud"):
+                box = page.locator(f'[data-testid="block-label"]:text-is("{label}")')
+                assert box.count() >= 1 and box.first.is_visible(), f"no visible {label} input box"
+            compare = page.get_by_role("button", name="Compare all variants")
+            assert compare.is_visible()
+            page.screenshot(path=str(SHOTS / "app.png"), full_page=True)
+            page.get_by_label("Question").first.fill("What is it?")
+            compare.click()
+            page.wait_for_function("document.querySelectorAll('.mc-card .mc-meta').length > 0 && "
+                                   "[...document.querySelectorAll('.mc-card .mc-meta')].every(m => m.textContent.includes('tokens'))",
+                                   timeout=240_000)
+            names = page.locator(".mc-card .mc-name").all_inner_texts()
+            page.screenshot(path=str(SHOTS / "app-answers.png"), full_page=True)
+        finally:
+            browser.close()
+    # No inputs: the compositions answer from the text question (every expert's delta merged).
+    assert "DAMC" in names and len(names) >= 2, names

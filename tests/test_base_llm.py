@@ -124,10 +124,8 @@ def test_greedy_answer_mentions_paris(first):
 
 @pytest.mark.slow
 def test_second_load_uses_cached_copy(first, second, cache_dir):
-    assert set(second.load_seconds) == {"cached_copy"}
-    gguf_s, cached_s = first.load_seconds["gguf_dequantize"], second.load_seconds["cached_copy"]
-    print(f"\nload times: gguf_dequantize {gguf_s:.2f} s, cached_copy {cached_s:.2f} s")
-    assert cached_s < gguf_s
+    # Which load path ran, not how long it took (timings are for benchmarks, not unit tests).
+    assert "gguf_dequantize" in first.load_seconds and set(second.load_seconds) == {"cached_copy"}
     assert second.sha256 == first.sha256
     # Format independence: the cached hash is the hash of the reloaded weights.
     assert weights_sha256(second.model) == first.sha256

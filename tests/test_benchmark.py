@@ -50,10 +50,10 @@ def test_quick_json_has_every_figure(capsys):
     assert data["recompose_materialized"]["experts"] == 4
     assert data["recompose_materialized"]["max_abs_diff_vs_plain_loop"] <= 1e-4  # the same merge as the plain loop
     positive(data["mcub"], {"items", "batched_items_per_s", "one_item_at_a_time_items_per_s", "speedup"})
-    assert "needs CUDA" in data["gpu"]["skipped"] and "--app" in data["app"]["skipped"]
+    assert "needs CUDA" in data["gpu"]["skipped"] and "app" not in data  # the app's figures: python -m studio.cold_start
     # The human-readable lines (each figure beside its baseline) went to stderr, so stdout is one JSON object.
     for words in ("x one variant", "prefill floor", "one by one", "plain per-layer loop", "memory floor", "items/s",
-                  "skipped, needs CUDA", "pass --app"):
+                  "skipped, needs CUDA"):
         assert words in progress, words
 
 
@@ -82,3 +82,23 @@ def test_quick_on_cuda_runs_the_gpu_section(capsys):
     positive(gpu["recompose"], MATERIALIZED)
     positive(gpu["decode"], DECODE)
     assert gpu["bandwidth_gb_s"] > 0
+
+
+def test_only_gpu_runs_without_the_offline_base_and_rehearses_on_cpu(capsys, monkeypatch):
+    """`bench --only gpu` is what a bare GPU machine runs: no offline base, no bundled experts, no example files."""
+    import composition.benchmark as benchmark
+
+    def no_base(*args, **kwargs):
+        raise AssertionError("--only gpu loaded the offline base")
+
+    monkeypatch.setattr(benchmark, "real_setup", no_base)
+    data, progress = run_json(capsys, "--only", "gpu", "--quick", "--json", "--device", "cpu", "--new-tokens", "2")
+    assert set(data) >= {"gpu"} and "setup" not in data and "mcub" not in data
+    assert "rehearsal" in data["gpu"] and "error" not in data["gpu"], data["gpu"]
+    check_side_by_side(data["gpu"]["side_by_side"], 4)
+    positive(data["gpu"]["decode"], DECODE)
+
+
+def test_an_unknown_section_is_refused(capsys):
+    assert main(["bench", "--only", "speed"]) == 2
+    assert "--only 'speed' is not a section" in capsys.readouterr().err

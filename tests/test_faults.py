@@ -19,7 +19,7 @@ from studio import handlers, run
 from studio.cards import STOPPED
 from studio.session import Studio
 from studio.settings import StudioSettings
-from tests.test_studio_handlers import CHEETAH, MEDIA, controls, file_features, make_studio, short
+from tests.test_studio_handlers import CHEETAH, MEDIA, ask, controls, file_features, make_studio, short
 from composition.factory import random_expert, tiny_base
 
 OOM = "CUDA out of memory. Tried to allocate 20.00 GiB (GPU 0; 79.11 GiB total capacity)"
@@ -69,7 +69,7 @@ def test_a_removed_expert_folder_is_reported_and_its_expert_keeps_answering(tmp_
     rows, message = handlers.catalog_status(studio)
     assert [r[-1] for r in rows] == ["audio", "image (removed)"]
     assert "keeps answering" in message
-    page = list(handlers.compare_stream(studio, "hi", IMAGE_ONLY, False, short(studio)))[-1]
+    page = list(handlers.compare_stream(studio, ask("hi", IMAGE_ONLY, False, short(studio))))[-1]
     assert "was removed or moved while the app runs" in page
     # The selection decides which warnings a request gets: audio alone does not mention image.
     audio_only = handlers.settings_of(studio, short(studio, selected=["audio"]))
@@ -150,8 +150,7 @@ def test_out_of_memory_for_the_batch_retries_one_variant_at_a_time(monkeypatch):
     studio = make_studio()
     settings = handlers.default_settings(studio)
     req = run.prepare(studio, settings, "hi", {"image": [CHEETAH]})
-    alone = req.view.compare("hi", req.inputs, req.plan.specs, settings.coefficients(req.view.experts),
-                             settings.generation(), batched=False)
+    alone = studio.cm.compare("hi", req.inputs, req.plan, config=settings.generation(), batched=False)
     seen = oom_when(monkeypatch, lambda rows: rows > 1)
     payload = handlers.compare_api(studio, "hi", image=CHEETAH)
     assert seen == [2, 1, 1]  # the batch of DAMC + expert:image failed, then each row alone
@@ -169,7 +168,7 @@ def test_out_of_memory_even_alone_is_a_readable_error_and_the_app_recovers(monke
         handlers.compare_api(studio, "hi", image=CHEETAH)
     assert isinstance(run.OutOfMemory("x"), ValueError)  # so the app shows it as gr.Error, without a traceback
     with pytest.raises(run.OutOfMemory):
-        list(handlers.compare_stream(studio, "hi", IMAGE_ONLY, False, short(studio)))
+        list(handlers.compare_stream(studio, ask("hi", IMAGE_ONLY, False, short(studio))))
     assert model_is_free(studio)
     monkeypatch.undo()
     assert pairs(handlers.compare_api(studio, "hi", image=CHEETAH)) == pairs(reference)
@@ -178,7 +177,7 @@ def test_out_of_memory_even_alone_is_a_readable_error_and_the_app_recovers(monke
 def test_a_stream_says_when_it_fell_back_to_one_variant_at_a_time(monkeypatch):
     studio = make_studio()
     oom_when(monkeypatch, lambda rows: rows > 1)
-    pages = list(handlers.compare_stream(studio, "hi", IMAGE_ONLY, False, short(studio)))
+    pages = list(handlers.compare_stream(studio, ask("hi", IMAGE_ONLY, False, short(studio))))
     assert "ran one at a time instead" in pages[-1]
     assert "tokens" in pages[-1] and "streaming" not in pages[-1]
 
@@ -206,11 +205,11 @@ def test_out_of_memory_while_composing_a_dense_merge_is_a_message(monkeypatch):
         raise torch.cuda.OutOfMemoryError(OOM)
 
     monkeypatch.setattr(methods, "merge_deltas", no_memory)
-    timing, formulas = handlers.recompose(studio, IMAGE_ONLY, values)
+    timing, formulas = handlers.recompose(studio, ask("hi", IMAGE_ONLY, False, values))
     assert timing.startswith("⚠️ out of GPU memory while composing (CUDA out of memory.") and "Nothing was changed" in timing
     assert formulas
     monkeypatch.undo()
-    assert handlers.recompose(studio, IMAGE_ONLY, values)[0].startswith("composed ")
+    assert handlers.recompose(studio, ask("hi", IMAGE_ONLY, False, values))[0].startswith("composed ")
 
 
 # --- cancelling, and coefficients moved during a generation --------------------------------------
@@ -251,7 +250,7 @@ def compare_threads() -> list[threading.Thread]:
 def test_cancelling_a_stream_stops_the_generation_thread_and_the_next_request_runs(monkeypatch):
     studio = make_studio()
     slow = SlowGeneration(monkeypatch)
-    pages = handlers.compare_stream(studio, "hi", IMAGE_ONLY, False, short(studio, max_new_tokens=400))
+    pages = handlers.compare_stream(studio, ask("hi", IMAGE_ONLY, False, short(studio, max_new_tokens=400)))
     first = next(pages)
     partial = next(pages)
     assert "generating…" in first and "streaming" in partial
@@ -267,7 +266,7 @@ def test_cancelling_a_stream_stops_the_generation_thread_and_the_next_request_ru
     assert handlers.stopped_cards(shown) == shown and "mc-empty" in handlers.stopped_cards(None)
     # The next request runs to the end.
     monkeypatch.undo()
-    final = list(handlers.compare_stream(studio, "hi", IMAGE_ONLY, False, short(studio)))[-1]
+    final = list(handlers.compare_stream(studio, ask("hi", IMAGE_ONLY, False, short(studio))))[-1]
     assert "tokens" in final and "streaming" not in final and "cut short" not in final
     assert handlers.stopped_cards(final) == final  # Stop after the end leaves finished answers alone
 
@@ -289,22 +288,23 @@ def test_coefficients_moved_during_a_generation_do_not_change_it_and_the_ui_says
     studio = make_studio()
     a = short(studio, lambdas={"image": 0.9, "audio": 0.05, "point": 0.05}, max_new_tokens=20)
     b = short(studio, lambdas={"image": 0.1, "audio": 0.8, "point": 0.1}, mus={"image": 0.3}, max_new_tokens=20)
-    reference_a = list(handlers.compare_stream(studio, "hi", IMAGE_ONLY, False, a))[-1]
+    reference_a = list(handlers.compare_stream(studio, ask("hi", IMAGE_ONLY, False, a)))[-1]
 
     slow = SlowGeneration(monkeypatch, pause=0.05)
-    used_a = handlers.answered_with(studio, a)
-    assert used_a == "λ image 0.90, audio 0.05, point 0.05 · μ image 1.00, audio 1.00, point 1.00"
-    pages = handlers.compare_stream(studio, "hi", IMAGE_ONLY, False, a)
+    used_a = handlers.answered_with(studio, ask("hi", IMAGE_ONLY, False, a))
+    # With an image input only the image expert takes part: the coefficients shown are the ones applied.
+    assert used_a == "DAMC: λ image 0.90 · μ image 1.00"
+    pages = handlers.compare_stream(studio, ask("hi", IMAGE_ONLY, False, a))
     next(pages)
     next(pages)  # generating with A
     # The user moves sliders: cheap compositions answer at once, a dense method (TIES) waits for the model.
-    timing, formulas = handlers.recompose(studio, IMAGE_ONLY, b, used_a)
+    timing, formulas = handlers.recompose(studio, ask("hi", IMAGE_ONLY, False, b), used_a)
     assert not slow.finished.is_set(), "recomposing waited for the running generation"
     assert timing.startswith("composed ") and f"use **{used_a}**" in timing and "keeps the coefficients" in timing
     assert "0.1\\,T_{\\text{image}}" in formulas
     ties = {}
-    waiter = threading.Thread(target=lambda: ties.update(out=handlers.recompose(studio, IMAGE_ONLY, short(
-        studio, methods=["ties"], lambdas={"image": 0.1, "audio": 0.8, "point": 0.1}), used_a)))
+    waiter = threading.Thread(target=lambda: ties.update(out=handlers.recompose(studio, ask("hi", IMAGE_ONLY, False, short(
+        studio, methods=["ties"], lambdas={"image": 0.1, "audio": 0.8, "point": 0.1})), used_a)))
     waiter.start()
     final = list(pages)[-1]
     waiter.join(30)
@@ -312,10 +312,10 @@ def test_coefficients_moved_during_a_generation_do_not_change_it_and_the_ui_says
     # The running generation kept A: same answers as A alone, and its caption names A.
     assert answer_cells(final) == answer_cells(reference_a) and f"Coefficients: {used_a}" in final
     # Unchanged sliders: no warning.
-    assert "⚠️" not in handlers.recompose(studio, IMAGE_ONLY, a, used_a)[0]
+    assert "⚠️" not in handlers.recompose(studio, ask("hi", IMAGE_ONLY, False, a), used_a)[0]
     monkeypatch.undo()
-    final_b = list(handlers.compare_stream(studio, "hi", IMAGE_ONLY, False, b))[-1]
-    assert "λ image 0.10, audio 0.80, point 0.10 · μ image 0.30" in final_b
+    final_b = list(handlers.compare_stream(studio, ask("hi", IMAGE_ONLY, False, b)))[-1]
+    assert "DAMC: λ image 0.10 · μ image 0.30" in final_b
 
 
 def answer_cells(page: str) -> list[str]:
@@ -343,10 +343,10 @@ def live(smollm2, base_cache_dir, tmp_path_factory):
         demo.close()
 
 
-def ui_args(studio: Studio, question: str, image=None, max_new_tokens: int = 8, **settings) -> list:
-    """The positional inputs of /compare_ui: question, 4 media, 'also run experts without input', controls."""
+def ui_args(studio: Studio, question: str, image=None, max_new_tokens: int = 8, **settings) -> dict:
+    """The named inputs of /compare_ui: the question, the media, 'also run experts without input', the controls."""
     values = controls(studio, StudioSettings(selected=studio.expert_names, max_new_tokens=max_new_tokens, **settings))
-    return [question, image, None, None, None, False, *values]
+    return ask(question, [image, None, None, None], False, values)
 
 
 @pytest.mark.slow
@@ -356,7 +356,7 @@ def test_cancelling_through_the_server_frees_the_model_for_the_next_request(live
     url, _, studio = live
     client = Client(url, verbose=False, httpx_kwargs={"timeout": 300})  # a busy CPU is slow
     image = handle_file(str(MEDIA / "images" / "cheetah.jpg"))
-    job = client.submit(*ui_args(studio, "Tell me a long story about this picture.", image, max_new_tokens=256),
+    job = client.submit(**ui_args(studio, "Tell me a long story about this picture.", image, max_new_tokens=256),
                         api_name="/compare_ui")
     deadline = time.monotonic() + 120
     while "streaming" not in "".join(str(o) for o in job.outputs()) and time.monotonic() < deadline:

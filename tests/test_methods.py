@@ -19,9 +19,10 @@ from composition.methods._common import sign_consensus_merge
 from composition.methods.dare import drop_and_rescale
 from composition.methods.ties import kept_count, trim_by_magnitude
 
-ALL = [m.name for m in list_methods()]
+# The four methods this file covers (tests/test_methods_field.py covers the rest of the registry).
+ALL = ["task_arithmetic", "ties", "dare_linear", "dare_ties"]
 # Hyper-parameters under which every method must reduce to a (weighted) mean/sum.
-NEUTRAL = {"task_arithmetic": {}, "ties": {"density": 1.0}, "dare_linear": {"drop_rate": 0.0}, "dare_ties": {"drop_rate": 0.0}}
+NEUTRAL = {"task_arithmetic": {}, "ties": {"density": 1.0}, "dare_linear": {"density": 1.0}, "dare_ties": {"density": 1.0}}
 
 
 def _randn(*shape: int, seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -37,12 +38,12 @@ def _deltas(k: int = 3, shape: tuple[int, ...] = (6, 5), seed: int = 0) -> list[
 
 def test_registry_lists_the_methods_in_order():
     assert ALL == ["task_arithmetic", "ties", "dare_linear", "dare_ties"]
-    assert [m.name for m in list_methods()] == ALL  # a fresh list each time, same order
+    assert [m.name for m in list_methods()][:4] == ALL  # a fresh list each time, same order
     assert get_method("task_arithmetic").linear
     assert not any(get_method(n).linear for n in ("ties", "dare_linear", "dare_ties"))
     for method in list_methods():
         assert isinstance(method, MergeMethod) and method.label and method.help
-    assert get_method("dare_linear").defaults() == {"drop_rate": 0.5, "rescale": 1}
+    assert get_method("dare_linear").defaults() == {"density": 0.5, "rescale": 1, "drop_seed": 0}
     assert isinstance(get_method("dare_linear").defaults()["rescale"], int)
 
 
@@ -55,7 +56,7 @@ def test_unknown_method_names_value_and_lists_registered():
 def test_duplicate_registration_is_refused():
     with pytest.raises(MethodError, match="already registered"):
         register_method("ties", label="x", help="x")(lambda d, w, *, generator: d[0])
-    assert ALL == [m.name for m in list_methods()]
+    assert ALL == [m.name for m in list_methods()][:4]
 
 
 @pytest.mark.parametrize(
@@ -234,9 +235,9 @@ def test_ties_density_one_same_signs_is_the_weighted_mean():
 @pytest.mark.parametrize("name", ["dare_linear", "dare_ties"])
 def test_dare_is_deterministic_per_seed(name):
     deltas = _deltas(3, shape=(16, 16))
-    a = merge_deltas(name, deltas, [0.3, 0.3, 0.4], seed=7, drop_rate=0.6)
-    b = merge_deltas(name, deltas, [0.3, 0.3, 0.4], seed=7, drop_rate=0.6)
-    c = merge_deltas(name, deltas, [0.3, 0.3, 0.4], seed=8, drop_rate=0.6)
+    a = merge_deltas(name, deltas, [0.3, 0.3, 0.4], seed=7, density=0.4)
+    b = merge_deltas(name, deltas, [0.3, 0.3, 0.4], seed=7, density=0.4)
+    c = merge_deltas(name, deltas, [0.3, 0.3, 0.4], seed=8, density=0.4)
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
 
@@ -250,17 +251,17 @@ def test_dare_does_not_touch_the_global_rng():
 def test_dare_keeps_about_one_minus_drop_rate():
     delta = torch.ones(200, 500)  # 100k entries: the kept fraction's std is ~0.0016
     for drop_rate in (0.1, 0.5, 0.9):
-        merged = merge_deltas("dare_linear", [delta], [1.0], seed=1, drop_rate=drop_rate, rescale=0)
+        merged = merge_deltas("dare_linear", [delta], [1.0], seed=1, density=1 - drop_rate, rescale=0)
         kept = float((merged != 0).float().mean())
         assert abs(kept - (1 - drop_rate)) < 0.01
         assert set(merged.unique().tolist()) <= {0.0, 1.0}
-        rescaled = merge_deltas("dare_linear", [delta], [1.0], seed=1, drop_rate=drop_rate)
+        rescaled = merge_deltas("dare_linear", [delta], [1.0], seed=1, density=1 - drop_rate)
         torch.testing.assert_close(rescaled, merged / (1 - drop_rate))
 
 
 def test_dare_rescale_preserves_the_expected_sum():
     deltas, weights = _deltas(2, shape=(4, 5)), [0.7, 0.3]
-    runs = torch.stack([merge_deltas("dare_linear", deltas, weights, seed=s, drop_rate=0.5) for s in range(4000)])
+    runs = torch.stack([merge_deltas("dare_linear", deltas, weights, seed=s, density=0.5) for s in range(4000)])
     expected = merge_deltas("task_arithmetic", deltas, weights)
     # Each entry averages 4000 draws: std of the mean < 0.05·max|delta|, test at ~5 std.
     torch.testing.assert_close(runs.mean(0), expected, atol=0.1, rtol=0.0)
@@ -270,20 +271,20 @@ def test_dare_with_no_drop_reduces_exactly():
     deltas, weights = _deltas(3), [0.2, 0.5, 0.3]
     for rescale in (0, 1):
         assert torch.equal(
-            merge_deltas("dare_linear", deltas, weights, drop_rate=0.0, rescale=rescale),
+            merge_deltas("dare_linear", deltas, weights, density=1.0, rescale=rescale),
             merge_deltas("task_arithmetic", deltas, weights),
         )
         assert torch.equal(
-            merge_deltas("dare_ties", deltas, weights, drop_rate=0.0, rescale=rescale),
+            merge_deltas("dare_ties", deltas, weights, density=1.0, rescale=rescale),
             merge_deltas("ties", deltas, weights, density=1.0),
         )
 
 
 def test_dare_ties_is_drop_then_sign_consensus():
     deltas, weights = _deltas(3, shape=(10, 10)), [0.5, 0.2, -0.3]
-    merged = merge_deltas("dare_ties", deltas, weights, seed=5, drop_rate=0.3)
+    merged = merge_deltas("dare_ties", deltas, weights, seed=5, density=0.7)
     # Same seed on the same device: the same masks, drawn from a local generator.
-    dropped = drop_and_rescale(torch.stack(deltas), 0.3, 1, torch.Generator().manual_seed(5))
+    dropped = drop_and_rescale(torch.stack(deltas), 0.7, 1, torch.Generator().manual_seed(5))
     assert int((dropped == 0).sum()) > 0
     torch.testing.assert_close(merged, sign_consensus_merge(dropped, torch.tensor(weights)))
     elected = torch.sign((dropped * torch.tensor(weights).view(-1, 1, 1)).sum(0))
@@ -351,8 +352,11 @@ def test_bad_hyper_for_methods_without_or_with_int_params():
         merge_deltas("task_arithmetic", [torch.zeros(2)], [1.0], density=0.5)
     with pytest.raises(MethodError, match="must be an integer"):
         merge_deltas("dare_linear", [torch.zeros(2)], [1.0], rescale=0.5)
+    # The old name keeps working (density = 1 − drop_rate), checked against its old range.
     with pytest.raises(MethodError, match=r"drop_rate=1.0 is outside the accepted range \[0.0, 0.99\]"):
         merge_deltas("dare_linear", [torch.zeros(2)], [1.0], drop_rate=1.0)
+    with pytest.raises(MethodError, match=r"density=0.0 is outside the accepted range \[0.01, 1.0\]"):
+        merge_deltas("dare_linear", [torch.zeros(2)], [1.0], density=0.0)
     with pytest.raises(MethodError, match="seed"):
         merge_deltas("dare_linear", [torch.zeros(2)], [1.0], seed=-1)
 

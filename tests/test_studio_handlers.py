@@ -15,7 +15,8 @@ from modalities import MODALITY_NAMES
 from studio import handlers
 from studio.bench import load_items, parse_grid, run_benchmark, run_sweep
 from studio.config_io import CONFIG_FORMAT, settings_from_yaml, settings_to_yaml
-from studio.controls import lambda_views, mu_views, param_keys
+from studio.controls import (NO_INPUT, QUESTION, SliderView, lambda_name, lambda_names_all, lambda_views, media_name, method_names_all,
+                             mu_name, mu_views, param_name, values_from_settings)
 from studio.examples import example_rows
 from studio.exporting import export_zip
 from studio.session import NO_EXPERTS_HELP, Studio
@@ -44,19 +45,25 @@ def make_studio(kinds=("decoupled",), modalities=("image", "audio", "point")) ->
     return Studio(ComposedModel(base, experts, feature_fn=file_features))
 
 
-def controls(studio: Studio, settings: StudioSettings | None = None) -> list:
-    """The flat control list the UI sends, from settings (default: every expert, paper defaults)."""
+def controls(studio: Studio, settings: StudioSettings | None = None) -> dict:
+    """The named control values the UI sends, from settings (default: every expert, paper defaults)."""
     settings = settings or handlers.default_settings(studio)
-    lams = [v.value for v in lambda_views(studio.cm.experts, settings.selected, settings.lambdas)]
-    mus = [v.value for v in mu_views(studio.cm.experts, settings.selected, settings.mus)]
-    params = [settings.hyper(m)[p] for m, p in param_keys()]
-    return [settings.selected, *lams, *mus, settings.methods, *params, settings.max_new_tokens, settings.temperature, settings.top_p]
+    shown = values_from_settings(studio.cm.experts, settings)
+    return {name: v.value if isinstance(v, SliderView) else v for name, v in shown.items()}
+
+
+def ask(question: str, media, experts_without_input: bool, values: dict) -> dict:
+    """What the Compare button sends: the controls, the media (in modality order), the question."""
+    sent = dict(values)
+    sent.update({media_name(m): v for m, v in zip(MODALITY_NAMES, media)})
+    sent.update({QUESTION: question, NO_INPUT: experts_without_input})
+    return sent
 
 
 SHORT = StudioSettings(max_new_tokens=3)
 
 
-def short(studio, **changes) -> list:
+def short(studio, **changes) -> dict:
     values = dict(selected=list(studio.cm.experts), max_new_tokens=3)
     values.update(changes)
     return controls(studio, StudioSettings(**values))
@@ -81,7 +88,7 @@ def test_default_lambdas_defer_to_the_engine_and_changed_ones_pass_through():
     experts = studio.cm.experts
     assert handlers.settings_of(studio, controls(studio)).coefficients(experts).lambdas == {}
     values = controls(studio)
-    values[1] = 0.8  # first λ slider: image
+    values[lambda_name(0)] = 0.8  # first λ slider: image
     coef = handlers.settings_of(studio, values).coefficients(experts)
     assert coef.lambdas["image"] == 0.8 and coef.lambdas["audio"] == pytest.approx(1 / 3)
 
@@ -110,7 +117,7 @@ def test_api_compare_with_a_real_image_names_every_variant():
 
 def test_stream_yields_partial_cards_then_every_answer():
     studio = make_studio()
-    pages = list(handlers.compare_stream(studio, "hi", [CHEETAH, None, None, None], False, short(studio)))
+    pages = list(handlers.compare_stream(studio, ask("hi", [CHEETAH, None, None, None], False, short(studio))))
     assert len(pages) >= 2
     assert "generating…" in pages[0]
     for name in ("DAMC", "expert:image"):
@@ -120,7 +127,7 @@ def test_stream_yields_partial_cards_then_every_answer():
 
 def test_cards_say_when_an_expert_got_no_input():
     studio = make_studio()
-    html = list(handlers.compare_stream(studio, "hi", [CHEETAH, None, None, None], True, short(studio)))[-1]
+    html = list(handlers.compare_stream(studio, ask("hi", [CHEETAH, None, None, None], True, short(studio))))[-1]
     assert "the audio expert got no audio input" in html and "the point expert got no point input" in html
 
 
@@ -173,7 +180,7 @@ def test_selection_is_per_request_and_does_not_touch_the_shared_model():
     payload = handlers.compare_api(studio, "hi", image=CHEETAH)
     only_audio = handlers.settings_of(studio, short(studio, selected=["audio"]))
     with pytest.raises(CompositionError, match="none is selected for the given inputs"):
-        list(handlers.compare_stream(studio, "hi", [CHEETAH, None, None, None], False, controls(studio, only_audio)))
+        list(handlers.compare_stream(studio, ask("hi", [CHEETAH, None, None, None], False, controls(studio, only_audio))))
     assert studio.expert_names == ["image", "audio", "point"]
     again = handlers.compare_api(studio, "hi", image=CHEETAH)
     assert [(v["name"], v["answer"]) for v in again["variants"]] == [(v["name"], v["answer"]) for v in payload["variants"]]
@@ -183,15 +190,15 @@ def test_selection_is_per_request_and_does_not_touch_the_shared_model():
 def test_recompose_reports_time_and_fills_the_formulas():
     studio = make_studio(kinds=("decoupled", "shared"))
     values = controls(studio)
-    values[1] = 0.5
-    timing, formulas = handlers.recompose(studio, [CHEETAH, None, None, None], values)
+    values[lambda_name(0)] = 0.5
+    timing, formulas = handlers.recompose(studio, ask("", [CHEETAH, None, None, None], False, values))
     assert timing.startswith("composed ") and " ms** on **cpu**" in timing
     assert "0.5\\,T_{\\text{image}}" in formulas and "D_{\\text{image-shared}}" in formulas
 
 
 def test_token_routing_shows_text_tokens_and_modality_blocks():
     studio = make_studio()
-    html = handlers.token_routing(studio, "What is it?", "DAMC", [CHEETAH, None, None, None], controls(studio))
+    html = handlers.token_routing(studio, "DAMC", ask("What is it?", [CHEETAH, None, None, None], False, controls(studio)))
     assert "[image block: " in html and "M[image]" in html and "T[image]" in html
 
 
@@ -205,10 +212,10 @@ def test_yaml_config_round_trip():
     assert data["format"] == CONFIG_FORMAT and [e["name"] for e in data["experts"]] == ["image", "audio"]
     restored, message = handlers.load_config(studio, path)
     assert message == "config loaded."
-    assert restored["selected"] == ["image", "audio"] and restored["methods"] == ["ties"]
-    assert [v.value for v in restored["lambdas"] if v.visible] == [0.7, 0.2]
-    assert [v.value for v in restored["mus"]][MODALITY_NAMES.index("audio")] == 0.6
-    assert restored["params"][param_keys().index(("ties", "density"))] == 0.3
+    assert restored["selected"] == ["image", "audio"] and [m for n in method_names_all() for m in restored[n]] == ["ties"]
+    assert [restored[n].value for n in lambda_names_all() if restored[n].visible] == [0.7, 0.2]
+    assert restored[mu_name("audio")].value == 0.6
+    assert restored[param_name("ties", "density")] == 0.3
     assert (restored["max_new_tokens"], restored["top_p"]) == (20, 0.9)
 
 

@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from checks import check_int
+
 from .world import CATEGORIES, EXTENSIONS, LABELS, MODALITIES, NUMBER_WORDS, Scene, World, render
 
 LETTERS = ("A", "B", "C", "D")
@@ -137,8 +139,7 @@ def make_instruction_items(modality: str, n: int, seed: int, out_dir: str | os.P
     """
     if modality not in MODALITIES:
         raise ValueError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise ValueError(f"n must be a positive int, got {n!r}")
+    check_int(n, "n", 1)
     colours_known = True
     if modality == "audio":
         from .render_audio import speech_available

@@ -22,6 +22,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from checks import check_int
+
 from .instructions import LETTER_INSTRUCTION, LETTERS, MCUB_QUESTION, format_options, option_answer
 from .world import CATEGORIES, LABELS
 
@@ -76,8 +78,7 @@ def letter_lookup_accuracy(cm, variants: Sequence[str], n: int = 48, seed: int =
     from composition.prompt import build_prompt_row, user_message
     from composition.variants import Coefficients, route_names
 
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise ValueError(f"n={n!r}; expected a positive number of questions.")
+    check_int(n, "n", 1)
     base = cm.base
     tokenizer = base.tokenizer
     embed = cm.model.get_input_embeddings()

@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from checks import check_float, check_int, is_int
+
 from composition.expert import EncoderRef, Expert, ExpertConfig, ProjectorSpec
 from composition.generate import pad_rows
 from composition.lora import LoraDelta
@@ -90,14 +92,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name in ("point_pretrain_steps", "stage0_steps", "stage1_steps", "stage2_steps", "stage3_steps", "batch_size",
                      "point_pretrain_batch_size", "stage3_batch_size", "rank", "warmup_steps"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < (0 if "steps" in name else 1):
-                raise ValueError(f"TrainConfig.{name}={value!r} must be a {'non-negative' if 'steps' in name else 'positive'} integer.")
+            check_int(getattr(self, name), name, 0 if "steps" in name else 1, owner="TrainConfig")
         for name in ("alpha", "lr_projector", "lr_lora", "lr_stage3", "lr_point_pretrain"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r} must be positive.")
+            check_float(getattr(self, name), name, 0, open_min=True, owner="TrainConfig")
         for modality, steps in self.stage2_steps_by_modality:
-            if modality not in FEATURE_DIMS or not isinstance(steps, int) or steps < 0:
+            if modality not in FEATURE_DIMS or not is_int(steps) or steps < 0:
                 raise ValueError(f"TrainConfig.stage2_steps_by_modality has ({modality!r}, {steps!r}); expected "
                                  f"(one of {tuple(FEATURE_DIMS)}, a non-negative integer).")
         unknown = set(self.kinds) - set(KINDS)

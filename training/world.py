@@ -21,6 +21,8 @@ from typing import Callable
 
 import numpy as np
 
+from checks import check_int
+
 # Order matters only for readability; every consumer refers to categories by name.
 CATEGORIES: tuple[str, ...] = ("ball", "cube", "cone", "ring", "star", "drum", "cross", "diamond")
 
@@ -93,8 +95,7 @@ class Scene:
         if len(set(cats)) != len(cats):
             # Distinct categories keep every question answerable ("what colour is the ball?").
             raise ValueError(f"scene categories must be distinct, got {cats}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
-            raise ValueError(f"scene seed must be a non-negative int, got {self.seed!r}")
+        check_int(self.seed, "seed", 0, owner="Scene")
 
     @property
     def categories(self) -> tuple[str, ...]:
@@ -118,8 +119,7 @@ class World:
     caller that owns one `numpy.random.Generator` gets a reproducible stream of scenes."""
 
     def __init__(self, seed: int = 0) -> None:
-        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-            raise ValueError(f"World seed must be a non-negative int, got {seed!r}")
+        check_int(seed, "seed", 0, owner="World")
         self.seed = seed
         self.rng = np.random.default_rng(seed)
 

@@ -6,6 +6,8 @@ The callers (the method functions) receive already-validated inputs from
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 
@@ -72,3 +74,130 @@ def sign_consensus_merge(deltas: torch.Tensor, weights: torch.Tensor) -> torch.T
     denominator = (agrees * w.abs()).sum(dim=0)
     # Where nobody agrees the numerator is 0 as well; divide by 1 there instead of 0.
     return numerator / torch.where(denominator > 0, denominator, torch.ones_like(denominator))
+
+
+def keep_largest(deltas: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep exactly the ``k`` largest-magnitude entries of each delta of the stack, zero the rest.
+
+    Among entries of equal magnitude at the threshold, the lowest flat indices are kept,
+    so exactly ``k`` entries survive and the choice does not depend on the device.
+
+    Args:
+        deltas: ``(K, *shape)`` stack.
+        k: entries kept per delta, ``0 <= k <= numel``.
+    Returns:
+        ``(K, *shape)`` stack.
+    """
+    flat = deltas.reshape(deltas.shape[0], -1)
+    numel = flat.shape[1]
+    if k >= numel:
+        return deltas
+    if k <= 0:
+        return torch.zeros_like(deltas)
+    magnitude = flat.abs()
+    # The k-th largest magnitude, found in O(n) (no full sort of a large layer).
+    threshold = torch.kthvalue(magnitude, numel - k + 1, dim=1, keepdim=True).values
+    above = magnitude > threshold
+    at = magnitude == threshold
+    still_needed = k - above.sum(dim=1, keepdim=True)
+    # Rank of each threshold-equal entry in index order: take the first `still_needed`.
+    rank_at = torch.cumsum(at, dim=1)
+    keep = above | (at & (rank_at <= still_needed))
+    return torch.where(keep, flat, torch.zeros_like(flat)).reshape(deltas.shape)
+
+
+def reseed(generator: torch.Generator, drop_seed: int) -> torch.Generator:
+    """The generator for a method's own seed hyper-parameter (``drop_seed``).
+
+    ``merge_deltas`` seeds ``generator`` with the engine's per-layer seed; a user seed of 0
+    leaves it as it is (so results published before the seed was exposed repeat exactly),
+    any other value mixes in (splitmix-style odd constant, wrapped to 64 bits).
+
+    Args:
+        generator: the seeded generator ``merge_deltas`` passed.
+        drop_seed: the method's seed hyper-parameter (an int ``>= 0``).
+    Returns:
+        The same generator, re-seeded when ``drop_seed`` is not 0.
+    """
+    if drop_seed:
+        generator.manual_seed((generator.initial_seed() + drop_seed * 0x9E3779B97F4A7C15) % 2**64)
+    return generator
+
+
+def active(deltas: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The experts whose weight is not zero (methods that normalise by ‖τ_i‖ or count experts skip the rest).
+
+    Args:
+        deltas: ``(K, *shape)`` stack.
+        weights: ``(K,)`` coefficients.
+    Returns:
+        ``(deltas, weights)`` restricted to ``w_i != 0`` (possibly empty).
+    """
+    keep = weights != 0
+    return deltas[keep], weights[keep]
+
+
+def as_matrix(delta: torch.Tensor, method: str) -> torch.Tensor:
+    """Check that a delta is a matrix (the subspace methods work on the SVD of a linear layer's delta)."""
+    from .registry import MethodError
+
+    if delta.dim() != 2:
+        raise MethodError(
+            f"method {method!r} works on the 2-D delta of a linear layer; got shape {tuple(delta.shape)}"
+        )
+    return delta
+
+
+def orthogonalize(columns: torch.Tensor) -> torch.Tensor:
+    """The nearest matrix with orthonormal columns (polar factor ``P·Qᵀ`` of ``columns = P·Σ·Qᵀ``).
+
+    TSV-M and Iso-CTS use it to whiten the concatenated per-task singular vectors
+    (MLLMerging ``svd_merging``: ``u_u @ v_u`` of ``svd(sum_u)``).
+    """
+    p, _, qh = torch.linalg.svd(columns, full_matrices=False)
+    return p @ qh
+
+
+def adam_descent(
+    theta0: torch.Tensor, grad: Callable[[torch.Tensor], torch.Tensor], *, steps: int, lr: float
+) -> torch.Tensor:
+    """``steps`` Adam steps (torch defaults: betas 0.9/0.999, eps 1e-8) from ``theta0`` on a given gradient.
+
+    WUDI and OptMerge minimise a quadratic whose gradient is cheap in closed form, so no
+    autograd graph is built; ``torch.optim.Adam`` does the update (the published code's
+    optimizer, MLLMerging ``InternVL/internvl_chat/model_merging.py``).
+
+    Args:
+        theta0: the starting point (not modified).
+        grad: ``theta -> ∂loss/∂theta``.
+        steps: number of updates (0 returns a copy of ``theta0``).
+        lr: Adam's learning rate.
+    Returns:
+        The final iterate.
+    """
+    theta = torch.nn.Parameter(theta0.clone())
+    optimizer = torch.optim.Adam([theta], lr=lr)
+    for _ in range(steps):
+        theta.grad = grad(theta.detach())
+        optimizer.step()
+    return theta.detach()
+
+
+def interference_grad(
+    targets: list[torch.Tensor], projectors: list[torch.Tensor], coefficients: list[float]
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Gradient of ``Σ_i c_i·‖(θ − t_i)·P_iᵀ‖²_F`` (WUDI's and OptMerge's interference loss).
+
+    ``∂/∂θ = Σ_i 2·c_i·(θ − t_i)·P_iᵀ·P_i``. A projector with more rows than columns is
+    replaced by its Gram matrix ``P_iᵀP_i`` (same gradient, less work per step).
+    """
+    grams = [p.T @ p if p.shape[0] > p.shape[1] else None for p in projectors]
+
+    def grad(theta: torch.Tensor) -> torch.Tensor:
+        total = torch.zeros_like(theta)
+        for t, p, g, c in zip(targets, projectors, grams, coefficients):
+            diff = theta - t
+            total += (2.0 * c) * (diff @ g if g is not None else (diff @ p.T) @ p)
+        return total
+
+    return grad

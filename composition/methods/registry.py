@@ -16,13 +16,21 @@ deltas' device; ``generator`` is seeded by the caller and is the only randomness
 may use; ``hyper`` holds every declared hyper-parameter, already validated and typed.
 The function returns a ``shape`` tensor. Validation, copying, dtype handling and the
 finiteness check of the result live in :func:`merge_deltas`, once for all methods.
+
+Spaces. A method runs on the dense deltas (``"dense"``, the reference) and/or on the
+``R×R`` cores of the experts' low-rank factors (``"core"``, see
+:mod:`composition.methods.core_space`), whose result stays low-rank and is routed online.
+A variant names its space with a suffix: ``ties`` is dense, ``ties@core`` the core-space
+column (:func:`split_space`). A method whose ``inputs`` are ``"factors"`` (``factor_mean``)
+combines the LoRA factors themselves and runs only in the low-rank path.
 """
 from __future__ import annotations
 
 import math
 import numbers
 import re
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -36,6 +44,22 @@ _HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 class MethodError(CompositionError):
     """A merge method or its arguments are invalid (unknown name, bad delta, bad value)."""
+
+
+class RenamedParameterWarning(UserWarning):
+    """A hyper-parameter was given under its old name (it still works; the note says the new one)."""
+
+
+# The picker's groups, in UI order (key -> heading). NaiveMC and DAMC are not registry
+# methods (the engine composes them itself); the UI lists them under "paper" too.
+GROUPS = {
+    "paper": "The paper's methods",
+    "task_vector": "Task-vector methods",
+    "subspace": "Subspace methods",
+    "sparsifier": "Sparsifiers",
+}
+SPACES = ("dense", "core")
+SPACE_SEPARATOR = "@"
 
 
 @dataclass(frozen=True)
@@ -101,6 +125,36 @@ class HyperParam:
 
 
 @dataclass(frozen=True)
+class Renamed:
+    """An old hyper-parameter name that keeps working in configs (with a note).
+
+    Args:
+        old: the old keyword, e.g. ``"drop_rate"``.
+        new: the declared hyper-parameter it maps to, e.g. ``"density"``.
+        complement: True when ``new = 1 − old`` (drop rate -> density), False for ``new = old``.
+    """
+
+    old: str
+    new: str
+    complement: bool = False
+
+    def convert(self, value: object, param: HyperParam, method: str) -> float:
+        """The new parameter's value for ``value`` given under the old name (validated under the old name)."""
+        lo, hi = (1.0 - param.maximum, 1.0 - param.minimum) if self.complement else (param.minimum, param.maximum)
+        lo, hi = round(lo, 12), round(hi, 12)  # 1 − 0.01 shows as 0.99, not 0.9900000000000001
+        where = f"{method}: {self.old}={value!r}"
+        if not _is_real(value) or not math.isfinite(float(value)):
+            raise MethodError(f"{where} must be a finite number")
+        if not lo <= float(value) <= hi:
+            raise MethodError(f"{where} is outside the accepted range [{lo}, {hi}]")
+        return 1.0 - float(value) if self.complement else float(value)
+
+    def note(self, method: str) -> str:
+        rule = f"{self.new} = 1 − {self.old}" if self.complement else "the same value"
+        return f"{method}: '{self.old}' is the old name of '{self.new}' ({rule}); it still works, but write '{self.new}' in new configs"
+
+
+@dataclass(frozen=True)
 class MergeMethod:
     """One registered merge method.
 
@@ -109,9 +163,20 @@ class MergeMethod:
         label: short UI label, e.g. ``"TIES"``.
         help: one or two sentences for the UI, citing the paper.
         params: the hyper-parameters the function accepts, in UI order.
-        linear: True when the result is ``Σ_i w_i·ΔW_i`` exactly, so the engine may keep
-            the deltas low-rank and route them online instead of calling ``func``.
+        linear: True when the result is ``Σ_i c_i·ΔW_i`` exactly (``c = linear_weights(w)``),
+            so the engine may keep the deltas low-rank and route them online instead of
+            calling ``func``.
         func: the pure tensor function (see the module docstring for its contract).
+        group: a key of :data:`GROUPS` (the picker's heading).
+        formula: one line, e.g. ``"Σ λ_i·ΔW_i"`` (``python -m composition methods``).
+        spaces: where it runs, a subset of :data:`SPACES` in that order; the first is the default.
+        exact: False for a method that is knowingly not the merge it is named after
+            (``factor_mean``: kept only for parity with published numbers).
+        inputs: ``"deltas"`` (``func(deltas, weights, ...)``) or ``"factors"``
+            (``func(factors, weights, ...)`` with ``factors`` a list of ``(A_i, B_i·s_i)``;
+            returns ``(A, B)``); factor methods run only through the low-rank path.
+        renamed: old hyper-parameter names that still work (see :class:`Renamed`).
+        normalized: for a linear method, True when its coefficients are ``w_i / Σ_j w_j``.
     """
 
     name: str
@@ -119,7 +184,14 @@ class MergeMethod:
     help: str
     params: tuple[HyperParam, ...]
     linear: bool
-    func: Callable[..., torch.Tensor]
+    func: Callable[..., object]
+    group: str = "task_vector"
+    formula: str = ""
+    spaces: tuple[str, ...] = ("dense", "core")
+    exact: bool = True
+    inputs: Literal["deltas", "factors"] = "deltas"
+    renamed: tuple[Renamed, ...] = ()
+    normalized: bool = False
 
     def __post_init__(self) -> None:
         if not _NAME_RE.match(self.name):
@@ -131,10 +203,71 @@ class MergeMethod:
             raise MethodError(f"method {self.name!r} declares a hyper-parameter twice: {names}")
         if not callable(self.func):
             raise MethodError(f"method {self.name!r}: func must be callable")
+        if self.group not in GROUPS:
+            raise MethodError(f"method {self.name!r}: group {self.group!r} is not one of {', '.join(GROUPS)}")
+        if not self.formula.strip():
+            raise MethodError(f"method {self.name!r} needs a one-line formula")
+        if not self.spaces or any(sp not in SPACES for sp in self.spaces) or list(self.spaces) != sorted(set(self.spaces), key=SPACES.index):
+            raise MethodError(f"method {self.name!r}: spaces must be a non-empty ordered subset of {SPACES}, got {self.spaces}")
+        if self.inputs not in ("deltas", "factors"):
+            raise MethodError(f"method {self.name!r}: inputs must be 'deltas' or 'factors', got {self.inputs!r}")
+        if self.inputs == "factors" and self.spaces != ("core",):
+            raise MethodError(f"method {self.name!r} combines factors: it can only run in the low-rank ('core') path")
+        for r in self.renamed:
+            if r.new not in names or r.old in names:
+                raise MethodError(f"method {self.name!r}: renamed {r.old!r} -> {r.new!r} must map an old name to a declared one")
 
     def defaults(self) -> dict[str, float | int]:
         """Returns: ``{name: default}`` for every hyper-parameter of this method."""
         return {p.name: (int(p.default) if p.kind == "int" else float(p.default)) for p in self.params}
+
+    def resolve_hyper(self, hyper: Mapping[str, object]) -> tuple[dict[str, float | int], list[str]]:
+        """Every hyper-parameter, typed and validated, with old names mapped to new ones.
+
+        Args:
+            hyper: what a config or caller gave (missing ones take their defaults).
+        Returns:
+            ``(values, notes)``: ``values`` has exactly the declared names; ``notes`` one
+            sentence per old name used (show them to the user).
+        """
+        declared = {p.name: p for p in self.params}
+        old = {r.old: r for r in self.renamed}
+        unknown = sorted(set(hyper) - set(declared) - set(old))
+        if unknown:
+            accepted = ", ".join(declared) or "none"
+            raise MethodError(
+                f"method {self.name!r} has no hyper-parameter {', '.join(map(repr, unknown))}; accepted: {accepted}"
+            )
+        values = self.defaults()
+        notes = []
+        for key, value in hyper.items():
+            if key in old:
+                r = old[key]
+                if r.new in hyper:
+                    raise MethodError(f"{self.name}: give {r.new!r} or its old name {r.old!r}, not both")
+                values[r.new] = declared[r.new].validate(r.convert(value, declared[r.new], self.name), self.name)
+                notes.append(r.note(self.name))
+            else:
+                values[key] = declared[key].validate(value, self.name)
+        return values, notes
+
+    def linear_weights(self, weights: Sequence[float]) -> list[float]:
+        """The coefficients ``c_i`` of a linear method's ``Σ_i c_i·ΔW_i`` for the user's weights ``w_i``.
+
+        Args:
+            weights: one finite weight per expert.
+        Returns:
+            ``w`` itself, or ``w / Σ w`` for a normalized method (``weight_average``).
+        """
+        if not self.linear:
+            raise MethodError(f"method {self.name!r} is not linear; it has no per-expert coefficients")
+        _check_weights(weights, len(weights))
+        if not self.normalized:
+            return [float(w) for w in weights]
+        total = math.fsum(float(w) for w in weights)
+        if abs(total) < 1e-12:
+            raise MethodError(f"{self.name}: the weights {list(weights)} sum to 0; a weighted average needs a non-zero sum")
+        return [float(w) / total for w in weights]
 
 
 _REGISTRY: dict[str, MergeMethod] = {}
@@ -147,20 +280,29 @@ def register_method(
     help: str,
     params: Sequence[HyperParam] = (),
     linear: bool = False,
-) -> Callable[[Callable[..., torch.Tensor]], Callable[..., torch.Tensor]]:
+    group: str = "task_vector",
+    formula: str = "",
+    spaces: Sequence[str] = ("dense", "core"),
+    exact: bool = True,
+    inputs: Literal["deltas", "factors"] = "deltas",
+    renamed: Sequence[Renamed] = (),
+    normalized: bool = False,
+) -> Callable[[Callable[..., object]], Callable[..., object]]:
     """Decorator registering a merge function under ``name`` (registration order is UI order).
 
     Args:
         name: registry key; registering it twice is an error.
-        label, help, params, linear: see :class:`MergeMethod`.
+        label, help, params, linear, group, formula, spaces, exact, inputs, renamed,
+            normalized: see :class:`MergeMethod`.
     Returns:
         The decorator; it returns the function unchanged so it stays directly callable.
     """
 
-    def decorate(func: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    def decorate(func: Callable[..., object]) -> Callable[..., object]:
         if name in _REGISTRY:
             raise MethodError(f"merge method {name!r} is already registered")
-        _REGISTRY[name] = MergeMethod(name, label, help, tuple(params), bool(linear), func)
+        _REGISTRY[name] = MergeMethod(name, label, help, tuple(params), bool(linear), func, group, formula or "",
+                                      tuple(spaces), bool(exact), inputs, tuple(renamed), bool(normalized))
         return func
 
     return decorate
@@ -185,6 +327,28 @@ def get_method(name: str) -> MergeMethod:
 def list_methods() -> list[MergeMethod]:
     """Returns: every registered method, in registration order (a new list)."""
     return list(_REGISTRY.values())
+
+
+def split_space(variant: str) -> tuple[str, str]:
+    """Split a method variant name into ``(method, space)``: ``"ties@core"`` -> ``("ties", "core")``.
+
+    A name without a suffix runs in the method's default space (its first). The method must
+    be registered and must run in the space named.
+
+    Args:
+        variant: ``"<method>"`` or ``"<method>@<space>"``.
+    Returns:
+        ``(method name, space)``.
+    """
+    name, sep, space = str(variant).partition(SPACE_SEPARATOR)
+    method = get_method(name)
+    if not sep:
+        return name, method.spaces[0]
+    if space not in SPACES:
+        raise MethodError(f"variant {variant!r}: unknown space {space!r}; expected {' or '.join(SPACES)} (e.g. {name}@core)")
+    if space not in method.spaces:
+        raise MethodError(f"method {name!r} runs only in {', '.join(method.spaces)} space, not {space!r}")
+    return name, space
 
 
 def merge_deltas(
@@ -214,10 +378,17 @@ def merge_deltas(
         MethodError: with a message naming the bad value and what was expected.
     """
     method = get_method(name)
+    if method.inputs != "deltas":
+        raise MethodError(
+            f"method {name!r} combines the experts' LoRA factors, not their deltas; call "
+            "composition.methods.core_space.core_merge with the factors (it runs only in the low-rank path)"
+        )
     _check_deltas(deltas)
     _check_weights(weights, len(deltas))
-    values = _check_hyper(method, hyper)
-    _check_seed(seed)
+    values, notes = method.resolve_hyper(hyper)
+    for note in notes:
+        warnings.warn(note, RenamedParameterWarning, stacklevel=2)
+    check_seed(seed)
 
     reference = deltas[0]
     compute_dtype = torch.float32 if reference.dtype in _HALF_DTYPES else reference.dtype
@@ -290,21 +461,8 @@ def _check_weights(weights: Sequence[float], count: int) -> None:
             raise MethodError(f"weight {i} is {weight!r}; weights must be finite numbers")
 
 
-def _check_hyper(method: MergeMethod, hyper: dict[str, object]) -> dict[str, float | int]:
-    declared = {p.name: p for p in method.params}
-    unknown = sorted(set(hyper) - set(declared))
-    if unknown:
-        accepted = ", ".join(declared) or "none"
-        raise MethodError(
-            f"method {method.name!r} has no hyper-parameter {', '.join(map(repr, unknown))}; accepted: {accepted}"
-        )
-    values = method.defaults()
-    for key, value in hyper.items():
-        values[key] = declared[key].validate(value, method.name)
-    return values
-
-
-def _check_seed(seed: int) -> None:
+def check_seed(seed: int) -> None:
+    """Refuse a seed that is not an int in ``[0, 2**64)``."""
     if not isinstance(seed, numbers.Integral) or isinstance(seed, bool):
         raise MethodError(f"seed must be an int, got {seed!r}")
     if not 0 <= seed < 2**64:

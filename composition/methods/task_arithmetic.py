@@ -12,9 +12,12 @@ from .registry import register_method
     label="Task arithmetic",
     help=(
         "Weighted sum Σ λ_i·ΔW_i of the experts' deltas (Ilharco et al. 2023, 'Editing Models "
-        "with Task Arithmetic'); with λ_i = 1/K it is NaiveMC/DAMC's exact mean of the deltas."
+        "with Task Arithmetic'); with λ_i = 1/K it is NaiveMC/DAMC's exact mean of the deltas. "
+        "Core space gives exactly the same delta (the cores span every expert)."
     ),
     linear=True,
+    group="task_vector",
+    formula="Σ λ_i·ΔW_i",
 )
 def task_arithmetic(deltas: torch.Tensor, weights: torch.Tensor, *, generator: torch.Generator) -> torch.Tensor:
     """Merge by weighted sum (Ilharco et al. 2023, arXiv 2212.04089).

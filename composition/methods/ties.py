@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ._common import sign_consensus_merge
+from ._common import keep_largest, sign_consensus_merge
 from .registry import HyperParam, register_method
 
 
@@ -31,23 +31,7 @@ def trim_by_magnitude(deltas: torch.Tensor, density: float) -> torch.Tensor:
     Returns:
         ``(K, *shape)`` stack with all but the top ``k`` entries of each delta set to 0.
     """
-    flat = deltas.reshape(deltas.shape[0], -1)
-    numel = flat.shape[1]
-    k = kept_count(density, numel)
-    if k == numel:
-        return deltas
-    if k == 0:
-        return torch.zeros_like(deltas)
-    magnitude = flat.abs()
-    # The k-th largest magnitude, found in O(n) (no full sort of a large layer).
-    threshold = torch.kthvalue(magnitude, numel - k + 1, dim=1, keepdim=True).values
-    above = magnitude > threshold
-    at = magnitude == threshold
-    still_needed = k - above.sum(dim=1, keepdim=True)
-    # Rank of each threshold-equal entry in index order: take the first `still_needed`.
-    rank_at = torch.cumsum(at, dim=1)
-    keep = above | (at & (rank_at <= still_needed))
-    return torch.where(keep, flat, torch.zeros_like(flat)).reshape(deltas.shape)
+    return keep_largest(deltas, kept_count(density, deltas[0].numel()))
 
 
 @register_method(
@@ -56,8 +40,11 @@ def trim_by_magnitude(deltas: torch.Tensor, density: float) -> torch.Tensor:
     help=(
         "Keeps each expert's largest-magnitude entries, elects a sign per entry and averages "
         "only the experts that agree with it (Yadav et al. 2023, 'TIES-Merging'); λ act as "
-        "relative weights."
+        "relative weights. In core space (ties@core) the masks act on the core's entries in the "
+        "experts' shared bases: a different operation from full-space TIES, not an approximation of it."
     ),
+    group="task_vector",
+    formula="trim to top-density |δ_i|; elect sign(Σ λ_i·δ_i); mean of the agreeing λ_i·δ_i over Σ|λ_i|",
     params=(
         HyperParam(
             "density",

@@ -9,8 +9,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from checks import UserError
 
-class EncoderError(ValueError):
+
+class EncoderError(UserError):
     """A user-facing encoder problem: unknown kind, bad input, weights that cannot be loaded."""
 
 

@@ -1,0 +1,105 @@
+"""The planning step: which variants run for a request, who takes part, with which coefficients.
+
+The engine decides this once; the app, the CLI, the MCUB runner and the benchmark ask it
+(DESIGN.md §1, "Which experts a composition merges"). A plan is cheap: it allocates no
+dense merge results (those are computed when the plan runs), so the app can plan on every
+slider move and show the coefficients that a Compare would apply.
+
+    plan = cm.plan(present={"image", "audio"}, selection=["image", "audio", "video"])
+    [(v.name, v.kind, v.experts, v.coefficients_json()) for v in plan.variants]
+    plan.skipped            # {"NaiveMC": "NaiveMC merges experts trained with shared deltas, ..."}
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Sequence
+
+from .errors import CompositionError
+from .expert import Expert
+from .variants import (DAMC, NAIVE, Coefficients, ResolvedVariant, SlotTable, VariantKind, VariantSpec, resolve_variant,
+                       route_names)
+
+
+@dataclass
+class Plan:
+    """The variants a request runs (resolved, in card order), and those that cannot run here (name -> why)."""
+
+    variants: list[ResolvedVariant] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    skipped_kinds: dict[str, VariantKind] = field(default_factory=dict)
+    present: frozenset[str] = frozenset()
+
+    @property
+    def names(self) -> list[str]:
+        return [v.name for v in self.variants]
+
+    @property
+    def specs(self) -> list[VariantSpec]:
+        return [v.spec for v in self.variants]
+
+    def variant(self, name: str) -> ResolvedVariant | None:
+        return next((v for v in self.variants if v.name == name), None)
+
+
+def default_specs(experts: Sequence[Expert], present: set[str], methods: Iterable[str] = (),
+                  hyper: Mapping[str, Mapping[str, float]] | None = None, *,
+                  experts_without_input: bool = False) -> list[VariantSpec]:
+    """NaiveMC and DAMC where experts of their training kind are selected, every expert with an
+    input (all experts with ``experts_without_input``), then the chosen merge methods."""
+    hyper = hyper or {}
+    trainings = {e.training for e in experts}
+    specs = []
+    if "shared" in trainings:
+        specs.append(VariantSpec.parse(NAIVE))
+    if "decoupled" in trainings:
+        specs.append(VariantSpec.parse(DAMC))
+    order = {m: i for i, m in enumerate(route_names())}
+    with_input = sorted((e for e in experts if e.modality in present), key=lambda e: (order[e.modality], e.training == "shared"))
+    if experts_without_input:
+        with_input += [e for e in experts if e not in with_input]
+    specs += [VariantSpec.of_expert(e.name) for e in with_input]
+    specs += [VariantSpec.parse(m, hyper.get(m)) for m in methods]
+    return specs
+
+
+def make_plan(experts: Sequence[Expert], slots: SlotTable, present: Iterable[str],
+              variants: Sequence[str | VariantSpec] | None = None, coefficients: Coefficients | None = None, *,
+              methods: Iterable[str] = (), hyper: Mapping[str, Mapping[str, float]] | None = None,
+              experts_without_input: bool = False) -> Plan:
+    """Resolve the variants of one request over ``experts`` (the user's selection).
+
+    Args:
+        experts: the experts that may take part.
+        slots: the model's slot table (expert slots exist already; nothing dense is allocated).
+        present: modalities that have an input.
+        variants: names or specs asked for explicitly: any that cannot run is an error.
+            None = the defaults (see ``default_specs``): those that cannot run with these
+            inputs are ``skipped`` with the reason, and it is an error only if none can run.
+        coefficients: the user's λ and μ (missing values take the paper's defaults).
+        methods, hyper: merge methods to add to the defaults, with their hyper-parameters.
+        experts_without_input: the defaults also run experts that got no input.
+    """
+    present = frozenset(present)
+    coefficients = coefficients or Coefficients()
+    experts = list(experts)
+    plan = Plan(present=present)
+    if variants is not None:
+        for v in variants:
+            spec = v if isinstance(v, VariantSpec) else VariantSpec.parse(v)
+            plan.variants.append(resolve_variant(spec, experts, slots, coefficients, set(present)))
+        if not plan.variants:
+            raise CompositionError("no variant was named; name at least one (NaiveMC, DAMC, expert:<name> or a method).")
+        return plan
+    for spec in default_specs(experts, set(present), methods, hyper, experts_without_input=experts_without_input):
+        try:
+            plan.variants.append(resolve_variant(spec, experts, slots, coefficients, set(present)))
+        except CompositionError as exc:
+            if spec.kind is VariantKind.EXPERT:
+                raise
+            plan.skipped[spec.name] = str(exc)
+            plan.skipped_kinds[spec.name] = spec.kind
+    if not plan.variants:
+        why = next(iter(plan.skipped.values()), "")
+        raise CompositionError(why or "no variant can answer: select at least one expert (or load experts) "
+                               "and give inputs their experts can read.")
+    return plan

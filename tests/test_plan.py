@@ -1,0 +1,206 @@
+"""The engine's plan decides who takes part and with which coefficients; every layer shows what it applied."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from checks import UserError, check_choice, check_float, check_int
+from composition.catalog import BUNDLED_EXPERTS, EXAMPLES, expert_folders, world_notes
+from composition.composer import ComposedModel, ModalInput
+from composition.errors import CompositionError
+from composition.expert import load_expert
+from composition.factory import features_as_data, random_expert, random_features, tiny_base
+from composition.generate import GenerationConfig
+from composition.variants import TEXT_ROUTE, Coefficients, VariantKind, VariantSpec
+from studio import handlers
+from studio.cards import Card, card_html
+from studio.controls import lambda_views, mu_views
+from tests.test_studio_handlers import CHEETAH, MEDIA, ask, controls, make_studio
+
+
+@pytest.fixture(scope="module")
+def cm():
+    base = tiny_base()
+    experts = [random_expert(base, m if kind == "decoupled" else f"{m}-shared", m, kind, 10 * i + j)
+               for j, kind in enumerate(("decoupled", "shared")) for i, m in enumerate(("image", "audio", "point"))]
+    return ComposedModel(base, experts, feature_fn=features_as_data)
+
+
+def inputs(*modalities: str) -> list[ModalInput]:
+    return [ModalInput(m, random_features(3, i)) for i, m in enumerate(modalities)]
+
+
+def test_damc_merges_only_the_experts_with_an_input_at_1_over_k(cm):
+    plan = cm.plan({"image", "audio"})
+    damc = plan.variant("DAMC")
+    assert damc.kind is VariantKind.DAMC
+    assert damc.experts == ["image", "audio"]
+    assert damc.lambdas == {"image": 0.5, "audio": 0.5} and damc.mus == {"image": 1.0, "audio": 1.0}
+    # The coefficients shown are the ones routed: the text route holds exactly those λ on the text deltas.
+    text = damc.routes[TEXT_ROUTE]
+    assert sorted(text.values()) == [0.5, 0.5]
+    assert {slot for slot in text} == {cm.slots.index[("image", "text")], cm.slots.index[("audio", "text")]}
+    naive = plan.variant("NaiveMC")
+    assert naive.kind is VariantKind.NAIVE and naive.lambdas == {"image-shared": 0.5, "audio-shared": 0.5} and naive.mus == {}
+    assert [v.kind for v in plan.variants] == [VariantKind.NAIVE, VariantKind.DAMC] + [VariantKind.EXPERT] * 4
+    assert plan.variant("expert:image").coefficients_json() == {"lambdas": {"image": 1.0}, "mus": {"image": 1.0}}
+
+
+def test_without_inputs_every_selected_expert_takes_part_and_user_values_apply(cm):
+    plan = cm.plan(set(), coefficients=Coefficients({"image": 0.7}, {"audio": 0.4}), selection=["image", "audio", "point"])
+    damc = plan.variant("DAMC")
+    assert damc.lambdas == {"image": 0.7, "audio": pytest.approx(1 / 3), "point": pytest.approx(1 / 3)}
+    assert damc.mus == {"image": 1.0, "audio": 0.4, "point": 1.0}
+    assert "NaiveMC" not in plan.names  # no shared expert selected: no card, not an error
+    with pytest.raises(CompositionError, match="'video' is not loaded"):
+        cm.plan(set(), selection=["video"])
+
+
+def test_a_method_reports_its_hyper_parameters_and_an_impossible_default_is_skipped(cm):
+    plan = cm.plan({"image"}, methods=["ties"], hyper={"ties": {"density": 0.3}}, selection=["image", "audio-shared"])
+    assert plan.variant("ties").coefficients_json()["hyper"]["density"] == 0.3
+    assert plan.skipped_kinds["NaiveMC"] is VariantKind.NAIVE and "none is selected for the given inputs" in plan.skipped["NaiveMC"]
+    with pytest.raises(CompositionError, match="none is selected for the given inputs"):
+        cm.plan({"image"}, ["NaiveMC"], selection=["image", "audio-shared"])  # asked for by name: an error
+
+
+def test_answers_carry_what_ran(cm):
+    answers = cm.compare("hi", inputs("image", "audio"), config=GenerationConfig(max_new_tokens=2))
+    damc = next(a for a in answers if a.name == "DAMC")
+    assert damc.kind is VariantKind.DAMC and damc.experts == ["image", "audio"]
+    assert damc.coefficients == {"lambdas": {"image": 0.5, "audio": 0.5}, "mus": {"image": 1.0, "audio": 1.0}}
+    assert damc.to_json()["coefficients"] == damc.coefficients and damc.to_json()["kind"] == "damc"
+
+
+def test_a_plan_runs_as_planned_and_refuses_other_inputs(cm):
+    plan = cm.plan({"image"}, ["DAMC", "expert:image"])
+    by_plan = cm.compare("hi", inputs("image"), plan, config=GenerationConfig(max_new_tokens=3))
+    by_name = cm.compare("hi", inputs("image"), ["DAMC", "expert:image"], config=GenerationConfig(max_new_tokens=3))
+    assert [a.token_ids for a in by_plan] == [a.token_ids for a in by_name]
+    with pytest.raises(CompositionError, match="plan again with these inputs"):
+        cm.compare("hi", inputs("image", "audio"), plan)
+
+
+# --- the app shows the applied values ----------------------------------------------------------
+def test_api_cards_and_sliders_show_the_coefficients_the_engine_applied():
+    studio = make_studio(kinds=("decoupled", "shared"))
+    audio = str(MEDIA / "audio" / "cantina.wav")
+    payload = handlers.compare_api(studio, "hi", image=CHEETAH, audio=audio)
+    damc = next(v for v in payload["variants"] if v["name"] == "DAMC")
+    assert damc["coefficients"] == {"lambdas": {"image": 0.5, "audio": 0.5}, "mus": {"image": 1.0, "audio": 1.0}}
+    assert damc["kind"] == "damc" and damc["experts"] == ["image", "audio"]
+    experts = studio.cm.experts
+    lams = [v for v in lambda_views(experts, studio.expert_names, present={"image", "audio"}) if v.visible]
+    assert [(v.value, v.interactive) for v in lams] == [(0.5, True), (0.5, True), (0.0, False)]
+    assert "no point input, not merged" in lams[2].label
+    assert [v.value for v in lambda_views(experts, studio.expert_names) if v.visible] == [pytest.approx(1 / 3)] * 3
+    mus = mu_views(experts, studio.expert_names, present={"image"})
+    assert [v.interactive for v in mus if v.visible] == [True, False, False]
+    timing, formulas = handlers.recompose(studio, ask("", [CHEETAH, audio, None, None], False, controls(studio)))
+    assert "0.5\\,T_{\\text{image}}" in formulas and "0.5\\,T_{\\text{audio}}" in formulas and "K = 2" in formulas
+    html = card_html(Card("DAMC", "x", 1.0, 2, status="done", kind="damc", coefficients=damc["coefficients"]))
+    assert "λ image 0.50, audio 0.50 · μ image 1.00, audio 1.00" in html
+
+
+def test_sliders_follow_the_inputs_until_the_user_moves_one():
+    studio = make_studio()
+    names = studio.expert_names
+    stale = {"image": 1 / 3, "audio": 1 / 3, "point": 1 / 3}  # the default made for no inputs
+    assert [v.value for v in lambda_views(studio.cm.experts, names, stale, {"image", "audio"})][:2] == [0.5, 0.5]
+    moved = {"image": 0.8, "audio": 1 / 3, "point": 1 / 3}
+    assert [v.value for v in lambda_views(studio.cm.experts, names, moved, {"image", "audio"})][:2] == [0.8, pytest.approx(1 / 3)]
+
+
+# --- user errors and internal errors --------------------------------------------------------------
+def test_only_the_projects_own_errors_are_shown_as_the_users(caplog):
+    import gradio as gr
+
+    import app
+
+    def user_mistake():
+        raise CompositionError("the question is empty; type a question.")
+
+    def torch_bug():
+        torch.zeros(2) @ torch.zeros(3)  # a RuntimeError from inside torch
+
+    def library_value_error():
+        raise ValueError("math domain error")  # a plain ValueError is not the user's fault either
+
+    with pytest.raises(gr.Error, match="the question is empty"):
+        app.user_errors(user_mistake)()
+    for bug in (torch_bug, library_value_error):
+        with caplog.at_level(logging.ERROR, logger="studio"), pytest.raises(gr.Error) as info:
+            app.user_errors(bug)()
+        message = info.value.message
+        assert message.startswith("internal error (id ") and "not something you did" in message
+        incident = message.split("id ")[1].split(")")[0]
+        assert any(incident in r.getMessage() and r.exc_info for r in caplog.records), "the bug was not logged with its traceback"
+
+
+def test_every_user_error_type_is_a_user_error():
+    from modalities.base import ModalityError
+    from modalities.encoders import EncoderError
+    from studio.errors import StudioError
+
+    for kind in (CompositionError, ModalityError, EncoderError, StudioError):
+        assert issubclass(kind, UserError)
+
+
+# --- what the bundled experts know -----------------------------------------------------------------
+def test_bundled_experts_say_what_they_know_and_note_files_from_outside_it():
+    folders = {f.name: f for f in expert_folders([BUNDLED_EXPERTS])}
+    image = load_expert(folders["image"])
+    assert "synthetic world" in image.config.trained_on and "ball" in image.config.trained_on
+    assert world_notes([image], {"image": [EXAMPLES / "image-example.png"]}) == {}
+    notes = world_notes([image], {"image": [CHEETAH]})
+    assert "knows only the synthetic world" in notes["image"] and "cheetah.jpg is not one of its examples" in notes["image"]
+    assert world_notes([image], {"audio": [CHEETAH]}) == {}  # it does not read that input
+
+
+# --- validation helpers ----------------------------------------------------------------------------
+@pytest.mark.parametrize("value", [True, False, 1.5, "3", None, float("nan")])
+def test_counts_refuse_bools_fractions_and_strings(value):
+    with pytest.raises(CompositionError, match="max_new_tokens="):
+        check_int(value, "max_new_tokens", 1, 1024, error=CompositionError)
+
+
+def test_helpers_normalise_and_name_the_bound():
+    assert check_int(8.0, "n", 1) == 8 and isinstance(check_int(8.0, "n", 1), int)
+    assert check_float(1, "top_p", 0, 1, open_min=True) == 1.0
+    with pytest.raises(ValueError, match=r"top_p=0; expected a finite number in \(0, 1\]"):
+        check_float(0, "top_p", 0, 1, open_min=True)
+    with pytest.raises(ValueError, match="expected one of a, b"):
+        check_choice("c", "kind", ("a", "b"))
+
+
+def test_configs_refuse_true_as_a_count():
+    from training.recipe import TrainConfig
+
+    with pytest.raises(CompositionError, match="max_new_tokens=True"):
+        GenerationConfig(max_new_tokens=True)
+    with pytest.raises(ValueError, match="batch_size=True"):
+        TrainConfig(batch_size=True)
+    assert GenerationConfig(max_new_tokens=8.0).max_new_tokens == 8
+
+
+# --- merge methods in the engine: dense and core space side by side --------------------------------
+def test_core_space_columns_run_online_beside_the_dense_ones(cm):
+    from composition.methods.registry import RenamedParameterWarning
+
+    question, given = "hi", inputs("image", "audio")
+    dense, core, ta, ta_core = cm.logits(question, given, ["ties", "ties@core", "task_arithmetic", "task_arithmetic@core"])
+    assert torch.allclose(ta, ta_core, atol=1e-5)  # linear: the same delta in either space
+    assert not torch.allclose(dense, core, atol=1e-4)  # element masks depend on the basis: a different operation
+    plan = cm.plan({"image", "audio"}, ["ties@core"])
+    cm.prepare_dense(plan.variants)
+    slot = next(iter(plan.variants[0].routes[TEXT_ROUTE]))
+    layer = next(iter(cm.layers.values()))
+    assert slot in layer.lowrank and slot not in layer.dense  # a low-rank slot, routed like an expert
+    assert layer.lowrank[slot].A.shape[0] <= 2 * 4  # rank <= K·r (K = 2 experts with an input, r = 4)
+    (factor,) = cm.logits(question, given, ["factor_mean"])
+    assert torch.isfinite(factor).all()
+    with pytest.warns(RenamedParameterWarning, match="density"):
+        spec = VariantSpec.parse("dare_linear", {"drop_rate": 0.2})
+    assert dict(spec.hyper)["density"] == pytest.approx(0.8)
