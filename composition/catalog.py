@@ -72,7 +72,7 @@ def load_inputs(files: Mapping[str, Sequence[str | Path]]) -> list[ModalInput]:
     inputs = []
     for modality in MODALITY_NAMES:
         for path in files.get(modality, ()) or ():
-            inputs.append(ModalInput.from_loaded(get_modality(modality).load(path)))
+            inputs.append(ModalInput.from_loaded(get_modality(modality).load(path), path))
     unknown = sorted(set(files) - set(MODALITY_NAMES))
     if unknown:
         raise CompositionError(f"unknown input modality {unknown[0]!r}; expected one of {MODALITY_NAMES}.")

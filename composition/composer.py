@@ -41,10 +41,11 @@ class ModalInput:
     data: torch.Tensor
     source_name: str = ""
     notes: list[str] = field(default_factory=list)
+    path: str | None = None  # the file, for an encoder that decodes it with its own limits (8192 points, 8 frames)
 
     @classmethod
-    def from_loaded(cls, loaded) -> "ModalInput":
-        return cls(loaded.modality, loaded.data, loaded.source_name, list(loaded.notes))
+    def from_loaded(cls, loaded, path=None) -> "ModalInput":
+        return cls(loaded.modality, loaded.data, loaded.source_name, list(loaded.notes), None if path is None else str(path))
 
 
 @dataclass
@@ -72,12 +73,22 @@ FeatureFn = Callable[[Expert, ModalInput], torch.Tensor]
 
 
 def encode_with_registry(expert: Expert, item: ModalInput) -> torch.Tensor:
-    """Features of ``item`` from the expert's frozen encoder (shared across experts of one kind)."""
-    from modalities.encoders import get_encoder
+    """Features of ``item`` from the expert's frozen encoder (shared across experts of one kind).
+
+    An encoder that was trained on other decoder limits than the defaults (Point-BERT's 8192
+    points, LanguageBind's 8 frames) gets the file decoded again with its own limits.
+    """
+    from modalities import get_modality
+    from modalities.encoders import encoder_spec, get_encoder
 
     ref = expert.config.encoder
     encoder = get_encoder(ref.kind, ref.source, state_dict=expert.encoder_state or None)
-    return encoder.encode(item.data)
+    modality = get_modality(item.modality)
+    limits = {k: v for k, v in encoder_spec(ref.kind).input_limits.items() if getattr(modality.limits, k, None) != v}
+    data = item.data
+    if limits and item.path is not None:
+        data = modality.with_limits(**limits).load(item.path).data
+    return encoder.encode(data)
 
 
 class ComposedModel:

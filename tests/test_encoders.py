@@ -56,7 +56,7 @@ def _point_cloud(n: int = 2048, seed: int = 0) -> torch.Tensor:
 def test_registry_lists_kinds_by_modality():
     assert {"efficientnet-lite0", "efficientnet-lite0-video", "whisper-tiny.en", "point-fps-knn",
             "clip", "whisper"} <= set(list_encoder_kinds())
-    assert list_encoder_kinds("audio") == ["whisper", "whisper-tiny.en"]
+    assert list_encoder_kinds("audio") == ["beats", "whisper", "whisper-tiny.en"]
     assert encoder_spec("efficientnet-lite0").offline and not encoder_spec("clip").offline
 
 

