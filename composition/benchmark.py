@@ -27,10 +27,8 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import statistics
 import sys
-import tempfile
 import time
 import zlib
 from dataclasses import dataclass

@@ -43,7 +43,9 @@ def add_composition_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_input_args(p: argparse.ArgumentParser) -> None:
-    for modality in ("image", "audio", "video", "point"):
+    from modalities import MODALITY_NAMES
+
+    for modality in MODALITY_NAMES:
         p.add_argument(f"--{modality}", action="append", default=[], metavar="FILE", help=f"{modality} input file (repeatable)")
 
 
@@ -120,32 +122,50 @@ def build_compare(p: argparse.ArgumentParser):
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sequential", action="store_true", help="run variants one by one instead of in one batch")
-    p.add_argument("--json", action="store_true", help="print JSON: {\"variants\": [{name, answer, seconds, new_tokens}, ...]}")
+    p.add_argument("--json", action="store_true", help="print JSON: {\"variants\": [{name, kind, answer, seconds, new_tokens, "
+                   "experts, coefficients: {lambdas, mus[, hyper]}, notes}, ...], \"skipped\": [{name, reason}]}")
     return run_compare
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from .catalog import load_inputs, scan_experts
+    from .catalog import load_inputs, scan_experts, world_notes
     from .errors import CompositionError
     from .generate import GenerationConfig
+    from .plan import describe_coefficients
 
     if not args.question.strip():
         raise CompositionError("--question is empty; give the question to answer.")
     config = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
     coefficients = coefficients_from_args(args)
     specs = variant_specs(args.variants, args.method_params) if args.variants else None
-    inputs = load_inputs({"image": args.image, "audio": args.audio, "video": args.video, "point": args.point})
+    files = input_files(args)
+    inputs = load_inputs(files)
     entries = scan_experts(args.experts)
     check_coefficient_names(coefficients, entries)
     cm = build_model(args, entries)
-    answers = cm.compare(args.question, inputs, specs, coefficients, config, batched=not args.sequential)
+    plan = cm.plan({i.modality for i in inputs}, specs, coefficients)  # the engine decides who takes part, and with what
+    answers = cm.compare(args.question, inputs, plan, config=config, batched=not args.sequential)
+    notes = world_notes(cm.experts.values(), files)
+    for a in answers:
+        a.notes += [notes[n] for n in a.experts if n in notes]
     if args.json:
-        print(json.dumps({"variants": [a.to_json() for a in answers]}, indent=2))
+        print(json.dumps({"variants": [a.to_json() for a in answers],
+                          "skipped": [{"name": n, "reason": why} for n, why in plan.skipped.items()]}, indent=2))
     else:
+        for name, why in plan.skipped.items():
+            print(f"skipped {name}: {why}", file=sys.stderr)
         for a in answers:
-            notes = "".join(f"\n  note: {n}" for n in a.notes)
-            print(f"== {a.name}  ({a.seconds:.2f} s, {a.new_tokens} tokens){notes}\n{a.answer}\n")
+            used = describe_coefficients(a.coefficients) if a.kind.composes else ""
+            lines = "".join(f"\n  {n}" for n in ([f"coefficients: {used}"] if used else []) + [f"note: {n}" for n in a.notes])
+            print(f"== {a.name}  ({a.seconds:.2f} s, {a.new_tokens} tokens){lines}\n{a.answer}\n")
     return 0
+
+
+def input_files(args: argparse.Namespace) -> dict[str, list[str]]:
+    """``{modality: [file]}`` from the ``--<modality>`` options (one per registered modality)."""
+    from modalities import MODALITY_NAMES
+
+    return {m: getattr(args, m) for m in MODALITY_NAMES if getattr(args, m)}
 
 
 def check_coefficient_names(coefficients, entries) -> None:

@@ -41,6 +41,16 @@ class Plan:
         return next((v for v in self.variants if v.name == name), None)
 
 
+def describe_coefficients(coefficients: Mapping) -> str:
+    """``λ image 0.50, audio 0.50 · μ image 1.00, audio 1.00 · density 0.3``: applied values in words
+    (a ``ResolvedVariant.coefficients_json()``), as cards, captions and the CLI show them."""
+    parts = [f"{symbol} " + ", ".join(f"{k} {v:.2f}" for k, v in coefficients[key].items())
+             for key, symbol in (("lambdas", "λ"), ("mus", "μ")) if coefficients.get(key)]
+    if coefficients.get("hyper"):
+        parts.append(", ".join(f"{k} {v:g}" for k, v in coefficients["hyper"].items()))
+    return " · ".join(parts)
+
+
 def default_specs(experts: Sequence[Expert], present: set[str], methods: Iterable[str] = (),
                   hyper: Mapping[str, Mapping[str, float]] | None = None, *,
                   experts_without_input: bool = False) -> list[VariantSpec]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass, field
 
+from composition.plan import describe_coefficients
+
 KIND_COLOURS = {"naive": "#d97706", "damc": "#4f46e5", "expert": "#0f766e", "method": "#be185d"}
 
 
@@ -29,14 +31,7 @@ class Card:
 
 def coefficients_line(card: Card) -> str:
     """What the card's variant applied, in words (compositions only; a single expert applies its own deltas)."""
-    if card.kind == "expert" or not card.coefficients:
-        return ""
-    parts = []
-    for key, symbol, fmt in (("lambdas", "λ", ".2f"), ("mus", "μ", ".2f"), ("hyper", "", "g")):
-        values = card.coefficients.get(key) or {}
-        if values:
-            parts.append((symbol + " " if symbol else "") + ", ".join(f"{k} {v:{fmt}}" for k, v in values.items()))
-    return " · ".join(parts)
+    return "" if card.kind == "expert" or not card.coefficients else describe_coefficients(card.coefficients)
 
 
 def card_html(card: Card) -> str:

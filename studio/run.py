@@ -24,7 +24,7 @@ from typing import Callable, Iterator, Mapping
 
 from composition.composer import ModalInput, VariantAnswer
 from composition.errors import CompositionError
-from composition.plan import Plan
+from composition.plan import Plan, describe_coefficients
 
 from .cards import Card, cards_html
 from .inputs import load_user_inputs, outside_world_notes
@@ -81,21 +81,9 @@ def plan_request(studio: Studio, settings: StudioSettings, present: set[str], *,
                           experts_without_input=experts_without_input)
 
 
-def coefficient_text(coefficients: dict) -> str:
-    """``λ image 0.50, audio 0.50 · μ image 1.00, audio 1.00 · density 0.3``: applied values, in words."""
-    parts = []
-    if coefficients.get("lambdas"):
-        parts.append("λ " + ", ".join(f"{n} {v:.2f}" for n, v in coefficients["lambdas"].items()))
-    if coefficients.get("mus"):
-        parts.append("μ " + ", ".join(f"{m} {v:.2f}" for m, v in coefficients["mus"].items()))
-    if coefficients.get("hyper"):
-        parts.append(", ".join(f"{p} {v:g}" for p, v in coefficients["hyper"].items()))
-    return " · ".join(parts)
-
-
 def plan_line(plan: Plan) -> str:
     """What the compositions of a plan apply, in words: ``DAMC: λ image 0.50, audio 0.50 · μ … | ties: …``."""
-    parts = [f"{v.name}: {coefficient_text(v.coefficients_json())}" for v in plan.variants if v.kind.composes]
+    parts = [f"{v.name}: {describe_coefficients(v.coefficients_json())}" for v in plan.variants if v.kind.composes]
     return " | ".join(parts) or "single experts only (no composition coefficients)"
 
 

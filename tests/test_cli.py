@@ -27,6 +27,11 @@ def test_compare_json_contract(random_experts_dir, base_cache_dir):
         assert isinstance(v["answer"], str) and 0 < v["new_tokens"] <= 6
     assert len({v["seconds"] for v in data["variants"]}) == 1  # one batch, one wall time
     assert "Traceback" not in result.stderr
+    # What ran: DAMC merged the two experts with an input at 1/K = 1/2 each.
+    damc = data["variants"][0]
+    assert damc["kind"] == "damc" and damc["experts"] == ["image", "audio"]
+    assert damc["coefficients"] == {"lambdas": {"image": 0.5, "audio": 0.5}, "mus": {"image": 1.0, "audio": 1.0}}
+    assert data["variants"][1]["coefficients"] == {"lambdas": {"image": 1.0}, "mus": {"image": 1.0}}
 
 
 @pytest.mark.slow
