@@ -170,12 +170,13 @@ def coefficients_block(ui: Ui) -> None:
         with gr.Row():
             ui.reset = gr.Button("Reset to the paper's defaults (λ = 1/K, μ = 1)", size="sm")
             ui.compose_msg = gr.Markdown()
-        gr.Markdown("**Add merge methods as comparison columns** — applied to the text deltas; modality deltas "
-                    "stay as in DAMC. *Core space* merges in the experts' low-rank core space (routed online, no "
-                    "dense result); for element-wise methods it is a different operation from the dense one.")
-        for group, choices in controls.method_groups().items():
-            info = "NaiveMC and DAMC always run when their experts are selected" if group == "paper" else None
-            ui.add(controls.methods_name(group), gr.CheckboxGroup(choices, value=[], label=GROUPS[group], info=info))
+        with gr.Accordion("Add merge methods as comparison columns", open=True):
+            gr.Markdown("Applied to the text deltas; modality deltas stay as in DAMC. *Core space* merges in the "
+                        "experts' low-rank core space (routed online, no dense result); for element-wise methods it "
+                        "is a different operation from the dense one.")
+            for group, choices in controls.method_groups().items():
+                info = "NaiveMC and DAMC always run when their experts are selected" if group == "paper" else None
+                ui.add(controls.methods_name(group), gr.CheckboxGroup(choices, value=[], label=GROUPS[group], info=info))
         ui.param_groups = []
         for m in list_methods():
             with gr.Group(visible=False) as group:

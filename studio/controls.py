@@ -127,8 +127,11 @@ def lambda_views(experts: Mapping, selected: Sequence[str], values: Mapping[str,
             views.append(SliderView(True, _lambda_label(n, experts[n].modality), float(applied[n])))
         else:
             modality = experts[n].modality
+            # Not merged with these inputs. Untouched, it shows the same default as the others, so the
+            # sliders stay "at the default" and follow the next input change; moved, it keeps its value.
+            idle = values.get(n, 1 / len(applied) if applied else 1 / len(names))
             views.append(SliderView(True, f"{_lambda_label(n, modality)}: no {modality} input, not merged",
-                                    float(values.get(n, 0.0)), interactive=False))
+                                    float(idle), interactive=False))
     return views
 
 

@@ -14,6 +14,7 @@ from tests.app_server import app_url  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+EXAMPLE_IMAGE = Path(__file__).resolve().parent.parent / "examples" / "image-example.png"
 SHOTS = Path(os.environ.get("STUDIO_SCREENSHOTS", Path(__file__).resolve().parent.parent / ".cache" / "screenshots"))
 
 
@@ -45,7 +46,8 @@ def test_a_user_sees_the_inputs_compares_and_gets_answer_cards(app_url):  # noqa
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=BROWSER_FLAGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1800})
-            page.goto(app_url, wait_until="networkidle", timeout=120_000)
+            page.goto(app_url, wait_until="load", timeout=120_000)
+            page.get_by_role("button", name="Compare all variants").wait_for(timeout=120_000)  # the app has rendered
             for label in ("Image", "Audio", "Video", "Point cloud"):
                 box = page.locator(f'[data-testid="block-label"]:text-is("{label}")')
                 assert box.count() >= 1 and box.first.is_visible(), f"no visible {label} input box"
@@ -53,6 +55,9 @@ def test_a_user_sees_the_inputs_compares_and_gets_answer_cards(app_url):  # noqa
             assert compare.is_visible()
             page.screenshot(path=str(SHOTS / "app.png"), full_page=True)
             page.get_by_label("Question").first.fill("What is it?")
+            # Upload an image as a user would (the Image box's file input; the first on the page).
+            page.locator('input[type="file"]').first.set_input_files(str(EXAMPLE_IMAGE))
+            page.locator('[data-testid="image"] img, .image-frame img').first.wait_for(timeout=60_000)
             compare.click()
             page.wait_for_function("document.querySelectorAll('.mc-card .mc-meta').length > 0 && "
                                    "[...document.querySelectorAll('.mc-card .mc-meta')].every(m => m.textContent.includes('tokens'))",
@@ -61,5 +66,5 @@ def test_a_user_sees_the_inputs_compares_and_gets_answer_cards(app_url):  # noqa
             page.screenshot(path=str(SHOTS / "app-answers.png"), full_page=True)
         finally:
             browser.close()
-    # No inputs: the compositions answer from the text question (every expert's delta merged).
-    assert "DAMC" in names and len(names) >= 2, names
+    # One image: DAMC (over the image expert alone: the others got no input) and the image expert, each a card.
+    assert names == ["DAMC", "expert:image"], names

@@ -93,7 +93,7 @@ def test_api_cards_and_sliders_show_the_coefficients_the_engine_applied():
     assert damc["kind"] == "damc" and damc["experts"] == ["image", "audio"]
     experts = studio.cm.experts
     lams = [v for v in lambda_views(experts, studio.expert_names, present={"image", "audio"}) if v.visible]
-    assert [(v.value, v.interactive) for v in lams] == [(0.5, True), (0.5, True), (0.0, False)]
+    assert [(v.value, v.interactive) for v in lams] == [(0.5, True), (0.5, True), (0.5, False)]
     assert "no point input, not merged" in lams[2].label
     assert [v.value for v in lambda_views(experts, studio.expert_names) if v.visible] == [pytest.approx(1 / 3)] * 3
     mus = mu_views(experts, studio.expert_names, present={"image"})
@@ -109,6 +109,12 @@ def test_sliders_follow_the_inputs_until_the_user_moves_one():
     names = studio.expert_names
     stale = {"image": 1 / 3, "audio": 1 / 3, "point": 1 / 3}  # the default made for no inputs
     assert [v.value for v in lambda_views(studio.cm.experts, names, stale, {"image", "audio"})][:2] == [0.5, 0.5]
+    # Adding an input again and again: untouched sliders keep following the default 1/K.
+    shown = {}
+    for present in ({"image"}, {"image", "audio"}, {"audio"}):
+        views = lambda_views(studio.cm.experts, names, shown, present)
+        shown = dict(zip(names, (v.value for v in views)))
+        assert [shown[n] for n in names if n in present] == [1 / len(present)] * len(present)
     moved = {"image": 0.8, "audio": 1 / 3, "point": 1 / 3}
     assert [v.value for v in lambda_views(studio.cm.experts, names, moved, {"image", "audio"})][:2] == [0.8, pytest.approx(1 / 3)]
 
