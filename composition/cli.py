@@ -14,6 +14,8 @@ import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
+from checks import UserError
+
 EXIT_USER_ERROR = 2
 EXIT_INTERNAL_ERROR = 1
 
@@ -305,7 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet_libraries()
     try:
         return handlers[args.command](args)
-    except ValueError as exc:  # every user error of the project is a ValueError subclass
+    except UserError as exc:  # the project's own user errors; a ValueError from a library is a bug, below
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:

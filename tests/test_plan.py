@@ -233,3 +233,17 @@ def test_an_encoder_gets_the_file_decoded_with_the_limits_it_was_trained_on(monk
         object.__setattr__(expert.config, "encoder", EncoderRef(kind, None, 4))
         encode_with_registry(expert, cloud)
     assert seen[0][0] == 8192 and seen[1] == tuple(cloud.data.shape) and seen[1][0] != 8192
+
+
+def test_the_cli_calls_a_library_value_error_internal(capsys, monkeypatch):
+    import composition.benchmark as benchmark
+    from composition.cli import main
+
+    def broken(*args, **kwargs):
+        raise ValueError("math domain error")  # raised inside a library, not caused by the user
+
+    monkeypatch.setattr(benchmark, "run_benchmark", broken)
+    assert main(["bench", "--quick"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: internal error (ValueError: math domain error)") and "--debug" in err
+    assert main(["bench", "--quick", "--repeats", "0"]) == 2  # a user error stays one line, exit 2
