@@ -38,6 +38,7 @@ from typing import Callable, Sequence
 import torch
 
 from checks import check_int
+from modalities import MODALITY_NAMES
 
 from .composer import ComposedModel, ModalInput
 from .errors import CompositionError
@@ -50,7 +51,7 @@ from .methods.profile import format_method_figures, method_figures
 from .variants import DAMC, TEXT_ROUTE, Coefficients, VariantKind
 
 REPO = Path(__file__).resolve().parent.parent
-MODALITIES = ("image", "audio", "video", "point")
+MODALITIES = tuple(MODALITY_NAMES)  # the registry's, in prompt order
 QUESTION = "What do these inputs have in common?"
 # Tokens per input of the offline encoders (DESIGN.md §4): what synthetic features mimic.
 FEATURE_TOKENS = {"image": 49, "audio": 32, "video": 57, "point": 64}

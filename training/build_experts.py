@@ -25,9 +25,9 @@ import torch
 
 from .data import prepare_modality
 from .recipe import TrainConfig, Trainer, expert_name
+from .world import MODALITIES
 
 REPO = Path(__file__).resolve().parent.parent
-MODALITIES = ("image", "audio", "video", "point")
 KINDS = ("decoupled", "shared")
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from .world import CATEGORIES, COLOUR_NAMES, EXTENSIONS, Scene, SceneObject, World, render
+from .world import CATEGORIES, COLOUR_NAMES, EXTENSIONS, MODALITIES, Scene, SceneObject, World, render
 
 # Which frozen encoder each modality's bundled experts use (point: pre-trained here, see point_pretrain).
 ENCODERS = {"image": "efficientnet-lite0", "audio": "whisper-tiny.en", "video": "efficientnet-lite0-video", "point": "point-fps-knn"}
@@ -69,7 +69,7 @@ def prepare_modality(modality: str, n_scenes: int, seed: int, cache_dir: Path, l
         return ModalityData(modality, scenes, [tensors[str(i)] for i in range(len(scenes))])
     folder.mkdir(parents=True, exist_ok=True)
     world = World(seed)
-    rng = np.random.default_rng([seed, 11, ("image", "audio", "video", "point").index(modality)])
+    rng = np.random.default_rng([seed, 11, MODALITIES.index(modality)])
     loader = get_modality(modality)
     encoder = None if modality == "point" else get_encoder(ENCODERS[modality])
     scenes, inputs = [], []
