@@ -24,7 +24,7 @@ from checks import UserError
 from composition.methods import list_methods
 from composition.methods.registry import GROUPS
 from modalities import MODALITY_NAMES, get_modality
-from studio import bench, controls, exporting, handlers
+from studio import controls, exporting, handlers, mcub_tab
 from studio.cards import CARD_CSS
 from studio.examples import example_rows
 from studio.inputs import point_views
@@ -218,11 +218,11 @@ def compare_tab(ui: Ui) -> None:
                     examples_per_page=12)
 
 
-def benchmark_tab(ui: Ui) -> None:
+def mcub_accuracy_tab(ui: Ui) -> None:
     gr.Markdown("MCUB-synth: each item gives 3–4 modalities and asks which option they have in common; a single "
                 "expert cannot beat ~50 %. **Slow on CPU**: every item runs every variant; keep the item count small.")
     with gr.Row():
-        ui.b_source = gr.Radio(list(bench.SOURCES), value=bench.SOURCES[0], label="Items")
+        ui.b_source = gr.Radio(list(mcub_tab.SOURCES), value=mcub_tab.SOURCES[0], label="Items")
         ui.b_upload = gr.File(label="MCUB .json (for 'uploaded')", file_types=[".json"], height=100)
         ui.b_items = gr.Slider(1, 200, value=2, step=1, label="items")
     ui.b_run = gr.Button("Run benchmark", variant="primary")
@@ -359,16 +359,16 @@ def wire(ui: Ui) -> None:
     ui.stop.click(handlers.stopped_cards, ui.cards, ui.cards, cancels=runs, queue=False, api_name="stop_compare")
 
     def on_bench(source, upload, n, progress=gr.Progress(), **values):
-        items = bench.load_items(source, upload, n, progress)
-        return bench.run_benchmark(s, handlers.settings_of(s, values), items, progress)
+        items = mcub_tab.load_items(source, upload, n, progress)
+        return mcub_tab.run_mcub(s, handlers.settings_of(s, values), items, progress)
 
     ui.b_run.click(gpu(user_errors(on_bench)), [ui.b_source, ui.b_upload, ui.b_items], [ui.b_plot, ui.b_summary, ui.b_json],
                    inputs_kwargs=ui.controls, api_name="benchmark")
 
     def on_sweep(source, upload, n, scales, mus, progress=gr.Progress(), **values):
-        items = bench.load_items(source, upload, n, progress)
-        return bench.run_sweep(s, handlers.settings_of(s, values), items, bench.parse_grid(scales, "λ scales"),
-                               bench.parse_grid(mus, "μ values"), progress)
+        items = mcub_tab.load_items(source, upload, n, progress)
+        return mcub_tab.run_sweep(s, handlers.settings_of(s, values), items, mcub_tab.parse_grid(scales, "λ scales"),
+                               mcub_tab.parse_grid(mus, "μ values"), progress)
 
     ui.s_run.click(gpu(user_errors(on_sweep)), [ui.b_source, ui.b_upload, ui.s_items, ui.s_scales, ui.s_mus], ui.s_plot,
                    inputs_kwargs=ui.controls, api_name="sweep")
@@ -421,7 +421,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
             with gr.Tab("Experts"):
                 experts_tab(ui)
             with gr.Tab("Benchmark"):
-                benchmark_tab(ui)
+                mcub_accuracy_tab(ui)
             with gr.Tab("Learn"):
                 learn_tab(ui)
             with gr.Tab("Export"):

@@ -23,7 +23,7 @@ from composition.errors import CompositionError
 from modalities import ModalityError, get_modality
 from modalities.encoders import EncoderError
 from studio import handlers
-from studio.bench import SOURCES, load_items
+from studio.mcub_tab import SOURCES, load_items
 from studio.inputs import point_preview
 from studio.session import Studio
 from tests.hostile_corpus import (Case, KINDS, build_corpus, case_specs, valid_experts, valid_inputs, valid_mcub)

@@ -13,7 +13,7 @@ from composition.composer import ComposedModel
 from composition.errors import CompositionError
 from modalities import MODALITY_NAMES
 from studio import handlers
-from studio.bench import load_items, parse_grid, run_benchmark, run_sweep
+from studio.mcub_tab import load_items, parse_grid, run_mcub, run_sweep
 from studio.config_io import CONFIG_FORMAT, settings_from_yaml, settings_to_yaml
 from studio.controls import (NO_INPUT, QUESTION, SliderView, lambda_name, lambda_names_all, lambda_views, media_name, method_names_all,
                              mu_name, mu_views, param_name, values_from_settings)
@@ -255,7 +255,7 @@ def test_benchmark_and_sweep_on_the_bundled_items():
     studio = make_studio(modalities=("image", "audio", "video", "point"))
     items = load_items("bundled examples", None, 2)
     seen = []
-    fig, summary, result = run_benchmark(studio, StudioSettings(selected=studio.expert_names), items,
+    fig, summary, result = run_mcub(studio, StudioSettings(selected=studio.expert_names), items,
                                          lambda f, desc="": seen.append(f))
     assert result["items"] == 2 and "DAMC" in result["accuracy"] and seen[-1] == 1.0
     assert [t.type for t in fig.data] == ["bar"] and "2 items" in summary

@@ -1,4 +1,4 @@
-"""The Benchmark tab: MCUB-synth accuracy by variant, and a DAMC coefficient sweep.
+"""The Benchmark tab (MCUB accuracy; the speed figures are `python -m composition bench`): accuracy by variant, a DAMC sweep.
 
 Both run ``composition.mcub.evaluate`` on the per-request model view; ``progress`` is any
 ``callable(fraction, desc)`` (the app passes gr.Progress).
@@ -68,7 +68,7 @@ def _evaluate(studio: Studio, settings: StudioSettings, items: list, variants, c
     return evaluate(view, items, variants, coefficients, config, batch_items=4, progress=report)
 
 
-def run_benchmark(studio: Studio, settings: StudioSettings, items: list, progress: Progress | None = None):
+def run_mcub(studio: Studio, settings: StudioSettings, items: list, progress: Progress | None = None):
     """(plotly bar chart, markdown summary, result JSON) of accuracy by variant."""
     present = {m for item in items for m in item.modalities}
     plan = plan_request(studio, settings, present)
