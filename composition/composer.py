@@ -308,13 +308,16 @@ class ComposedModel:
                 blocks[(expert.name, i)] = expert.modality_block(features[fkey])
         return blocks
 
-    def prompt_rows(self, question: str, inputs: Sequence[ModalInput], variants: Sequence[ResolvedVariant]) -> list[PromptRow]:
+    def prompt_rows(self, question: str, inputs: Sequence[ModalInput], variants: Sequence[ResolvedVariant], *,
+                    message_fn: Callable[[str, list[str]], str] = user_message) -> list[PromptRow]:
+        """One prompt row per variant; ``message_fn(question, modalities it reads)`` writes the user turn
+        (default: the studio's one line per input; the MCUB runner passes the paper's verbatim turn)."""
         blocks = self.encode_inputs(variants, inputs)
         rows = []
         embed = self.model.get_input_embeddings()
         for rv in variants:
             taken = [(i, item) for i, item in enumerate(inputs) if item.modality in rv.block_experts]
-            message = user_message(question, [item.modality for _, item in taken])
+            message = message_fn(question, [item.modality for _, item in taken])
             prompt = self.base.template.format_prompt(message)
             per_modality: dict[str, list[torch.Tensor]] = {}
             for i, item in taken:

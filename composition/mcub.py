@@ -1,231 +1,56 @@
-"""MCUB evaluation: score compositions and single experts on MCUB (or MCUB-synth) items.
+"""MCUB evaluation: score compositions and single experts on MCUB, AVQA, MUSIC-AVQA or MCUB-synth items.
 
 MCUB (the paper's Multimodal Commonality Understanding Benchmark) gives 3 or 4 inputs of
-different modalities and asks which option (A-D) they have in common; an answer is right
-when its first option letter is the gold one. The runner batches items *and* variants
-together: one `generate_batch` call answers every (item, variant) pair of a chunk of items,
-so evaluating six variants costs little more than one (DESIGN.md §1, "side by side means
-batched").
+different modalities and asks which option (A-D) they have in common. The runner batches
+items *and* variants together: one `generate_batch` call answers every (item, variant) pair
+of a chunk of items, so evaluating six variants costs little more than one (DESIGN.md §1,
+"side by side means batched").
 
     from composition.mcub import load_mcub, evaluate
-    items = load_mcub("mcub-synth4.json")
-    result = evaluate(cm, items, batch_items=8)
-    result.accuracy()          # {"DAMC": 0.93, "expert:image": 0.51, ...}
+    items = load_mcub("MCUB-4.json", answers="MCUB-answer.json", data_root="data")
+    result = evaluate(cm, items, rule=RULES["first-char"], prompt="paper", config=PAPER_CONFIG)
+    result.accuracy()          # {"DAMC": 0.63, "expert:image": 0.41, ...}
 
-The JSON layout is the original MCUB one (also what `training.mcub_synth` writes): a list
-of items ``{"id", "conversations": [{"from": "human", "value": question}, {"from": "gpt",
-"value": "B"}], "modal_inputs": {"image": "files/1.png", ...}}`` with paths relative to
-the JSON file. Files are read only from within the JSON file's folder.
+Reading files: ``composition.mcub_files`` (the released layout unchanged, and MCUB-synth);
+scoring rules: ``composition.scoring``; the paper-fidelity prompt: ``composition.mcub_prompt``;
+several processes: ``composition.distributed``; the λ/μ search: ``composition.tune``.
+
+MCUB-synth sets are *built* by ``training.mcub_synth`` (composition never imports training);
+this module only finds built sets in the cache folder (``synth_sets``), by the convention
+``<repo>/.cache/mcub-synth/seed<S>-n<N>/mcub-synth4.json`` and
+``.../mcub-synth3-<initials>.json`` per synth-3 subset, and names the build command when a
+set is missing.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
-import re
+import os
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
+from checks import check_int
+
 from .errors import CompositionError
 from .generate import GenerationConfig, generate_batch, length_buckets  # noqa: F401 (length_buckets: public here too)
-
-LETTERS = ("A", "B", "C", "D")
-
-# `modal_inputs` keys -> our modality names. The original MCUB release and LLaVA-style
-# data use the first of each group; the others are common spellings in multimodal data sets.
-MODALITY_ALIASES: dict[str, str] = {
-    "image": "image", "images": "image", "img": "image", "picture": "image", "photo": "image",
-    "audio": "audio", "sound": "audio", "speech": "audio", "wav": "audio",
-    "video": "video", "videos": "video", "clip": "video",
-    "point": "point", "points": "point", "pc": "point", "point_cloud": "point", "pointcloud": "point",
-    "point-cloud": "point", "3d": "point", "pcd": "point",
-}
-
-# Conversation roles: LLaVA-style "human"/"gpt", chat-style "user"/"assistant".
-ROLE_ALIASES = {"human": "human", "user": "human", "gpt": "gpt", "assistant": "gpt"}
+from .mcub_files import (MODALITY_ALIASES, ROLE_ALIASES, McubFormatError, McubItem, QuestionSet,  # noqa: F401 (public here)
+                         load_mcub, load_question_set)
+from .mcub_prompt import PAPER_MAX_NEW_TOKENS, PROMPT_MODES, check_paper_turn, paper_prompt_rows
+from .scoring import LETTERS, RULES, ScoringRule, score_answer  # noqa: F401 (public here)
 
 # How long generated answers are: only the first letter is scored, so a few tokens suffice.
 DEFAULT_CONFIG = GenerationConfig(max_new_tokens=4, temperature=0.0)
-
-
-class McubFormatError(CompositionError):
-    """An MCUB JSON file does not have the expected layout, or names a file it may not read."""
-
-
-# --- scoring ------------------------------------------------------------------------
-_UPPER_LETTER = re.compile(r"(?<![A-Za-z0-9])([A-D])(?![A-Za-z0-9])")
-_LEADING_LOWER = re.compile(r"^[\s(\[{\"'*]*([a-d])(?:[\s.):\]}\"'*,;!]*)$|^[\s(\[{\"'*]*([a-d])[.):\]]")
-
-
-def score_answer(text: str) -> str | None:
-    """The option letter an answer chose, or None; the MCUB rule "compare the first letter".
-
-    Exactly:
-    1. A lowercase ``a``-``d`` counts only when it opens the answer and stands alone or is
-       followed by ``.``, ``)``, ``:`` or ``]`` ("b", "b.", "(b)", "c) drum") -- a lowercase
-       letter elsewhere is the article "a" or part of a word, never an option.
-    2. Otherwise the first uppercase ``A``-``D`` that is a word of its own (no letter or
-       digit touching it): "B", "B.", "(B)", "Answer: B", "The answer is C" all work, while
-       the "A" of "Answer" or of "ABC" does not count.
-    Whitespace around the answer is ignored; an answer with no such letter scores None
-    (always wrong).
-    """
-    if not isinstance(text, str):
-        raise CompositionError(f"an answer to score must be a string, got {type(text).__name__}.")
-    text = text.strip()
-    lower = _LEADING_LOWER.match(text)
-    if lower:
-        return (lower.group(1) or lower.group(2)).upper()
-    upper = _UPPER_LETTER.search(text)
-    return upper.group(1) if upper else None
-
-
-# --- items --------------------------------------------------------------------------
-@dataclass(frozen=True)
-class McubItem:
-    """One MCUB question: its inputs (in prompt order), the question text and the gold letter."""
-
-    id: str
-    question: str
-    answer: str
-    inputs: tuple[tuple[str, Path], ...]  # (modality, file), modality order of the prompt
-
-    def __post_init__(self) -> None:
-        from modalities import MODALITY_NAMES
-
-        if not isinstance(self.id, str) or not self.id:
-            raise McubFormatError(f"an MCUB item id must be a non-empty string, got {self.id!r}.")
-        if not isinstance(self.question, str) or not self.question.strip():
-            raise McubFormatError(f"item {self.id!r}: the question is empty.")
-        if self.answer not in LETTERS:
-            raise McubFormatError(f"item {self.id!r}: gold answer {self.answer!r}; expected one of {LETTERS}.")
-        if not self.inputs:
-            raise McubFormatError(f"item {self.id!r} has no inputs; an MCUB item has 3 or 4 modalities.")
-        for modality, path in self.inputs:
-            if modality not in MODALITY_NAMES:
-                raise McubFormatError(f"item {self.id!r}: unknown modality {modality!r}; expected one of {MODALITY_NAMES}.")
-            if not isinstance(path, Path):
-                raise McubFormatError(f"item {self.id!r}: the {modality} input must be a Path, got {type(path).__name__}.")
-
-    @property
-    def modalities(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(m for m, _ in self.inputs))
-
-    @property
-    def subset(self) -> str:
-        """The modality set, e.g. "image+audio+video" (MCUB-3 is reported per subset)."""
-        return "+".join(self.modalities)
-
-
-def load_mcub(path: str | Path) -> list[McubItem]:
-    """Read an MCUB JSON file (original or MCUB-synth) and check its layout and files.
-
-    Refused, each with a message naming the item: a top level that is not a non-empty list,
-    an item without ``conversations`` (a human and a gpt turn) or ``modal_inputs``, a gold
-    answer with no letter A-D, an unknown modality key (see MODALITY_ALIASES), a path that
-    is absolute or leaves the JSON's folder (``..``, or a link pointing outside), a missing
-    file, and duplicate ids.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise McubFormatError(f"MCUB file {path.name!r} was not found; pass an MCUB JSON file, synth-3 or synth-4.")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, numbers too long, nesting too deep
-        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc).splitlines()[0][:160]
-        raise McubFormatError(f"MCUB file {path.name!r} is not valid JSON ({reason}).") from None
-    if not isinstance(data, list) or not data:
-        raise McubFormatError(f"MCUB file {path.name!r} must hold a non-empty JSON list of items, "
-                              f"got {type(data).__name__}{'' if data else ' (empty)'}.")
-    root = path.resolve().parent
-    items = [_parse_item(raw, i, root) for i, raw in enumerate(data)]
-    duplicated = [k for k, n in Counter(item.id for item in items).items() if n > 1]
-    if duplicated:
-        raise McubFormatError(f"MCUB file {path.name!r}: item id {duplicated[0]!r} appears more than once; ids must be unique.")
-    return items
-
-
-def _parse_item(raw, index: int, root: Path) -> McubItem:
-    where = f"item {index + 1}"
-    if not isinstance(raw, dict):
-        raise McubFormatError(f"{where} must be a JSON object, got {type(raw).__name__}.")
-    item_id = raw.get("id", f"item-{index + 1}")
-    if not isinstance(item_id, (str, int)) or isinstance(item_id, bool) or item_id == "":
-        raise McubFormatError(f"{where}: id {item_id!r} must be a non-empty string or an integer.")
-    item_id = str(item_id)
-    where = f"item {item_id!r}"
-    question, gold_text = _turns(raw.get("conversations"), where)
-    gold = score_answer(gold_text)
-    if gold is None:
-        raise McubFormatError(f"{where}: the gpt turn {gold_text[:40]!r} has no option letter A-D.")
-    return McubItem(item_id, _strip_placeholders(question), gold, _inputs(raw.get("modal_inputs"), where, root))
-
-
-def _turns(conversations, where: str) -> tuple[str, str]:
-    """The first human turn (question) and the first gpt turn (gold answer)."""
-    if not isinstance(conversations, list) or not conversations:
-        raise McubFormatError(f"{where}: 'conversations' must be a non-empty list of turns, got {conversations!r:.60}.")
-    found: dict[str, str] = {}
-    for turn in conversations:
-        if not isinstance(turn, dict) or not isinstance(turn.get("from"), str) or not isinstance(turn.get("value"), str):
-            raise McubFormatError(f"{where}: every turn must be {{\"from\": str, \"value\": str}}, got {turn!r:.60}.")
-        found.setdefault(ROLE_ALIASES.get(turn["from"].strip().lower(), turn["from"]), turn["value"])
-    for role in ("human", "gpt"):
-        if role not in found:
-            raise McubFormatError(f"{where}: 'conversations' has no {role!r} turn; expected a human question and a gpt answer.")
-    return found["human"], found["gpt"]
-
-
-def _inputs(modal_inputs, where: str, root: Path) -> tuple[tuple[str, Path], ...]:
-    from modalities import MODALITY_NAMES
-
-    if not isinstance(modal_inputs, dict) or not modal_inputs:
-        raise McubFormatError(f"{where}: 'modal_inputs' must be a non-empty object {{modality: path}}, got {modal_inputs!r:.60}.")
-    per_modality: dict[str, list[Path]] = {}
-    for key, value in modal_inputs.items():
-        modality = MODALITY_ALIASES.get(str(key).strip().lower())
-        if modality is None:
-            raise McubFormatError(f"{where}: unknown modal_inputs key {key!r}; expected one of {sorted(MODALITY_ALIASES)}.")
-        paths = value if isinstance(value, list) else [value]
-        if not paths or not all(isinstance(p, str) and p for p in paths):
-            raise McubFormatError(f"{where}: the {key!r} input must be a relative path (or a list of them), got {value!r:.60}.")
-        per_modality.setdefault(modality, []).extend(_safe_path(p, root, where) for p in paths)
-    return tuple((m, p) for m in MODALITY_NAMES for p in per_modality.get(m, ()))
-
-
-def _safe_path(relative: str, root: Path, where: str) -> Path:
-    """``root / relative``, refusing anything outside ``root``: a data file must not read the disk at large."""
-    raw = Path(relative)
-    if raw.is_absolute() or relative.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", relative):
-        raise McubFormatError(f"{where}: path {relative!r} is absolute; MCUB paths must be relative to the JSON file's folder.")
-    if ".." in raw.parts or ".." in Path(relative.replace("\\", "/")).parts:
-        raise McubFormatError(f"{where}: path {relative!r} leaves the JSON file's folder ('..'); files are read only from within it.")
-    try:
-        full = (root / raw).resolve()
-    except (OSError, RuntimeError):  # a link loop (Python < 3.13 raises RuntimeError with the full path)
-        raise McubFormatError(f"{where}: path {relative!r} is a link that loops back on itself; link the file itself.") from None
-    if not full.is_relative_to(root):
-        raise McubFormatError(f"{where}: path {relative!r} points outside the JSON file's folder; files are read only from within it.")
-    if not full.is_file():
-        raise McubFormatError(f"{where}: input file {relative!r} was not found next to the JSON file.")
-    return full
-
-
-def _strip_placeholders(question: str) -> str:
-    """Drop modality placeholders like ``<image>`` from a question: our prompt adds its own lines."""
-    from modalities import MODALITY_NAMES, get_modality
-
-    for name in MODALITY_NAMES:
-        question = question.replace(get_modality(name).placeholder, "")
-    return "\n".join(line for line in question.splitlines() if line.strip()).strip()
+# The paper's decoding: greedy, 128 new tokens at most (model_multimodal_qa_loader.py).
+PAPER_CONFIG = GenerationConfig(max_new_tokens=PAPER_MAX_NEW_TOKENS, temperature=0.0)
 
 
 # --- results ------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Prediction:
-    """One (item, variant) answer and its score."""
+    """One (item, variant) answer and its score: ``predicted`` is what the rule read, ``gold`` what it had to be."""
 
     item_id: str
     variant: str
@@ -236,7 +61,7 @@ class Prediction:
 
     @property
     def correct(self) -> bool:
-        return self.predicted == self.gold
+        return self.predicted is not None and self.predicted == self.gold
 
     def to_json(self) -> dict:
         return {"id": self.item_id, "variant": self.variant, "answer": self.answer, "predicted": self.predicted,
@@ -244,7 +69,8 @@ class Prediction:
 
 
 def accuracy(predictions: Iterable[Prediction], variants: Sequence[str] | None = None) -> dict[str, float]:
-    """Fraction correct per variant (in ``variants`` order, else first-seen order).
+    """Fraction correct per variant (in ``variants`` order, else first-seen order); the denominator
+    is the number of outputs, as in the paper's scorers.
 
     A variant named in ``variants`` with no prediction is an error, not 0 %: a silent 0 would
     read as a result.
@@ -270,6 +96,7 @@ class McubResult:
     n_items: int
     seconds: float
     subsets: tuple[str, ...] = field(default=())
+    rule: str = "letter"
 
     def __post_init__(self) -> None:
         if len(self.predictions) != self.n_items * len(self.variants):
@@ -299,12 +126,44 @@ class McubResult:
         return out
 
     def write_predictions(self, path: str | Path) -> Path:
-        """One JSON line per (item, variant)."""
-        path = Path(path)
-        with path.open("w", encoding="utf-8") as f:
-            for p in self.predictions:
-                f.write(json.dumps(p.to_json()) + "\n")
-        return path
+        """One JSON line per (item, variant): ``{"id", "variant", "answer", "predicted", "gold", "correct", "subset"}``."""
+        return write_lines(path, (p.to_json() for p in self.predictions))
+
+    def paper_lines(self, items: Sequence[McubItem]) -> dict[str, list[dict]]:
+        """Per variant, the lines of the paper's predictions file, in item order
+        (``{"question_id", "prompt", "text", "answer_id", "model_id", "metadata"}``, as
+        ``model_multimodal_qa_loader.py`` writes them, so ``eval_avqa.py`` / ``eval_music_avqa.py``
+        score them unchanged). ``answer_id`` is a digest of (variant, id) instead of a random
+        uuid, so a rerun, a resumed run and a multi-process run write the same bytes."""
+        by_id = {item.id: item for item in items}
+        out: dict[str, list[dict]] = {v: [] for v in self.variants}
+        for p in self.predictions:
+            item = by_id[p.item_id]
+            out[p.variant].append({"question_id": item.raw_id, "prompt": item.prompt, "text": p.answer,
+                                   "answer_id": hashlib.sha256(f"{p.variant}\0{p.item_id}".encode()).hexdigest()[:22],
+                                   "model_id": p.variant, "metadata": {}})
+        return out
+
+    def write_paper_predictions(self, folder: str | Path, items: Sequence[McubItem]) -> dict[str, Path]:
+        """One paper-format file per variant, ``<folder>/<variant>.jsonl`` (``:`` becomes ``-``)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        return {v: write_lines(folder / f"{variant_slug(v)}.jsonl", lines) for v, lines in self.paper_lines(items).items()}
+
+
+def variant_slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
+
+
+def write_lines(path: str | Path, rows: Iterable[dict]) -> Path:
+    """JSON lines written to a temporary file, then moved into place: a reader never sees half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with tmp.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    os.replace(tmp, path)
+    return path
 
 
 def _rounded(values: Mapping[str, float]) -> dict[str, float]:
@@ -313,10 +172,17 @@ def _rounded(values: Mapping[str, float]) -> dict[str, float]:
 
 # --- evaluation ---------------------------------------------------------------------
 Progress = Callable[[int, int], None]  # (items done, items in all)
+ChunkDone = Callable[[list[Prediction]], None]  # the predictions of one finished chunk
+
+
+def _variant_name(variant) -> str:
+    return variant.name if hasattr(variant, "name") else str(variant).strip()
 
 
 def evaluate(cm, items: Sequence[McubItem], variants: Sequence | None = None, coefficients=None,
-             config: GenerationConfig | None = None, *, batch_items: int = 8, progress: Progress | None = None) -> McubResult:
+             config: GenerationConfig | None = None, *, batch_items: int = 8, progress: Progress | None = None,
+             rule: ScoringRule | None = None, prompt: str = "studio", previous: Mapping[tuple[str, str], str] | None = None,
+             on_chunk: ChunkDone | None = None, coefficients_for: Callable[[tuple[str, ...]], object] | None = None) -> McubResult:
     """Answer every item with every variant and score the answers.
 
     Args:
@@ -326,9 +192,16 @@ def evaluate(cm, items: Sequence[McubItem], variants: Sequence | None = None, co
             items' modalities (NaiveMC, DAMC, each expert). An expert sees only its own
             modality's input; one whose modality an item lacks answers from the text alone.
         coefficients: λ / μ (``Coefficients``); default: the paper's.
-        config: decoding; default greedy with 4 new tokens (only the first letter counts).
+        config: decoding; default greedy with 4 new tokens (``PAPER_CONFIG``: 128, the paper's).
         batch_items: items per generate call; each call has ``batch_items x len(variants)`` rows.
         progress: called with (items done, total) after each chunk.
+        rule: the scoring rule (``composition.scoring.RULES``); default the letter rule.
+        prompt: "studio" (our prompt lines) or "paper" (the human turn verbatim, ``mcub_prompt``).
+        previous: answers already given, ``{(item id, variant name): text}`` (a resumed run):
+            items with an answer for every variant are scored from them, not generated again.
+        on_chunk: called with the new predictions of each generated chunk (to save progress).
+        coefficients_for: per modality set, the coefficients to use (overrides ``coefficients``;
+            the λ search gives each set its own ``1/K`` scale).
     Returns:
         a McubResult; predictions in the items' order, then the variants' order.
     """
@@ -339,28 +212,55 @@ def evaluate(cm, items: Sequence[McubItem], variants: Sequence | None = None, co
         raise CompositionError("evaluate needs a non-empty list of McubItem (see load_mcub).")
     if not isinstance(batch_items, int) or isinstance(batch_items, bool) or batch_items < 1:
         raise CompositionError(f"batch_items={batch_items!r}; expected a positive integer.")
+    if prompt not in PROMPT_MODES:
+        raise CompositionError(f"prompt={prompt!r}; expected one of {PROMPT_MODES}.")
+    rule = rule or RULES["letter"]
+    for item in items:  # every check before the first generation
+        rule.check_gold(item.answer, f"item {item.id!r}")
+        if prompt == "paper":
+            check_paper_turn(item.id, item.prompt, [m for m, _ in item.inputs])
     coefficients = coefficients or Coefficients()
     config = config or DEFAULT_CONFIG
     names = list(variants) if variants else cm.default_variants({m for item in items for m in item.modalities})
     if not names:
         raise CompositionError("no variant can answer these items: load experts for their modalities (or name variants).")
+    expected = [_variant_name(n) for n in names]
+    previous = previous or {}
+    stops = tuple(getattr(cm.base.template, "stop_strings", ()) or ())
+
+    def scored(item: McubItem, name: str, text: str) -> Prediction:
+        return Prediction(item.id, name, text, rule.predicted(text, stops), rule.target(item.answer), item.subset)
+
     start = time.perf_counter()
     variant_names: tuple[str, ...] | None = None
     by_index: dict[int, list[Prediction]] = {}
-    done = 0
-    for chunk in _chunks(items, batch_items):
-        answers = _run_chunk(cm, [items[i] for i in chunk], names, coefficients, config)
+    todo = []
+    for i, item in enumerate(items):
+        if all((item.id, v) in previous for v in expected):
+            by_index[i] = [scored(item, v, previous[(item.id, v)]) for v in expected]
+        else:
+            todo.append(i)
+    done = len(items) - len(todo)
+    for chunk in _chunks([items[i] for i in todo], batch_items):
+        chunk = [todo[k] for k in chunk]
+        modalities = items[chunk[0]].modalities
+        coef = coefficients_for(modalities) if coefficients_for is not None else coefficients
+        answers = _run_chunk(cm, [items[i] for i in chunk], names, coef, config, prompt)
         chunk_names = tuple(name for name, _ in answers[0])
         variant_names = variant_names or chunk_names
+        new = []
         for i, item_answers in zip(chunk, answers):
-            by_index[i] = [Prediction(items[i].id, name, text, score_answer(text), items[i].answer, items[i].subset)
-                           for name, text in item_answers]
+            by_index[i] = [scored(items[i], name, text) for name, text in item_answers]
+            new += by_index[i]
+        if on_chunk is not None:
+            on_chunk(new)
         done += len(chunk)
         if progress is not None:
             progress(done, len(items))
     predictions = [p for i in range(len(items)) for p in by_index[i]]
     subsets = tuple(dict.fromkeys(item.subset for item in items))
-    return McubResult(variant_names, predictions, len(items), time.perf_counter() - start, subsets)
+    return McubResult(variant_names or tuple(expected), predictions, len(items), time.perf_counter() - start, subsets,
+                      rule.name)
 
 
 def _chunks(items: Sequence[McubItem], size: int) -> list[list[int]]:
@@ -390,7 +290,8 @@ def _load_item_inputs(item: McubItem) -> list:
     return inputs
 
 
-def _run_chunk(cm, chunk: list[McubItem], names: Sequence, coefficients, config: GenerationConfig) -> list[list[tuple[str, str]]]:
+def _run_chunk(cm, chunk: list[McubItem], names: Sequence, coefficients, config: GenerationConfig,
+               prompt: str = "studio") -> list[list[tuple[str, str]]]:
     """Every (item, variant) of a chunk in one generate call.
 
     Row ``k * V + v`` is item k with variant v. Prompt lengths differ (a single expert sees
@@ -402,15 +303,29 @@ def _run_chunk(cm, chunk: list[McubItem], names: Sequence, coefficients, config:
     present = set(chunk[0].modalities)
     with cm.lock:
         resolved = cm.resolve(names, coefficients, present)
-        rows = [row for item, item_inputs in zip(chunk, inputs) for row in cm.prompt_rows(item.question, item_inputs, resolved)]
+        rows = []
+        for item, item_inputs in zip(chunk, inputs):
+            if prompt == "paper":
+                rows += paper_prompt_rows(cm, item.prompt, item_inputs, resolved)
+            else:
+                rows += cm.prompt_rows(item.question, item_inputs, resolved)
         table = cm.coef_table(resolved * len(chunk))
         tokens = generate_batch(cm.model, cm.router, cm.routed_batch(rows), table, config, cm.base.eos_token_ids)
     v = len(resolved)
     return [[(resolved[j].name, cm.decode(tokens[k * v + j])) for j in range(v)] for k in range(len(chunk))]
 
 
-# --- MCUB-synth sets ----------------------------------------------------------------
+# --- MCUB-synth sets (built by training.mcub_synth, found here) ----------------------
 SYNTH_KINDS = ("synth-4", "synth-3")
+# synth-3 subsets, in the order training.mcub_synth.SYNTH3_SUBSETS builds them; a test checks both agree.
+SYNTH3_SUBSETS: tuple[tuple[str, ...], ...] = (
+    ("image", "audio", "video"), ("image", "audio", "point"), ("image", "video", "point"), ("audio", "video", "point"),
+)
+ALL_FOUR = "image+audio+video+point"
+
+
+class SynthSetMissing(McubFormatError):
+    """An MCUB-synth set is not built (or is incomplete); the message names the command that builds it."""
 
 
 def synth_cache_dir() -> Path:
@@ -418,40 +333,66 @@ def synth_cache_dir() -> Path:
     return Path(__file__).resolve().parent.parent / ".cache" / "mcub-synth"
 
 
-def synth_sets(kind: str, seed: int = 0, n_items: int = 200, cache_dir: str | Path | None = None,
-               workers: int | None = None, on_build: Callable[[str], None] | None = None) -> dict[str, Path]:
-    """The MCUB-synth JSON files of ``kind``, built once and reused (keyed by seed and size).
+def synth_set_folder(seed: int, n_items: int, cache_dir: str | Path | None = None) -> Path:
+    """``<cache>/seed<seed>-n<n_items>``: one folder per (seed, size), files under ``files/``."""
+    return Path(cache_dir or synth_cache_dir()) / f"seed{seed}-n{n_items}"
 
-    Returns ``{"image+audio+video+point": path}`` for synth-4, and one entry per 3-modality
-    subset for synth-3 (the paper reports MCUB-3 per subset). A cached set is reused when
-    its JSON loads (every file present); rendering is the cost, spread over ``workers``.
-    """
-    import os
 
-    from training.mcub_synth import SYNTH3_SUBSETS, build_mcub_synth, set_name
-
+def synth_file_names(kind: str) -> dict[str, str]:
+    """``{subset: file name}``: ``mcub-synth4.json``; ``mcub-synth3-<initials>.json`` per synth-3 subset."""
     if kind not in SYNTH_KINDS:
         raise CompositionError(f"unknown MCUB-synth set {kind!r}; expected one of {SYNTH_KINDS}.")
-    if not isinstance(n_items, int) or isinstance(n_items, bool) or n_items < 1:
-        raise CompositionError(f"n_items={n_items!r}; expected a positive integer.")
-    folder = Path(cache_dir or synth_cache_dir()) / f"seed{seed}-n{n_items}"
-    subsets = [None] if kind == "synth-4" else list(SYNTH3_SUBSETS)
-    paths = {}
-    for subset in subsets:
-        name = "+".join(subset) if subset else "image+audio+video+point"
-        path = folder / f"mcub-{set_name(kind, subset)}.json"
-        if not _loads(path, n_items):
-            if on_build is not None:
-                on_build(f"building MCUB-{kind} {name} ({n_items} items, seed {seed}) in {folder}")
-            path = build_mcub_synth(kind, seed, n_items, folder, subset, workers=workers or os.cpu_count() or 1)
-        paths[name] = path
-    return paths
+    if kind == "synth-4":
+        return {ALL_FOUR: "mcub-synth4.json"}
+    return {"+".join(s): f"mcub-synth3-{''.join(m[0] for m in s)}.json" for s in SYNTH3_SUBSETS}
 
 
-def _loads(path: Path, n_items: int) -> bool:
-    if not path.is_file():
-        return False
+def synth_build_command(kind: str, seed: int, n_items: int, cache_dir: str | Path | None = None) -> str:
+    """The exact command that builds the set where ``synth_sets`` looks for it."""
+    folder = synth_set_folder(seed, n_items, cache_dir)
     try:
-        return len(load_mcub(path)) == n_items
+        shown = folder.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        shown = folder
+    subset = " --subset all" if kind == "synth-3" else ""
+    return f"python -m training.mcub_synth --kind {kind}{subset} --seed {seed} --n-items {n_items} --out {shown}"
+
+
+def synth_sets(kind: str, seed: int = 0, n_items: int = 200, cache_dir: str | Path | None = None, *,
+               at_least: bool = False) -> dict[str, Path]:
+    """The built MCUB-synth JSON files of ``kind``: ``{"image+audio+video+point": path}`` for
+    synth-4, one entry per 3-modality subset for synth-3 (the paper reports MCUB-3 per subset).
+
+    Nothing is built here (composition does not import training): a set that is missing or
+    incomplete raises ``SynthSetMissing`` naming the ``python -m training.mcub_synth`` command
+    that builds it. ``at_least``: any complete set of this seed with ``n_items`` or more items
+    will do (the smallest), for callers that take its first items (the app, the benchmark).
+    """
+    n_items = check_int(n_items, "n_items", 1, error=CompositionError)
+    seed = check_int(seed, "seed", 0, error=CompositionError)
+    sizes = [n_items]
+    if at_least:
+        root = Path(cache_dir or synth_cache_dir())
+        built = sorted(int(p.name.rsplit("-n", 1)[1]) for p in root.glob(f"seed{seed}-n*") if p.name.rsplit("-n", 1)[1].isdigit())
+        sizes = [n for n in built if n >= n_items] + sizes
+    problem = ""
+    for size in sizes:
+        folder = synth_set_folder(seed, size, cache_dir)
+        paths = {subset: folder / name for subset, name in synth_file_names(kind).items()}
+        states = [_synth_state(path, size) for path in paths.values()]
+        if not any(states):
+            return paths
+        problem = problem or next(s for s in states if s)
+    raise SynthSetMissing(f"MCUB-{kind} (seed {seed}, {n_items} items) {problem}; build it with: "
+                          f"{synth_build_command(kind, seed, n_items, cache_dir)}")
+
+
+def _synth_state(path: Path, n_items: int) -> str:
+    """"" when the set is complete, else what is wrong with it."""
+    if not path.is_file():
+        return "is not built"
+    try:
+        n = len(load_mcub(path))
     except McubFormatError:
-        return False
+        return "is incomplete (a build was interrupted?)"
+    return "" if n == n_items else f"has {n} items, not {n_items}"

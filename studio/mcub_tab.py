@@ -5,11 +5,13 @@ Both run ``composition.mcub.evaluate`` on the per-request model view; ``progress
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Callable
 
 from composition.errors import CompositionError
-from composition.mcub import McubResult, evaluate, load_mcub
+from composition.mcub import ALL_FOUR, RULES, McubResult, evaluate, load_mcub, synth_sets
+from composition.tune import parse_grid, split_items, tune_coefficients  # noqa: F401 (parse_grid: the app's grids)
 from composition.variants import Coefficients, VariantSpec
 
 from .session import Studio
@@ -19,7 +21,7 @@ from .settings import StudioSettings, lambda_names
 
 REPO = Path(__file__).resolve().parent.parent
 BUNDLED_MCUB = REPO / "examples" / "manifest.json"
-SOURCES = ("bundled examples", "generated MCUB-synth-4", "uploaded MCUB json")
+SOURCES = ("bundled examples", "built MCUB-synth-4", "uploaded MCUB json")
 Progress = Callable[..., None]
 
 
@@ -37,12 +39,8 @@ def load_items(source: str, uploaded: str | None, n_items: int, progress: Progre
     n_items = int(n_items)
     if source == SOURCES[0]:
         path = bundled_mcub_path()
-    elif source == SOURCES[1]:
-        from composition.mcub import synth_sets
-
-        if progress:
-            progress(0.0, desc=f"building MCUB-synth-4 ({n_items} items) — rendering takes a while the first time")
-        path = synth_sets("synth-4", n_items=n_items)["image+audio+video+point"]
+    elif source == SOURCES[1]:  # built by training (python -m training.mcub_synth); a missing set names the command
+        path = synth_sets("synth-4", n_items=n_items, at_least=True)[ALL_FOUR]
     elif source == SOURCES[2]:
         if not uploaded:
             raise CompositionError("choose 'uploaded MCUB json' only after uploading an MCUB .json file (its media paths "
@@ -128,12 +126,39 @@ def run_sweep(studio: Studio, settings: StudioSettings, items: list, scales: lis
     return fig
 
 
-def parse_grid(text: str, what: str) -> list[float]:
-    """'0.5, 1, 1.5' -> [0.5, 1.0, 1.5] with a clear error."""
-    try:
-        values = [float(v) for v in str(text).replace(";", ",").split(",") if v.strip()]
-    except ValueError:
-        raise CompositionError(f"{what} {text!r} must be numbers separated by commas, e.g. 0.5, 1, 1.5.") from None
-    if not values:
-        raise CompositionError(f"{what} is empty; give numbers separated by commas, e.g. 0.5, 1, 1.5.")
-    return values
+
+
+def tune_items(source: str, uploaded: str | None, n_items: int, fraction: float = 0.3) -> tuple[list, list]:
+    """(validation, test) items: MCUB-synth-4 from two seeds (1 to tune, 0 to report); other sources a seeded split."""
+    if source == SOURCES[1]:
+        validation = load_mcub(synth_sets("synth-4", seed=1, n_items=int(n_items), at_least=True)[ALL_FOUR])[:int(n_items)]
+        return validation, load_items(source, uploaded, n_items)
+    return split_items(load_items(source, uploaded, n_items), fraction)
+
+
+def run_tune(studio: Studio, settings: StudioSettings, validation: list, test: list, scales: list[float], mus: list[float],
+             progress: Progress | None = None) -> tuple[str, dict, StudioSettings]:
+    """DAMC's coefficient choice: the best λ scale × μ on ``validation``, reported on the disjoint ``test`` items.
+
+    Returns (markdown summary, result JSON, the settings with the chosen λ and μ applied: the sliders show them).
+    """
+    from composition.generate import GenerationConfig
+
+    view = studio.cm.subset(settings.selected)
+
+    def report(done: int, total: int, label: str) -> None:
+        if progress:
+            progress(done / max(total, 1), desc=label)
+
+    result = tune_coefficients(view, validation, test, scales=scales, mus=mus, variant="DAMC", rule=RULES["letter"],
+                               config=GenerationConfig(max_new_tokens=4), batch_items=4, progress=report)
+    modalities = sorted({m for item in test for m in item.modalities})
+    chosen = result.coefficients(view, modalities)
+    mus = {e.modality: result.best_mu for e in view.experts.values() if e.training == "decoupled"}
+    applied = dataclasses.replace(settings, lambdas=dict(chosen.lambdas), mus=mus)
+    summary = (f"**Chosen on {result.n_validation} validation items:** λ scale {result.best_scale:g} (λ_i = scale/K), "
+               f"μ {result.best_mu:g} — validation accuracy {100 * result.validation_accuracy:.1f} %. "
+               f"**On {result.n_test} disjoint test items:** {100 * result.test_accuracy:.1f} % "
+               f"(the paper's default λ = 1/K, μ = 1: {100 * result.default_test_accuracy:.1f} %). "
+               "The sliders now hold the chosen values." + "".join(f"\n- {n}" for n in result.notes))
+    return summary, result.to_json(), applied

@@ -12,7 +12,7 @@ import composition.mcub as mcub
 from composition.composer import ComposedModel
 from composition.errors import CompositionError
 from composition.generate import GenerationConfig
-from composition.mcub import (McubFormatError, McubItem, McubResult, Prediction, accuracy, evaluate, load_mcub,
+from composition.mcub import (RULES, McubFormatError, McubItem, McubResult, Prediction, accuracy, evaluate, load_mcub,
                               score_answer)
 from composition.variants import Coefficients
 from tests.cli_runner import run_cli
@@ -159,9 +159,11 @@ def test_load_mcub_reads_the_layout_and_aliases(one_item):
     item["conversations"][0]["value"] = "<image>\n<audio>\n" + item["conversations"][0]["value"]
     item["conversations"][1]["value"] = "(C) the answer"
     loaded = load_mcub(write(folder, [item]))[0]
-    assert isinstance(loaded, McubItem) and loaded.answer == "C"
+    assert isinstance(loaded, McubItem) and loaded.answer == "(C) the answer"
+    assert RULES["letter"].target(loaded.answer) == "C"  # the letter rule reads the gold's letter
     assert loaded.modalities == MODALITIES and loaded.subset == "image+audio+video+point"
     assert loaded.question.startswith("What do these inputs") and "<image>" not in loaded.question
+    assert loaded.prompt.startswith("<image>\n<audio>\n")  # the human turn verbatim, for --prompt paper
     assert all(path.is_file() and folder.resolve() in path.parents for _, path in loaded.inputs)
 
 
@@ -171,10 +173,9 @@ def test_load_mcub_reads_the_layout_and_aliases(one_item):
     (lambda item: ["not an object"], "item 1 must be a JSON object"),
     (lambda item: [{**item, "conversations": None}], "'conversations' must be a non-empty list"),
     (lambda item: [{k: v for k, v in item.items() if k != "conversations"}], "'conversations' must be a non-empty list"),
-    (lambda item: [{**item, "conversations": item["conversations"][:1]}], "no 'gpt' turn"),
+    (lambda item: [{**item, "conversations": item["conversations"][:1]}], "the gold answer is missing"),
+    (lambda item: [{**item, "conversations": [item["conversations"][1]]}], "no 'human' turn"),
     (lambda item: [{**item, "conversations": [{"from": "human", "value": 3}]}], "every turn must be"),
-    (lambda item: [{**item, "conversations": [item["conversations"][0], {"from": "gpt", "value": "the ball"}]}],
-     "has no option letter A-D"),
     (lambda item: [{k: v for k, v in item.items() if k != "modal_inputs"}], "'modal_inputs' must be a non-empty object"),
     (lambda item: [{**item, "modal_inputs": ["files/x.png"]}], "'modal_inputs' must be a non-empty object"),
     (lambda item: [{**item, "modal_inputs": {"smell": "files/x.png"}}], "unknown modal_inputs key 'smell'"),
@@ -190,6 +191,14 @@ def test_layout_errors_are_clear(one_item, mutate, message):
     folder, item = one_item
     with pytest.raises(McubFormatError, match=message.replace("(", r"\(").replace(")", r"\)")):
         load_mcub(write(folder, mutate(item)))
+
+
+def test_a_gold_without_letter_is_refused_by_the_letter_rule_before_generation(cm, one_item):
+    folder, item = one_item
+    item["conversations"][1]["value"] = "the ball"
+    loaded = load_mcub(write(folder, [item]))
+    with pytest.raises(CompositionError, match="has no option letter A-D"):
+        evaluate(cm, loaded, ["DAMC"], rule=RULES["letter"])
 
 
 def test_invalid_json_and_missing_file(tmp_path):

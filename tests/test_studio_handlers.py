@@ -286,3 +286,18 @@ def test_point_views_show_a_mesh_itself_and_a_cloud_as_its_sampled_points():
     cloud = point_views(str(Path(__file__).resolve().parent.parent / "examples" / "point-example.npy"))
     assert cloud.display_mode == "point_cloud" and cloud.model_path.endswith(".ply")
     assert Path(cloud.model_path).read_bytes().startswith(b"ply\nformat binary_little_endian 1.0\n")
+
+
+def test_tuning_chooses_on_validation_reports_on_test_and_fills_the_sliders():
+    from studio.mcub_tab import SOURCES, run_tune, tune_items
+
+    studio = make_studio(modalities=("image", "audio", "video", "point"))
+    validation, test = tune_items(SOURCES[0], None, 6)
+    assert validation and test and not {i.id for i in validation} & {i.id for i in test}
+    summary, result, applied = run_tune(studio, handlers.default_settings(studio), validation, test, [0.5, 1.0], [1.0])
+    n = len(load_items(SOURCES[0], None, 6))  # the bundled examples' MCUB items
+    assert result["best"]["lambda_scale"] in (0.5, 1.0) and result["validation_items"] + result["test_items"] == n
+    assert "disjoint test items" in summary and "sliders now hold" in summary
+    k = 4  # every item has all four modalities: λ_i = scale/K
+    assert applied.lambdas == {n: pytest.approx(result["best"]["lambda_scale"] / k) for n in ("image", "audio", "video", "point")}
+    assert set(applied.mus.values()) == {1.0}

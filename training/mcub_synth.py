@@ -18,6 +18,15 @@ Item design (why single experts fail and compositions can succeed):
   is balanced over A-D and the answer category over all categories.
 
     python -m training.mcub_synth --kind synth-4 --n-items 200 --out .cache/mcub-synth
+
+Where `python -m composition mcub --data synth-4|synth-3 --seed S --synth-items N` looks for
+built sets (composition never imports training, so it only finds them): the folder
+`.cache/mcub-synth/seed<S>-n<N>/` of the repository, `mcub-synth4.json` and one
+`mcub-synth3-<initials>.json` per synth-3 subset (`composition.mcub.synth_sets`; it names
+this command when a set is missing):
+
+    python -m training.mcub_synth --kind synth-4 --seed 0 --n-items 200 --out .cache/mcub-synth/seed0-n200
+    python -m training.mcub_synth --kind synth-3 --subset all --seed 0 --n-items 200 --out .cache/mcub-synth/seed0-n200
 """
 from __future__ import annotations
 
@@ -253,7 +262,9 @@ def score_answer(answer: str) -> str | None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Build MCUB-synth sets (the original MCUB JSON layout).")
     parser.add_argument("--kind", choices=(*KINDS, "all"), default="all")
-    parser.add_argument("--subset", default=None, help="synth-3 only, e.g. image,audio,point")
+    parser.add_argument("--subset", default=None,
+                        help="synth-3 only: e.g. image,audio,point, or 'all' for one file per subset (what "
+                             "`python -m composition mcub --data synth-3` reads)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--n-items", type=int, default=DEFAULT_ITEMS)
     parser.add_argument("--out", default=".cache/mcub-synth")
@@ -266,6 +277,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.kind == "all":
         paths = list(build_all(args.seed, args.n_items, args.out, args.workers).values())
+    elif args.kind == "synth-3" and args.subset == "all":
+        paths = [build_mcub_synth("synth-3", args.seed, args.n_items, args.out, subset, args.workers)
+                 for subset in SYNTH3_SUBSETS]
     else:
         subset = tuple(args.subset.split(",")) if args.subset else None
         paths = [build_mcub_synth(args.kind, args.seed, args.n_items, args.out, subset, args.workers)]

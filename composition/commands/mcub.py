@@ -1,85 +1,352 @@
-"""``python -m composition mcub``: score compositions and experts on MCUB files."""
+"""``python -m composition mcub``: score compositions and experts on MCUB / AVQA / MUSIC-AVQA files or MCUB-synth.
+
+    python -m composition mcub --data MCUB-4.json --answers MCUB-answer.json --data-root data --prompt paper --json
+    torchrun --standalone --nproc-per-node 2 -m composition mcub --data ...      # items sharded over processes
+    python -m composition mcub --data synth-4 --tune                             # λ/μ on seed 1, reported on seed 0
+
+Writes ``<stem>-predictions.jsonl`` (one line per item and variant; what ``--resume``
+continues from) and ``<stem>-paper/<variant>.jsonl`` (the paper's predictions-file format,
+for ``eval_avqa.py`` / ``eval_music_avqa.py``) next to the data file, or in the working
+directory when that folder is read-only.
+"""
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 from ..cli import add_composition_args, build_model, check_coefficient_names, coefficients_from_args, command, variant_specs
 
 
-# --- mcub ---------------------------------------------------------------------------
-@command("mcub", "score compositions and experts on MCUB (an MCUB JSON file, or the MCUB-synth sets)")
+@command("mcub", "score compositions and experts on MCUB-style files (MCUB, AVQA, MUSIC-AVQA) or the MCUB-synth sets")
 def build_mcub(p: argparse.ArgumentParser):
     p.add_argument("--data", required=True, metavar="FILE|synth-3|synth-4",
-                   help="an MCUB JSON file (paths relative to it), or synth-4 / synth-3 (built once into .cache/mcub-synth)")
+                   help="a question JSON (the released MCUB/AVQA/MUSIC-AVQA files as they are), or synth-4 / synth-3 "
+                        "(sets built by python -m training.mcub_synth into .cache/mcub-synth)")
+    p.add_argument("--answers", default=None, metavar="FILE",
+                   help="the gold answers file (e.g. MCUB-answer.json), joined on id; default: the gpt turns hold the gold")
+    p.add_argument("--data-root", default=None, metavar="DIR",
+                   help="folder the file's relative paths resolve against (default: the JSON's folder, then the working "
+                        "directory); nothing outside it is read")
+    p.add_argument("--scoring", choices=("paper", "letter"), default=None,
+                   help="paper: first character (MCUB, AVQA) or VQA-normalised exact match (MUSIC-AVQA), as the paper scores; "
+                        "letter: the first option letter anywhere sensible (lenient). Default: letter for MCUB-synth, paper otherwise")
+    p.add_argument("--task", default=None, choices=("mcub", "avqa", "music-avqa", "mcub-synth", "multiple-choice", "open-ended"),
+                   help="the task family (default: detected from the file names and answers)")
+    p.add_argument("--prompt", choices=("studio", "paper"), default="studio",
+                   help="studio: our modality lines + the question; paper: the human turn verbatim with the original's "
+                        "labels, 128 new tokens (default studio)")
     p.add_argument("--seed", type=int, default=0, help="MCUB-synth seed (default 0)")
     p.add_argument("--synth-items", type=int, default=200, help="items per MCUB-synth set (default 200)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N items (of each subset for synth-3)")
     p.add_argument("--variants", nargs="+", default=None, metavar="NAMES",
                    help="NaiveMC, DAMC, expert:<name>, or a merge method; default: NaiveMC, DAMC and every expert")
     p.add_argument("--batch-items", type=int, default=8, help="items per batch; each batch runs items x variants rows (default 8)")
-    p.add_argument("--max-new-tokens", type=int, default=4, help="answer length; only the first letter is scored (default 4)")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="answer length (default 4 with --prompt studio, 128 with --prompt paper)")
+    p.add_argument("--predictions", default=None, metavar="FILE",
+                   help="the predictions .jsonl (default <data stem>-predictions.jsonl next to the data)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue a run that was stopped: keep the answers already in the predictions file")
+    g = p.add_argument_group("λ/μ search (--tune)")
+    g.add_argument("--tune", action="store_true",
+                   help="search λ and μ on a validation split, report accuracy with the best setting on the (disjoint) test items")
+    g.add_argument("--val-data", default=None, metavar="FILE", help="validation question file (default: a seeded split of --data)")
+    g.add_argument("--val-answers", default=None, metavar="FILE", help="answers file of --val-data")
+    g.add_argument("--val-fraction", type=float, default=0.3, help="share of --data used for validation when no --val-data (default 0.3)")
+    g.add_argument("--val-seed", type=int, default=None, help="MCUB-synth validation seed (default --seed + 1)")
+    g.add_argument("--tune-variant", default="DAMC", help="the variant whose coefficients are searched (default DAMC)")
+    g.add_argument("--tune-scales", default=None, metavar="S,S,..", help="λ scales (λ_i = scale/K), default 0.5,0.75,1,1.25,1.5")
+    g.add_argument("--tune-mus", default=None, metavar="M,M,..", help="μ values (every modality), default 0.5,0.75,1,1.25")
     add_composition_args(p)
     p.add_argument("--json", action="store_true",
-                   help="print JSON: {\"items\", \"accuracy\": {variant: fraction}, \"subsets\"?: {name: {items, accuracy}}}")
+                   help="print JSON: {\"items\", \"accuracy\": {variant: fraction}, \"subsets\"?, \"task\", \"settings\", "
+                        "\"predictions\"} (with --tune: {\"tune\": ...})")
     return run_mcub
 
 
+# --- loading ------------------------------------------------------------------------
+def _load_sets(args) -> tuple[list, list, str]:
+    """(question sets, items, output stem)."""
+    from ..mcub import SYNTH_KINDS, load_question_set, synth_sets
+
+    if args.data in SYNTH_KINDS:
+        if args.answers or args.data_root:
+            from ..errors import CompositionError
+
+            raise CompositionError("--answers and --data-root apply to question files; MCUB-synth sets carry their answers.")
+        sets = [load_question_set(path) for path in synth_sets(args.data, args.seed, args.synth_items).values()]
+        stem = f"mcub-{args.data.replace('-', '')}"
+    else:
+        sets = [load_question_set(args.data, answers=args.answers, data_root=args.data_root)]
+        stem = Path(args.data).stem
+    items = [item for s in sets for item in s.items[: args.limit]]
+    return sets, items, stem
+
+
+def _task(args, sets) -> tuple[str, str]:
+    from ..scoring import detect_family
+
+    if args.task:
+        return args.task, "--task"
+    items = [item for s in sets for item in s.items]
+    return detect_family(sets[0].names, [item.answer for item in items], all(item.synth for item in items))
+
+
+def _settings(args, config, cm_template: str, rule, family: str, specs_names, coefficients, world: int) -> dict:
+    from ..mcub_prompt import PAPER_LABELS
+
+    settings = {"prompt": args.prompt, "max_new_tokens": config.max_new_tokens, "temperature": config.temperature,
+                "template": cm_template, "scoring": rule.name, "batch_items": args.batch_items,
+                "variants": specs_names, "lambdas": dict(coefficients.lambdas), "mus": dict(coefficients.mus),
+                "method_params": list(args.method_params), "processes": world}
+    if args.prompt == "paper":
+        settings["labels"] = dict(PAPER_LABELS)
+    return settings
+
+
+# --- predictions files and resume ---------------------------------------------------
+def _output_paths(args, sets, stem: str) -> tuple[Path, Path]:
+    """(predictions .jsonl, the paper-format folder): next to the data, else in the working directory."""
+    import os
+
+    if args.predictions:
+        pred = Path(args.predictions)
+    else:
+        folder = sets[0].path.resolve().parent
+        folder = folder if os.access(folder, os.W_OK) else Path.cwd()
+        pred = folder / f"{stem}-predictions.jsonl"
+    return pred, pred.with_name(pred.name.removesuffix(".jsonl").removesuffix("-predictions") + "-paper")
+
+
+def _settings_path(pred: Path) -> Path:
+    return pred.with_name(pred.name + ".settings.json")
+
+
+def _part_paths(pred: Path) -> list[Path]:
+    return sorted(pred.parent.glob(f"{pred.name}.rank*.part"))
+
+
+def _read_previous(pred: Path, settings: dict, ids: set[str]) -> dict[tuple[str, str], str]:
+    """Answers of a stopped run with the same settings: ``{(id, variant): text}`` (a torn last line is skipped)."""
+    from ..errors import CompositionError
+
+    saved_path = _settings_path(pred)
+    files = [p for p in [pred, *_part_paths(pred)] if p.is_file()]
+    if not files:
+        print(f"note: --resume found no predictions file {pred.name}; starting from the first item", file=sys.stderr)
+        return {}
+    saved = json.loads(saved_path.read_text(encoding="utf-8")) if saved_path.is_file() else None
+    comparable = {k: v for k, v in settings.items() if k not in ("processes", "batch_items")}
+    if saved is None or {k: v for k, v in saved.items() if k not in ("processes", "batch_items")} != comparable:
+        raise CompositionError(f"{pred.name} was written with other settings ({saved_path.name}); resume with the same "
+                               "options, or run without --resume to start over.")
+    previous: dict[tuple[str, str], str] = {}
+    for path in files:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+                key, text = (str(row["id"]), str(row["variant"])), row["answer"]
+            except (ValueError, KeyError, TypeError):
+                continue  # the line being written when the run stopped
+            if key[0] in ids and isinstance(text, str):
+                previous[key] = text
+    return previous
+
+
+class _ProgressLog:
+    """Appends each finished chunk's predictions to a file and flushes, so a killed run loses at most one chunk."""
+
+    def __init__(self, path: Path, fresh: bool) -> None:
+        self.path = path
+        self.file = path.open("w" if fresh else "a", encoding="utf-8")
+
+    def __call__(self, predictions) -> None:
+        import os
+
+        for p in predictions:
+            self.file.write(json.dumps(p.to_json()) + "\n")
+        self.file.flush()
+        os.fsync(self.file.fileno())
+
+    def close(self) -> None:
+        self.file.close()
+
+
+# --- run ----------------------------------------------------------------------------
 def run_mcub(args: argparse.Namespace) -> int:
     from ..catalog import scan_experts
+    from ..distributed import all_gather_json, init_distributed, launched_by_torchrun, shard
     from ..errors import CompositionError
     from ..generate import GenerationConfig
-    from ..mcub import SYNTH_KINDS, evaluate, load_mcub, synth_sets
+    from ..mcub import PAPER_CONFIG, DEFAULT_CONFIG, evaluate, write_lines
+    from ..scoring import default_scoring, rule_for
 
-    for flag, value in (("--limit", args.limit), ("--batch-items", args.batch_items), ("--synth-items", args.synth_items)):
+    for flag, value in (("--limit", args.limit), ("--batch-items", args.batch_items), ("--synth-items", args.synth_items),
+                        ("--max-new-tokens", args.max_new_tokens)):
         if value is not None and value < 1:
             raise CompositionError(f"{flag} {value}; expected a positive integer.")
-    config = GenerationConfig(max_new_tokens=args.max_new_tokens)
+    distributed = launched_by_torchrun()
+    if args.tune and (distributed or args.resume):
+        raise CompositionError("--tune runs in one process and does not resume; drop torchrun / --resume for it.")
+    default_tokens = (PAPER_CONFIG if args.prompt == "paper" else DEFAULT_CONFIG).max_new_tokens
+    config = GenerationConfig(max_new_tokens=args.max_new_tokens or default_tokens, temperature=0.0)
     coefficients = coefficients_from_args(args)
     specs = variant_specs(args.variants, args.method_params) if args.variants else None
-    # A user's file is checked first (cheap); MCUB-synth sets may take a minute to build, so after the experts.
-    loaded = {} if args.data in SYNTH_KINDS else {Path(args.data): load_mcub(args.data)}
+    # Every cheap check first: files, answers, paths, gold answers, prompts; then experts; then the model.
+    sets, items, stem = _load_sets(args)
+    family, detected_by = _task(args, sets)
+    scoring = args.scoring or default_scoring(family)
+    rule = rule_for(scoring, family)
+    for item in items:
+        rule.check_gold(item.answer, f"item {item.id!r}")
     entries = scan_experts(args.experts)
     check_coefficient_names(coefficients, entries)
+    task = {"family": family, "detected_by": detected_by, "scoring": scoring, "rule": rule.name,
+            "rule_description": rule.description}
+    if args.tune:
+        val_items = _validation_items(args, items)
+        cm = build_model(args, entries)
+        return _run_tune(args, cm, val_items, items, rule, config, task)
+
+    ctx = init_distributed(args.device) if distributed else None
+    try:
+        cm = build_model(args, entries)
+        names = [s.name for s in specs] if specs else cm.default_variants({m for item in items for m in item.modalities})
+        settings = _settings(args, config, cm.base.template.name, rule, family, names, coefficients,
+                             ctx.world_size if ctx else 1)
+        pred, paper_dir = _output_paths(args, sets, stem)
+        previous = _read_previous(pred, settings, {item.id for item in items}) if args.resume else {}
+        if ctx is not None:
+            ctx.barrier()  # every rank has read the stopped run's answers before anyone appends to them
+        if (ctx is None or ctx.is_main):
+            _settings_path(pred).write_text(json.dumps(settings, indent=1) + "\n", encoding="utf-8")
+        todo = [item for item in items if not all((item.id, v) in previous for v in names)]
+        mine = todo if ctx is None else [todo[i] for i in shard(len(todo), ctx.world_size, ctx.rank)]
+        log_path = pred if ctx is None else pred.with_name(f"{pred.name}.rank{ctx.rank}.part")
+        log = _ProgressLog(log_path, fresh=not args.resume)
+        start = time.perf_counter()
+        try:
+            with _progress_bar(len(mine), disable=ctx is not None and not ctx.is_main) as bar:
+                if mine:
+                    evaluate(cm, mine, specs or names, coefficients, config, batch_items=args.batch_items, rule=rule,
+                             prompt=args.prompt, previous=previous, on_chunk=log,
+                             progress=lambda done, total: bar.update(done - bar.n))
+        finally:
+            log.close()
+        answers = dict(previous)
+        new = _read_log(log_path, {item.id for item in mine})
+        if ctx is not None:
+            for part in all_gather_json([[k[0], k[1], t] for k, t in new.items()], ctx):
+                answers.update({(i, v): t for i, v, t in part})
+        else:
+            answers.update(new)
+        if ctx is not None and not ctx.is_main:
+            return 0
+        result = evaluate(cm, items, specs or names, coefficients, config, batch_items=args.batch_items, rule=rule,
+                          prompt=args.prompt, previous=answers)
+        result.seconds = time.perf_counter() - start
+        written = write_lines(pred, (p.to_json() for p in result.predictions))
+        for part in _part_paths(pred):
+            part.unlink(missing_ok=True)
+        paper_files = result.write_paper_predictions(paper_dir, items)
+        print(f"predictions: {written}", file=sys.stderr)
+        print(f"paper-format predictions: {paper_dir}", file=sys.stderr)
+        summary = {**result.to_json(), "task": task, "settings": settings,
+                   "predictions": {"file": str(written), "paper": {v: str(p) for v, p in paper_files.items()}},
+                   "resumed_answers": len(previous)}
+        extra = sum(len(s.answers_without_question) for s in sets)
+        if extra:
+            summary["answers_without_question"] = extra
+        if args.json:
+            print(json.dumps(summary, indent=2))
+        else:
+            _print_mcub_table(result, summary)
+        return 0
+    finally:
+        if ctx is not None:
+            ctx.close()
+
+
+def _read_log(path: Path, ids: set[str]) -> dict[tuple[str, str], str]:
+    out = {}
+    if not path.is_file():
+        return out
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if str(row.get("id")) in ids:
+            out[(str(row["id"]), str(row["variant"]))] = row["answer"]
+    return out
+
+
+# --- tuning -------------------------------------------------------------------------
+def _validation_items(args, test_items: list) -> list:
+    """The validation items: --val-data, another MCUB-synth seed, or a seeded split (then removed from the test items)."""
+    from ..errors import CompositionError
+    from ..mcub import SYNTH_KINDS, load_question_set, synth_sets
+    from ..tune import split_items
+
+    if args.val_data:
+        return load_question_set(args.val_data, answers=args.val_answers, data_root=args.data_root).items
     if args.data in SYNTH_KINDS:
-        built = synth_sets(args.data, args.seed, args.synth_items, on_build=lambda m: print(m, file=sys.stderr))
-        loaded = {path: load_mcub(path) for path in built.values()}
-    items = [item for path_items in loaded.values() for item in path_items[: args.limit]]
-    cm = build_model(args, entries)
-    with _progress_bar(len(items)) as bar:
-        result = evaluate(cm, items, specs, coefficients, config, batch_items=args.batch_items,
-                          progress=lambda done, total: bar.update(done - bar.n))
-    first = next(iter(loaded))
-    stem = f"mcub-{args.data.replace('-', '')}" if args.data in SYNTH_KINDS else first.stem
-    where = _write_mcub_predictions(result, first.parent, f"{stem}-predictions.jsonl")
-    print(f"predictions: {where}", file=sys.stderr)
-    summary = result.to_json()
+        seed = args.val_seed if args.val_seed is not None else args.seed + 1
+        if seed == args.seed:
+            raise CompositionError(f"--val-seed {seed} is the test seed; validation must come from another seed.")
+        return [item for path in synth_sets(args.data, seed, args.synth_items).values()
+                for item in load_question_set(path).items[: args.limit]]
+    val, test_items[:] = split_items(test_items, args.val_fraction, args.seed)
+    return val
+
+
+def _parse_grid(text: str | None, default, flag: str) -> list[float]:
+    from ..tune import parse_grid
+
+    return list(default) if text is None else parse_grid(text, flag)
+
+
+def _run_tune(args, cm, val_items, test_items, rule, config, task) -> int:
+    from ..tune import DEFAULT_MUS, DEFAULT_SCALES, tune_coefficients
+
+    scales = _parse_grid(args.tune_scales, DEFAULT_SCALES, "--tune-scales")
+    mus = _parse_grid(args.tune_mus, DEFAULT_MUS, "--tune-mus")
+    result = tune_coefficients(cm, val_items, test_items, scales=scales, mus=mus, variant=args.tune_variant, rule=rule,
+                               config=config, prompt=args.prompt, batch_items=args.batch_items,
+                               progress=lambda done, total, label: print(f"[{done}/{total}] {label}", file=sys.stderr))
+    out = {"tune": result.to_json(), "task": task,
+           "coefficients": {"+".join(m): _coef_json(result.coefficients(cm, m))
+                            for m in dict.fromkeys(item.modalities for item in test_items)}}
     if args.json:
-        print(json.dumps(summary, indent=2))
+        print(json.dumps(out, indent=2))
     else:
-        _print_mcub_table(result, summary)
+        print(f"best on {result.n_validation} validation items: λ scale {result.best_scale:g} (λ_i = scale/K), "
+              f"μ {result.best_mu:g}: {100 * result.validation_accuracy:.1f} %")
+        print(f"on {result.n_test} test items: {100 * result.test_accuracy:.1f} % "
+              f"(paper default λ = 1/K, μ = 1: {100 * result.default_test_accuracy:.1f} %)")
     return 0
 
 
-def _progress_bar(total: int):
+def _coef_json(coefficients) -> dict:
+    return {"lambdas": {k: round(v, 6) for k, v in coefficients.lambdas.items()},
+            "mus": {k: round(v, 6) for k, v in coefficients.mus.items()}}
+
+
+# --- output -------------------------------------------------------------------------
+def _progress_bar(total: int, disable: bool = False):
     """A tqdm bar on stderr (shown on a terminal only, so pipes and --json stay clean)."""
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="item", file=sys.stderr, disable=None, leave=False)
-
-
-def _write_mcub_predictions(result, folder: Path, name: str) -> Path:
-    """JSON lines next to the data JSON; the current folder when that one is read-only."""
-    try:
-        return result.write_predictions(folder / name)
-    except OSError:
-        return result.write_predictions(Path.cwd() / name)
+    return tqdm(total=total, unit="item", file=sys.stderr, disable=True if disable else None, leave=False)
 
 
 def _print_mcub_table(result, summary: dict) -> None:
-    print(f"{summary['items']} items, {result.seconds:.1f} s ({result.items_per_second:.2f} items/s)")
+    task = summary["task"]
+    print(f"{summary['items']} items, {result.seconds:.1f} s ({result.items_per_second:.2f} items/s); "
+          f"task {task['family']} ({task['detected_by']}), scoring {task['scoring']} ({task['rule']})")
     groups = {"all": summary["accuracy"]}
     groups.update({name: s["accuracy"] for name, s in summary.get("subsets", {}).items()})
     for group, acc in groups.items():
