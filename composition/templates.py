@@ -43,6 +43,9 @@ class ChatTemplate:
     formatter: Formatter
     stop_strings: tuple[str, ...]
     description: str = ""
+    # modality -> the label its placeholder line carries in this template's prompts, where it
+    # differs from the modality registry's (the paper's prompt writes "point: <point>").
+    modality_labels: tuple[tuple[str, str], ...] = ()
 
     def format_prompt(self, user_message: str, system: str | None = None) -> str:
         """The prompt text up to and including the start of the assistant turn.
@@ -58,7 +61,19 @@ class ChatTemplate:
                 f"user_message must be a str, got {type(user_message).__name__}; "
                 "pass the question text."
             )
-        return self.formatter(user_message, system)
+        return self.formatter(self._relabel(user_message), system)
+
+    def _relabel(self, message: str) -> str:
+        """Rewrite whole ``<registry label>: <placeholder>`` lines with this template's labels."""
+        if not self.modality_labels:
+            return message
+        from modalities import get_modality
+
+        swaps = {}
+        for name, label in self.modality_labels:
+            mod = get_modality(name)
+            swaps[f"{mod.label}: {mod.placeholder}"] = f"{label}: {mod.placeholder}"
+        return "\n".join(swaps.get(line, line) for line in message.split("\n"))
 
     @classmethod
     def from_tokenizer(cls, tokenizer: Any) -> "ChatTemplate":
@@ -134,6 +149,8 @@ VICUNA_V1 = ChatTemplate(
     formatter=_format_vicuna_v1,
     stop_strings=(VICUNA_V1_SEP2,),
     description="Vicuna v1.1 (FastChat/LLaVA): 'SYSTEM USER: ... ASSISTANT:'",
+    # THUNLP-MT/ModelCompose demo_app.py: "image: <image>\n", "audio: <audio>\n", "video: <video>\n", "point: <point>\n".
+    modality_labels=(("image", "image"), ("audio", "audio"), ("video", "video"), ("point", "point")),
 )
 
 # --- registry -------------------------------------------------------------------------

@@ -40,13 +40,27 @@ class ClipVisionEncoder(Encoder):
 
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, kind=self.kind, ndim=3, last_dims=(3, None, None), what="an RGB image of shape (3, H, W) in [0, 1]")
-        # The image is already padded to square (LLaVA's "pad" aspect mode), so a plain resize
-        # equals CLIPImageProcessor's shortest-side resize + center crop.
-        x = x.to(device=self.device, dtype=torch.float32)[None]
+        # LLaVA's "pad" aspect mode (THUNLP-MT/ModelCompose modelcompose/mm_utils.py, expand2square):
+        # centre the image on a square filled with the CLIP mean colour (as 8-bit RGB); once square, a
+        # plain resize equals CLIPImageProcessor's shortest-side resize + center crop at 336.
+        x = pad_to_square(x.to(device=self.device, dtype=torch.float32), self.mean.flatten())[None]
         x = F.interpolate(x, size=(self.resolution, self.resolution), mode="bicubic", antialias=True, align_corners=False)
         x = ((x.clamp(0, 1) - self.mean) / self.std).to(self.dtype)
         hidden = self.model(pixel_values=x, output_hidden_states=True).hidden_states[SELECT_LAYER]
         return hidden[0, 1:]  # drop CLS
+
+
+def pad_to_square(image: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """(3, H, W) in [0, 1] -> (3, S, S), S = max(H, W), the image centred on the mean colour."""
+    _, h, w = image.shape
+    if h == w:
+        return image
+    side = max(h, w)
+    fill = (mean * 255).to(torch.int64).to(image.dtype) / 255  # int(x*255) per channel, as expand2square
+    out = fill.view(3, 1, 1).expand(3, side, side).clone()
+    top, left = (side - h) // 2, (side - w) // 2
+    out[:, top:top + h, left:left + w] = image
+    return out
 
 
 def _normalization(source: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -68,7 +82,9 @@ def _normalization(source: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
 
 
 @register_encoder("clip", modality="image", offline=False,
-                  description="CLIP vision tower from the hub (LLaVA: layer -2 patch tokens), e.g. 576 x 1024")
+                  description="CLIP vision tower from the hub (LLaVA: layer -2 patch tokens), e.g. 576 x 1024",
+                  weight_source=f"Hugging Face hub id or local folder (default {DEFAULT_SOURCE})",
+                  num_tokens=576, feature_dim=1024)
 def _clip(source, *, device, dtype, state_dict):
     reject_state_dict("clip", state_dict)
     from transformers import CLIPVisionModel

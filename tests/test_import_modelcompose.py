@@ -1,0 +1,337 @@
+"""Importing the paper's released ModelCompose checkpoints (composition/importers/modelcompose.py).
+
+Checkpoints are written by tests/modelcompose_checkpoints.py in the original layout at tiny sizes;
+each import is composed and checked against a direct computation of the original routing
+(LocalLoraLinear: W x + s·B_a·A_a x with the adapter a chosen per token, s = alpha/r).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from composition.composer import ComposedModel, ModalInput
+from composition.expert import load_expert
+from composition.factory import ModelShape, features_as_data, synthetic_base
+from composition.importers import ImportError_, import_modelcompose
+from composition.importers.modelcompose import build_experts, convert
+from composition.prompt import build_prompt_row, user_message
+from composition.variants import Coefficients, TEXT_ROUTE
+from tests import modelcompose_checkpoints as mc
+
+SHAPE = ModelShape("tiny-mc", 64, 2, 4, 128)
+QUESTION = "What is it?"
+OURS = {"vision": "image", "audio": "audio", "video": "video", "point": "point"}
+
+
+@pytest.fixture
+def base():
+    return synthetic_base(SHAPE, seed=3)
+
+
+def fresh():
+    """The same random base, unwrapped (ComposedModel wraps its base's linear layers in place)."""
+    return synthetic_base(SHAPE, seed=3)
+
+
+def features(m, n=5, seed=1):
+    return torch.randn(n, mc.FEATURES[m], generator=torch.Generator().manual_seed(seed))
+
+
+def reference_logits(_, tensors, cfg, route_adapters, modality, feats, scalings=None):
+    """The original's forward, written directly from the checkpoint tensors.
+
+    route_adapters: route ("text" or our modality) -> [(adapter name, factor)] applied on that route's tokens.
+    """
+    base = fresh()
+    s = cfg["lora_alpha"] / cfg["lora_r"]
+    p = f"model.modal_projectors.{modality}."
+    proj = torch.nn.functional.gelu(feats @ tensors[p + "0.weight"].T + tensors[p + "0.bias"]) @ tensors[p + "2.weight"].T + tensors[p + "2.bias"]
+    block = torch.cat([tensors[f"prefix_tokens.{modality}"][0], proj, tensors[f"suffix_tokens.{modality}"][0]])
+    ours = OURS[modality]
+    prompt = base.template.format_prompt(user_message(QUESTION, [ours]))
+    row = build_prompt_row(prompt, {ours: [block]}, base.tokenizer, base.model.get_input_embeddings())
+    masks = {r: torch.tensor([x == r for x in row.routes]) for r in route_adapters}
+    hooks = []
+    for name, module in base.model.named_modules():
+        if isinstance(module, torch.nn.Linear) and name.startswith("model.layers."):
+            def hook(mod, inp, out, name=name):
+                x = inp[0]
+                extra = torch.zeros_like(out)
+                for route, adapters in route_adapters.items():
+                    for adapter, factor in adapters:
+                        a = tensors[f"{name}.lora_A.{adapter}.weight"]
+                        b = tensors[f"{name}.lora_B.{adapter}.weight"]
+                        extra = extra + masks[route][None, :, None] * (factor * s * (x @ a.T @ b.T))
+                return out + extra
+            hooks.append(module.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            return base.model(inputs_embeds=row.embeds[None]).logits[0]
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def load(path):
+    return torch.load(Path(path) / "adapter_model.bin", weights_only=True), json.loads((Path(path) / "config.json").read_text())
+
+
+@pytest.mark.parametrize("modality", ["vision", "video", "point"])
+def test_decoupled_expert_alone_matches_original_routing(tmp_path, base, modality):
+    src = mc.single(tmp_path / f"{modality}-damc", modality, "modal+language", seed=7)
+    (folder,) = import_modelcompose([str(src)], tmp_path / "out")
+    expert = load_expert(folder)
+    assert expert.training == "decoupled" and expert.modality == OURS[modality]
+    info = json.loads((folder / "expert.json").read_text())
+    assert info["source"] == str(src) and info["prefix_tokens"] == 2 and info["suffix_tokens"] == 1
+    assert info["encoder"]["kind"] == {"vision": "clip", "video": "languagebind-video", "point": "point-bert"}[modality]
+    cm = ComposedModel(base, [expert], feature_fn=features_as_data)
+    feats = features(modality)
+    got = cm.logits(QUESTION, [ModalInput(OURS[modality], feats)], [f"expert:{expert.name}"])[0]
+    tensors, cfg = load(src)
+    want = reference_logits(base, tensors, cfg, {TEXT_ROUTE: [("default", 1.0)], OURS[modality]: [(modality, 1.0)]}, modality, feats)
+    assert (got - want).abs().max() < 1e-4
+    # The text delta on modality tokens would be wrong: the check can fail.
+    wrong = reference_logits(base, tensors, cfg, {TEXT_ROUTE: [("default", 1.0)], OURS[modality]: [("default", 1.0)]}, modality, feats)
+    assert (got - wrong).abs().max() > 1e-3
+
+
+def test_naivemc_over_imported_shared_experts_is_mean_of_dense_deltas(tmp_path, base):
+    srcs = [mc.single(tmp_path / m, m, "same", seed=i) for i, m in enumerate(("vision", "video"))]
+    folders = import_modelcompose([str(s) for s in srcs], tmp_path / "out")
+    experts = [load_expert(f) for f in folders]
+    assert {e.training for e in experts} == {"shared"} and {e.name for e in experts} == {"mc-image-shared", "mc-video-shared"}
+    cm = ComposedModel(base, experts, feature_fn=features_as_data)
+    inputs = [ModalInput("image", features("vision")), ModalInput("video", features("video", seed=2))]
+    got = cm.logits(QUESTION, inputs, ["NaiveMC"])[0]
+    # Direct: every token uses W + mean of the two dense deltas.
+    t0, cfg = load(srcs[0])
+    t1, _ = load(srcs[1])
+    s = cfg["lora_alpha"] / cfg["lora_r"]
+    blocks = {}
+    for t, m in ((t0, "vision"), (t1, "video")):
+        p = f"model.modal_projectors.{m}."
+        f = inputs[0].data if m == "vision" else inputs[1].data
+        proj = torch.nn.functional.gelu(f @ t[p + "0.weight"].T + t[p + "0.bias"]) @ t[p + "2.weight"].T + t[p + "2.bias"]
+        blocks[OURS[m]] = [torch.cat([t[f"prefix_tokens.{m}"][0], proj, t[f"suffix_tokens.{m}"][0]])]
+    base = fresh()
+    prompt = base.template.format_prompt(user_message(QUESTION, ["image", "video"]))
+    row = build_prompt_row(prompt, blocks, base.tokenizer, base.model.get_input_embeddings())
+    hooks = []
+    for name, module in base.model.named_modules():
+        if isinstance(module, torch.nn.Linear) and name.startswith("model.layers."):
+            dense = sum(s * t[f"{name}.lora_B.default.weight"] @ t[f"{name}.lora_A.default.weight"] for t in (t0, t1)) / 2
+            hooks.append(module.register_forward_hook(lambda mod, inp, out, d=dense: out + inp[0] @ d.T))
+    with torch.no_grad():
+        want = base.model(inputs_embeds=row.embeds[None]).logits[0]
+    for h in hooks:
+        h.remove()
+    assert (got - want).abs().max() < 1e-4
+
+
+def test_merged_checkpoint_imports_as_its_experts_with_lambdas_and_mus(tmp_path, base):
+    lambdas, mus = {"vision": 0.6, "point": 0.4}, {"vision": 1.0, "point": 0.8}
+    src = mc.merged(tmp_path / "merged", ["vision", "point"], lambdas, mus, seed=5)
+    folders = import_modelcompose([str(src)], tmp_path / "out")
+    assert sorted(f.name for f in folders) == ["mc-image", "mc-point"]
+    side = json.loads((tmp_path / "out" / "composition.json").read_text())
+    assert side["lambdas"] == {"mc-image": 0.6, "mc-point": 0.4} and side["mus"] == {"image": 1.0, "point": 0.8}
+    experts = [load_expert(f) for f in folders]
+    cm = ComposedModel(base, experts, feature_fn=features_as_data)
+    feats = features("point")
+    coef = Coefficients(lambdas={"mc-image": 0.6, "mc-point": 0.4}, mus={"point": 0.8})
+    # Text-only DAMC would drop the image expert; one point input: DAMC over the point expert alone (λ, μ as merged).
+    got = cm.logits(QUESTION, [ModalInput("point", feats)], ["DAMC"], coef)[0]
+    tensors, cfg = load(src)
+    want = reference_logits(base, tensors, cfg, {TEXT_ROUTE: [("default-point", 0.4)], "point": [("point", 0.8)]}, "point", feats)
+    assert (got - want).abs().max() < 1e-4
+
+
+def test_audio_qformer_and_default_tokens(tmp_path):
+    src = mc.single(tmp_path / "a", "vision", "modal+language")
+    tensors, cfg = load(src)
+    experts, _ = convert(src, "x")  # prefix_tokens.default is accepted (checked) and not written
+    assert experts[0].prefix.shape == (2, 64)
+    tensors["model.modal_projectors.vision.audio_query_tokens"] = torch.zeros(1, 32, 768)
+    mc.write(src, cfg, tensors)
+    with pytest.raises(ImportError_, match="unrecognised|Q-Former"):
+        import_modelcompose([str(src)], tmp_path / "out")
+
+
+# --- full size, no memory ------------------------------------------------------------------------
+def test_vicuna_7b_r128_key_and_shape_set_is_accepted_exactly():
+    """The key set: for every layer of Vicuna-7B (32, hidden 4096, intermediate 11008) the seven
+    LocalLoraLinear targets x {lora_A, lora_B} x adapters ('default' + the modality for
+    modal+language), the mlp2x_gelu projector, prefix/suffix tokens for infer_modals' names: what
+    get_peft_state_maybe_zero_3 + non-LoRA trainables of train_multimodal.py save. Tensors on meta."""
+    from composition.importers.modelcompose import read_shape
+
+    cfg = mc.config(["vision"], "modal+language", hidden=4096, layers=32, heads=32, inter=11008, r=128, alpha=256, prefix=5, suffix=5)
+    cfg["mm_vision_hidden_size"] = 1024
+    shape = read_shape(cfg, "vicuna")
+    old = dict(mc.FEATURES)
+    mc.FEATURES["vision"] = 1024
+    try:
+        tensors = mc.weights(cfg, ["default", "vision"], ["vision"], 0, device="meta")
+    finally:
+        mc.FEATURES.update(old)
+    # 32 layers x 7 targets x {A, B} x {default, vision} + 4 projector tensors + prefix/suffix x {default, vision}
+    assert len(tensors) == 32 * 7 * 2 * 2 + 4 + 4
+    assert all(t.device.type == "meta" for t in tensors.values())
+    build_experts(cfg, tensors, "vicuna-7b-meta", validate_only=True)  # accepted: every key and shape
+    assert shape.lora("down_proj") == ((128, 11008), (4096, 128))
+    # ... exactly: one key more (layer 32 does not exist), one less, or one shape off is refused.
+    extra = dict(tensors, **{"model.layers.32.mlp.down_proj.lora_A.vision.weight": torch.empty(128, 11008, device="meta")})
+    with pytest.raises(ImportError_, match="unrecognised"):
+        build_experts(cfg, extra, "x", validate_only=True)
+    fewer = dict(tensors)
+    fewer.pop("model.layers.31.mlp.down_proj.lora_B.vision.weight")
+    with pytest.raises(ImportError_, match="missing"):
+        build_experts(cfg, fewer, "x", validate_only=True)
+    off = dict(tensors, **{"model.layers.5.self_attn.k_proj.lora_B.default.weight": torch.empty(4096, 64, device="meta")})
+    with pytest.raises(ImportError_, match="shape"):
+        build_experts(cfg, off, "x", validate_only=True)
+
+
+# --- hostile checkpoints -----------------------------------------------------------------------
+class Tripwire:
+    def __reduce__(self):
+        return (os.system, (f"touch {TRIP}",))
+
+
+TRIP = ""
+
+
+def test_code_running_pickle_is_refused_and_never_runs(tmp_path):
+    global TRIP
+    TRIP = str(tmp_path / "tripped")
+    src = mc.single(tmp_path / "evil", "vision", "same")
+    torch.save({"x": Tripwire()}, src / "adapter_model.bin")
+    with pytest.raises(ImportError_, match="needs code to unpickle"):
+        import_modelcompose([str(src)], tmp_path / "out")
+    assert not Path(TRIP).exists()
+    assert not (tmp_path / "out").exists() or not any(p for p in (tmp_path / "out").iterdir())
+
+
+def _broken(tmp_path, change, strategy="modal+language"):
+    src = mc.single(tmp_path / "src", "vision", strategy)
+    tensors, cfg = load(src)
+    change(tensors, cfg)
+    mc.write(src, cfg, tensors)
+    with pytest.raises(ImportError_) as info:
+        import_modelcompose([str(src)], tmp_path / "out")
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+    return str(info.value)
+
+
+KEY = "model.layers.1.mlp.up_proj.lora_A.vision.weight"
+
+
+def test_wrong_shape(tmp_path):
+    msg = _broken(tmp_path, lambda t, c: t.__setitem__(KEY, torch.zeros(4, 63)))
+    assert KEY in msg and "(4, 64)" in msg
+
+
+def test_missing_factor(tmp_path):
+    msg = _broken(tmp_path, lambda t, c: t.pop("model.layers.0.self_attn.k_proj.lora_B.default.weight"))
+    assert "lora_B.default" in msg and "k_proj" in msg
+
+
+def test_unknown_key(tmp_path):
+    msg = _broken(tmp_path, lambda t, c: t.__setitem__("model.extra_head.weight", torch.zeros(2)))
+    assert "model.extra_head.weight" in msg
+
+
+def test_nan(tmp_path):
+    def poison(t, c):
+        t[KEY][0, 0] = float("nan")
+    assert "NaN" in _broken(tmp_path, poison)
+
+
+def test_strategy_contradicting_keys(tmp_path):
+    def to_same(t, c):
+        c["lora_strategy"] = "same"
+    assert "contradicts" in _broken(tmp_path, to_same)
+
+    def to_decoupled(t, c):
+        c["lora_strategy"] = "modal+language"
+    msg = _broken(tmp_path / "b", to_decoupled, strategy="same")
+    assert "lora_A.vision" in msg
+
+
+@pytest.mark.slow
+def test_cli_imports_and_errors_exit_2(tmp_path):
+    src = mc.single(tmp_path / "ok", "vision", "modal+language")
+    run = lambda *a: subprocess.run([sys.executable, "-m", "composition", "import", "modelcompose", *a],
+                                    capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    ok = run(str(src), "--out", str(tmp_path / "out"))
+    assert ok.returncode == 0 and (tmp_path / "out" / "mc-image" / "expert.json").is_file()
+    bad = run(str(tmp_path / "nothing"), "--out", str(tmp_path / "out2"))
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and bad.stderr.startswith("error:")
+
+
+# --- the preset ----------------------------------------------------------------------------------
+def test_preset_refuses_clearly_without_gpu_or_hub_and_plans_with_them():
+    from studio.presets import PresetError, preset_name, resolve_preset
+
+    with pytest.raises(PresetError, match="needs a CUDA GPU"):
+        resolve_preset("modelcompose", {}, cuda_available=lambda: False, hub_reachable=lambda: True)
+    with pytest.raises(PresetError, match="HF_HUB_OFFLINE"):
+        resolve_preset("modelcompose", {"HF_HUB_OFFLINE": "1"}, cuda_available=lambda: True)
+    with pytest.raises(PresetError, match="cannot reach"):
+        resolve_preset("modelcompose", {}, cuda_available=lambda: True, hub_reachable=lambda: False)
+    env = {"STUDIO_MODELCOMPOSE_EXPERTS": "vision-damc, audio-damc"}
+    plan = resolve_preset("modelcompose", env, cuda_available=lambda: True, hub_reachable=lambda: True)
+    assert plan.expert_sources == ("Adu2021/ModelCompose:vision-damc", "Adu2021/ModelCompose:audio-damc")
+    assert plan.dtype == "bfloat16" and plan.base == "lmsys/vicuna-7b-v1.5" and not plan.zero_gpu
+    zero = resolve_preset("modelcompose", {**env, "SPACES_ZERO_GPU": "1"}, cuda_available=lambda: False, hub_reachable=lambda: True)
+    assert zero.zero_gpu
+    assert preset_name(None, {"STUDIO_PRESET": "modelcompose"}) == "modelcompose" and preset_name(None, {}) is None
+    with pytest.raises(PresetError, match="unknown preset"):
+        preset_name("llava", {})
+
+
+def test_clip_pads_to_square_with_the_mean_colour():
+    from modalities.encoders.clip import CLIP_MEAN, pad_to_square
+
+    img = torch.rand(3, 4, 10)
+    sq = pad_to_square(img, torch.tensor(CLIP_MEAN))
+    assert sq.shape == (3, 10, 10)
+    assert torch.equal(sq[:, 3:7], img)
+    assert torch.allclose(sq[:, 0, 0] * 255, torch.tensor([122.0, 116.0, 104.0]))  # int(mean*255)
+    assert torch.equal(pad_to_square(sq, torch.tensor(CLIP_MEAN)), sq)
+
+
+def test_vicuna_v1_prompt_is_the_originals():
+    """THUNLP-MT/ModelCompose demo_app.py: one 'label: <placeholder>' line per modality, in the order
+    image, audio, video, point, before the question, in conv_vicuna_v1; generation stops at </s>."""
+    from composition.templates import get_template
+
+    t = get_template("vicuna_v1")
+    prompt = t.format_prompt(user_message("Q?", ["point", "image", "audio", "video"]))
+    assert prompt.endswith("USER: image: <image>\naudio: <audio>\nvideo: <video>\npoint: <point>\nQ? ASSISTANT:")
+    assert t.stop_strings == ("</s>",)
+    # A question line that merely looks like a label stays as typed.
+    assert "point cloud: x" in t.format_prompt(user_message("point cloud: x", []))
+
+
+def test_segments_get_bos_only_on_the_first():
+    """mm_utils.py tokenizer_modal_token: each chunk tokenized on its own, BOS kept on the first only.
+    A Llama-like tokenizer that adds <s> with special tokens on."""
+    from tokenizers import processors
+
+    from composition.factory import byte_tokenizer
+    from composition.prompt import tokenize_segments
+
+    tok = byte_tokenizer()
+    tok._tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", tok.bos_token_id)])
+    assert tok("x")["input_ids"][0] == tok.bos_token_id
+    ids = tokenize_segments(tok, ["A USER: image: ", "\nQ? ASSISTANT:"])
+    bos = tok.bos_token_id
+    assert ids[0][0] == bos and bos not in ids[1] and ids[0].count(bos) == 1
