@@ -168,7 +168,7 @@ def coefficients_block(ui: Ui) -> None:
             for name, v in zip(controls.mu_names_all(), mu_views):
                 ui.add(name, gr.Slider(0, 2, value=v.value, step=0.01, label=v.label, visible=v.visible, min_width=160))
         with gr.Row():
-            ui.reset = gr.Button("Reset to the paper's defaults (λ = 1/K, μ = 1)", size="sm")
+            ui.reset = gr.Button("Reset to the defaults (the paper's λ = 1/K, μ = 1, or those the experts ship with)", size="sm")
             ui.compose_msg = gr.Markdown()
         with gr.Accordion("Add merge methods as comparison columns", open=True):
             gr.Markdown("Applied to the text deltas; modality deltas stay as in DAMC. *Core space* merges in the "

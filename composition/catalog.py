@@ -154,3 +154,35 @@ def world_notes(experts: Iterable, files: Mapping[str, Sequence[str | Path]]) ->
                                       "Load real experts (python -m composition import modelcompose …) for real files.")
                 break
     return notes
+
+
+# --- the coefficients a folder of experts was composed with ---------------------------
+COMPOSITION_DEFAULTS = "composition.json"
+
+
+def default_coefficients(paths: Sequence[Path | str] | None) -> "Coefficients":
+    """The λ and μ a folder of experts ships with (``composition.json`` ``{"lambdas", "mus"}``, written
+    by ``python -m composition import modelcompose`` for a merged checkpoint), else the paper's defaults.
+
+    Several folders: their files merge; a value given twice must agree. The user's own
+    ``--lambda`` / ``--mu`` (or sliders) override these.
+    """
+    from .variants import Coefficients
+
+    lambdas: dict[str, float] = {}
+    mus: dict[str, float] = {}
+    for raw in paths or ():
+        path = Path(raw) / COMPOSITION_DEFAULTS
+        if not path.is_file():
+            continue
+        data = read_json(path, f"{Path(raw).name}/{COMPOSITION_DEFAULTS}")
+        if not isinstance(data, dict) or not {"lambdas", "mus"} <= set(data):
+            continue  # another file of that name (an export's manifest): not coefficients
+        found = Coefficients(dict(data["lambdas"] or {}), dict(data["mus"] or {}))  # validates ranges and names
+        for mine, theirs, what in ((lambdas, found.lambdas, "λ"), (mus, found.mus, "μ")):
+            for key, value in theirs.items():
+                if key in mine and mine[key] != value:
+                    raise CompositionError(f"{what} for {key!r} is {mine[key]} in one {COMPOSITION_DEFAULTS} and {value} in "
+                                           "another; load one composition at a time.")
+                mine[key] = float(value)
+    return Coefficients(lambdas, mus)

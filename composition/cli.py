@@ -68,9 +68,13 @@ def parse_assignments(items: Sequence[str], what: str) -> dict[str, float]:
 
 
 def coefficients_from_args(args: argparse.Namespace):
+    """--lambda / --mu over the defaults the expert folders ship with (composition.json), over the paper's."""
+    from .catalog import default_coefficients
     from .variants import Coefficients
 
-    return Coefficients(lambdas=parse_assignments(args.lambdas, "--lambda"), mus=parse_assignments(args.mus, "--mu"))
+    shipped = default_coefficients(getattr(args, "experts", None))
+    return Coefficients(lambdas={**shipped.lambdas, **parse_assignments(args.lambdas, "--lambda")},
+                        mus={**shipped.mus, **parse_assignments(args.mus, "--mu")})
 
 
 def variant_specs(names: Sequence[str], method_params: Sequence[str]):

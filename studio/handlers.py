@@ -26,7 +26,11 @@ def settings_of(studio: Studio, values: Mapping) -> StudioSettings:
 
 
 def default_settings(studio: Studio) -> StudioSettings:
-    return StudioSettings(selected=list(studio.cm.experts))
+    """Every loaded expert, with the λ and μ the expert folders ship with (else the paper's defaults)."""
+    known = set(studio.cm.experts)
+    return StudioSettings(selected=list(studio.cm.experts),
+                          lambdas={n: v for n, v in studio.defaults.lambdas.items() if n in known},
+                          mus=dict(studio.defaults.mus))
 
 
 def present_modalities(values: Mapping) -> set[str]:
@@ -58,15 +62,14 @@ def add_experts(studio: Studio, path: str, selected) -> tuple[list[list[str]], l
 def slider_views(studio: Studio, values: Mapping, *, reset: bool = False):
     """(λ views, μ views) for the selection and inputs in ``values``: the values a Compare would apply.
 
-    ``reset`` (a new selection, the Reset button) puts λ back to 1/K and μ to 1.
+    ``reset`` (a new selection, the Reset button) puts λ and μ back to the defaults: the ones the
+    expert folders ship with (composition.json), else the paper's (λ = 1/K, μ = 1).
     """
     selected = values.get(SELECTED) or []
     present = present_modalities(values)
-    settings = None if reset else settings_of(studio, values)
-    lambdas = None if settings is None else settings.lambdas
-    mus = None if settings is None else settings.mus
-    return (lambda_views(studio.cm.experts, selected, lambdas, present),
-            mu_views(studio.cm.experts, selected, mus, present))
+    settings = default_settings(studio) if reset else settings_of(studio, values)
+    return (lambda_views(studio.cm.experts, selected, settings.lambdas, present),
+            mu_views(studio.cm.experts, selected, settings.mus, present))
 
 
 def world_banner(studio: Studio) -> str:

@@ -247,3 +247,28 @@ def test_the_cli_calls_a_library_value_error_internal(capsys, monkeypatch):
     err = capsys.readouterr().err
     assert err.startswith("error: internal error (ValueError: math domain error)") and "--debug" in err
     assert main(["bench", "--quick", "--repeats", "0"]) == 2  # a user error stays one line, exit 2
+
+
+def test_a_folder_of_experts_ships_its_coefficients(tmp_path):
+    """A merged ModelCompose checkpoint imports with composition.json; the CLI and the app start from those λ and μ."""
+    import json
+
+    from composition.catalog import default_coefficients
+
+    one, two, other = tmp_path / "merged", tmp_path / "again", tmp_path / "export"
+    for folder in (one, two, other):
+        folder.mkdir()
+    (one / "composition.json").write_text(json.dumps({"source": "x", "lambdas": {"image": 0.6, "point": 0.4},
+                                                      "mus": {"image": 1.0, "point": 0.8}}))
+    (other / "composition.json").write_text(json.dumps({"variant": "DAMC", "modalities": ["image"]}))  # an export manifest
+    shipped = default_coefficients([one, other, tmp_path / "nothing-here"])
+    assert shipped.lambdas == {"image": 0.6, "point": 0.4} and shipped.mus == {"image": 1.0, "point": 0.8}
+    (two / "composition.json").write_text(json.dumps({"lambdas": {"image": 0.5}, "mus": {}}))
+    with pytest.raises(CompositionError, match="λ for 'image' is 0.6 in one composition.json and 0.5"):
+        default_coefficients([one, two])
+    studio = make_studio(modalities=("image", "point"))
+    studio.defaults = shipped
+    settings = handlers.default_settings(studio)
+    assert settings.lambdas == {"image": 0.6, "point": 0.4} and settings.mus["point"] == 0.8
+    damc = next(v for v in handlers.compare_api(studio, "hi")["variants"] if v["name"] == "DAMC")
+    assert damc["coefficients"]["lambdas"] == {"image": 0.6, "point": 0.4} and damc["coefficients"]["mus"]["point"] == 0.8
