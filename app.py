@@ -11,6 +11,7 @@ import inspect
 import logging
 import os
 import uuid
+from pathlib import Path
 
 from studio.memory import limit_malloc_arenas
 
@@ -24,7 +25,7 @@ from checks import UserError
 from composition.methods import list_methods
 from composition.methods.registry import GROUPS
 from modalities import MODALITY_NAMES, get_modality
-from studio import controls, exporting, handlers, mcub_tab
+from studio import controls, exporting, handlers, mcub_tab, presets
 from studio.cards import CARD_CSS
 from studio.examples import example_rows
 from studio.inputs import point_views
@@ -453,8 +454,17 @@ def main(argv=None) -> None:
     parser.add_argument("--experts", nargs="+", metavar="DIR", help="expert folders or folders of them "
                         "(default: $STUDIO_EXPERTS, else the bundled experts in assets/experts/)")
     parser.add_argument("--base", default=None, help="base LLM: folder, .gguf or hub id (default: offline SmolLM2-135M)")
+    parser.add_argument("--preset", default=None, choices=presets.PRESETS,
+                        help="modelcompose: the paper's own experts on Vicuna-7B (needs a GPU and the hub; also $STUDIO_PRESET)")
     args = parser.parse_args(argv)
-    studio = load_studio(expert_dirs_from(args.experts), base=args.base)
+    studio = None
+    try:
+        name = presets.preset_name(args.preset)
+        if name:
+            studio = presets.load_preset_studio(presets.resolve_preset(name), Path(__file__).resolve().parent)
+    except presets.PresetError as exc:  # offline, no GPU: say why, and serve the bundled set
+        print(f"note: {exc}", flush=True)
+    studio = studio or load_studio(expert_dirs_from(args.experts), base=args.base)
     print(studio.header().replace("**", ""), flush=True)
     launch(build_demo(studio))
 

@@ -112,3 +112,47 @@ def _hub_reachable() -> bool:
         return True
     except Exception:  # offline, DNS, proxy: all mean "cannot fetch"
         return False
+
+
+IMPORTED = ".cache/modelcompose-experts"  # where the preset imports the hub's experts (once; later starts reuse them)
+
+
+def load_preset_studio(plan: PresetPlan, repo_root, *, log=print):
+    """Import the preset's experts (once), load the base in bf16 and the experts: the Studio the app serves.
+
+    On a ZeroGPU Space everything loads on the CPU and the model moves with ``.to("cuda")`` at
+    start-up, as the ``spaces`` library documents; the handlers that compute run under
+    ``@spaces.GPU`` (app.py's ``gpu``).
+    """
+    from pathlib import Path
+
+    import torch
+
+    from composition.importers import import_modelcompose
+
+    from .session import load_studio
+
+    out = Path(repo_root) / IMPORTED
+    wanted = [s for s in plan.expert_sources if not _imported(out, s)]
+    if wanted:
+        log(f"importing {len(wanted)} ModelCompose checkpoint(s) into {out} (once)")
+        import_modelcompose(wanted, out)
+    device = "cpu" if plan.zero_gpu else plan.device
+    studio = load_studio([out], base=plan.base, device=device, dtype=getattr(torch, plan.dtype))
+    if plan.zero_gpu:
+        studio.cm.model.to("cuda")
+        studio.device = "cuda (ZeroGPU)"
+    return studio
+
+
+def _imported(out, source: str) -> bool:
+    """True when an expert imported from ``source`` is already in ``out`` (its expert.json records the source)."""
+    import json
+
+    for config in out.glob("*/expert.json") if out.is_dir() else ():
+        try:
+            if json.loads(config.read_text()).get("source", "").startswith(source):
+                return True
+        except (OSError, ValueError):
+            continue
+    return False

@@ -145,7 +145,7 @@ def expert_dirs_from(cli_dirs: Sequence[str] | None) -> list[Path]:
 
 
 def load_studio(expert_dirs: Sequence[Path], base: str | None = None, device: str | None = None,
-                cache_dir: Path | None = None) -> Studio:
+                cache_dir: Path | None = None, dtype=None) -> Studio:
     """Load the base once and every expert found; a broken expert is reported, not fatal."""
     import torch
 
@@ -153,7 +153,8 @@ def load_studio(expert_dirs: Sequence[Path], base: str | None = None, device: st
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     start = time.perf_counter()
-    cm = ComposedModel(load_base_llm(base or os.environ.get(BASE_ENV) or None, device=device, cache_dir=cache_dir))
+    kwargs = {} if dtype is None else {"dtype": dtype}
+    cm = ComposedModel(load_base_llm(base or os.environ.get(BASE_ENV) or None, device=device, cache_dir=cache_dir, **kwargs))
     studio = Studio(cm, device, time.perf_counter() - start)
     try:
         studio.defaults = default_coefficients(expert_dirs)

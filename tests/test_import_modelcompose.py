@@ -335,3 +335,22 @@ def test_segments_get_bos_only_on_the_first():
     ids = tokenize_segments(tok, ["A USER: image: ", "\nQ? ASSISTANT:"])
     bos = tok.bos_token_id
     assert ids[0][0] == bos and bos not in ids[1] and ids[0].count(bos) == 1
+
+
+def test_the_preset_imports_once_and_serves_the_imported_experts(tmp_path):
+    """`--preset modelcompose` without the hub: the same code path over a local base and checkpoint (CPU, fp32)."""
+    from composition.factory import ModelShape, synthetic_base
+    from studio.presets import PresetPlan, load_preset_studio
+
+    base = synthetic_base(ModelShape("tiny", 64, 2, 4, 128))
+    base.model.save_pretrained(tmp_path / "base")
+    base.tokenizer.save_pretrained(tmp_path / "base")
+    ckpt = mc.single(tmp_path / "vision-damc", "vision", "modal+language")
+    plan = PresetPlan("modelcompose", str(tmp_path / "base"), (str(ckpt),), device="cpu", dtype="float32")
+    said: list[str] = []
+    studio = load_preset_studio(plan, tmp_path, log=said.append)
+    assert list(studio.cm.experts) == ["mc-image"] and said and "importing 1" in said[0]
+    assert studio.cm.experts["mc-image"].training == "decoupled"
+    said.clear()
+    again = load_preset_studio(plan, tmp_path, log=said.append)  # the next start reuses the imported folder
+    assert list(again.cm.experts) == ["mc-image"] and not said
