@@ -48,6 +48,8 @@ from .instructions import KINDS, question_for
 from .world import TRAINED_ON
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+MLP_TARGETS = TARGETS + ("gate_proj", "up_proj", "down_proj")  # the variant training.curves compares
+SCHEDULES = ("cosine", "constant")  # after the warm-up: cosine decay to 0 (the recipe), or a constant rate
 FEATURE_DIMS = {"image": 1280, "audio": 384, "video": 1280, "point": 256}
 PROJECTORS = {"image": "linear", "video": "linear", "audio": "mlp2x_gelu", "point": "mlp2x_gelu"}
 
@@ -122,25 +124,51 @@ def _cosine(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
-class Trainer:
-    """Trains experts of every modality on one frozen base, reusing its routed layers."""
+def _constant(step: int, total: int, warmup: int) -> float:
+    return (step + 1) / warmup if step < warmup else 1.0
 
-    def __init__(self, base, config: TrainConfig, log=print) -> None:
+
+# The learning-rate factor of each schedule, as a function of (step, total steps, warm-up steps).
+_SCHEDULE_FNS = {"cosine": _cosine, "constant": _constant}
+
+
+class Trainer:
+    """Trains experts of every modality on one frozen base, reusing its routed layers.
+
+    ``targets`` (the linear layers that get LoRA deltas) and ``schedule`` (the learning-rate
+    shape after the warm-up) are the recipe's unless a measurement (``training.curves``)
+    compares others.
+    """
+
+    def __init__(self, base, config: TrainConfig, log=print, targets: tuple[str, ...] = TARGETS,
+                 schedule: str = "cosine") -> None:
         from composition.composer import ComposedModel
 
         self.base = base
-        self.config = config
         self.log = log
         # The composed model owns the routed layers; training adds live slots to them and
         # evaluation loads the saved experts into the same model.
         self.cm = ComposedModel(base)
         self.router = self.cm.router
-        self.layers = {n: layer for n, layer in self.cm.layers.items() if n.rsplit(".", 1)[-1] in TARGETS}
+        self.reconfigure(config, targets, schedule)
         self.embed = base.model.get_input_embeddings()
         self.hidden = self.embed.weight.shape[1]
         self.eos = base.eos_token_ids[0]
         self.routes = {r: i for i, r in enumerate(route_names())}
         base.model.requires_grad_(False)
+
+    def reconfigure(self, config: TrainConfig, targets: tuple[str, ...] = TARGETS, schedule: str = "cosine") -> None:
+        """Train the next stages with other settings on the same base (a measurement compares
+        several from one stage-1 result; a second Trainer cannot wrap the same base)."""
+        unknown = [t for t in targets if t not in MLP_TARGETS]
+        if not targets or unknown:
+            raise ValueError(f"Trainer targets {tuple(targets)!r}: expected a non-empty subset of {MLP_TARGETS}.")
+        if schedule not in _SCHEDULE_FNS:
+            raise ValueError(f"Trainer schedule {schedule!r}: expected one of {SCHEDULES}.")
+        self.config = config
+        self.targets = tuple(targets)
+        self.schedule = _SCHEDULE_FNS[schedule]
+        self.layers = {n: layer for n, layer in self.cm.layers.items() if n.rsplit(".", 1)[-1] in self.targets}
 
     # --- batches ------------------------------------------------------------
     def _features(self, data: ModalityData, idx: list[int], parts: ModalityParts) -> list[torch.Tensor]:
@@ -185,15 +213,17 @@ class Trainer:
             losses.append(F.cross_entropy(pred.float(), torch.tensor(ids), reduction="sum"))
         return torch.stack(losses).sum() / sum(len(ids) for ids in targets)
 
-    def _run(self, name: str, steps: int, params: list[tuple[list[nn.Parameter], float]], loss_fn, seed: int) -> list[dict]:
-        """AdamW with warm-up and cosine decay; ``loss_fn(rng)`` draws a batch and returns its loss."""
+    def _run(self, name: str, steps: int, params: list[tuple[list[nn.Parameter], float]], loss_fn, seed: int,
+             on_step=None) -> list[dict]:
+        """AdamW with warm-up and cosine decay; ``loss_fn(rng)`` draws a batch and returns its loss.
+        ``on_step(n)`` (optional) is called after the n-th optimizer step."""
         optimizer = torch.optim.AdamW([{"params": p, "lr": lr} for p, lr in params], weight_decay=0.0)
         base_lrs = [lr for _, lr in params]
         rng = np.random.default_rng([self.config.seed, seed])
         log, start, running = [], time.perf_counter(), None
         for step in range(steps):
             for group, lr in zip(optimizer.param_groups, base_lrs):
-                group["lr"] = lr * _cosine(step, steps, self.config.warmup_steps)
+                group["lr"] = lr * self.schedule(step, steps, self.config.warmup_steps)
             loss = loss_fn(rng)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -204,12 +234,17 @@ class Trainer:
                 elapsed = time.perf_counter() - start
                 log.append({"step": step + 1, "loss": round(running, 4), "seconds": round(elapsed, 1)})
                 self.log(f"  {name} step {step + 1}/{steps} loss {running:.3f} ({elapsed / (step + 1):.2f} s/step)")
+            if on_step is not None:
+                on_step(step + 1)
         return log
 
     # --- stages -------------------------------------------------------------
-    def stage1(self, data: ModalityData, colours_known: bool = True, heldout: ModalityData | None = None) -> ModalityParts:
+    def stage1(self, data: ModalityData, colours_known: bool = True, heldout: ModalityData | None = None,
+               after_stage0=None) -> ModalityParts:
         """Point encoder pre-training (point clouds), stage 0 and stage 1 of one modality.
-        ``heldout`` (optional) scores the point encoder's pre-training classifier."""
+        ``heldout`` (optional) scores the point encoder's pre-training classifier;
+        ``after_stage0(parts)`` (optional) sees the parts between stage 0 and stage 1 (a
+        measurement's hook: it must not change them)."""
         modality = data.modality
         g = torch.Generator().manual_seed(self.config.seed)
         spec = ProjectorSpec(PROJECTORS[modality], FEATURE_DIMS[modality], self.hidden)
@@ -226,10 +261,16 @@ class Trainer:
                 data, self.config.point_pretrain_steps, self.config.seed, self.config.point_pretrain_batch_size,
                 self.config.lr_point_pretrain, heldout=heldout, log=self.log)
         parts.log += self.stage0(data, parts, colours_known)
-        trainable = list(projector.parameters()) + [prefix, suffix]
-        parts.log += self._run(f"{modality} stage 1", self.config.stage1_steps, [(trainable, self.config.lr_projector)],
-                               lambda rng: self._loss(data, parts, rng, ("describe", "objects"), colours_known, None), seed=1)
+        if after_stage0 is not None:
+            after_stage0(parts)
+        parts.log += self.align(data, parts, colours_known)
         return parts
+
+    def align(self, data: ModalityData, parts: ModalityParts, colours_known: bool = True) -> list[dict]:
+        """Stage 1 proper: the projector and prefix/suffix on "describe"/"objects" answers, the LLM untouched."""
+        trainable = list(parts.projector.parameters()) + [parts.prefix, parts.suffix]
+        return self._run(f"{data.modality} stage 1", self.config.stage1_steps, [(trainable, self.config.lr_projector)],
+                         lambda rng: self._loss(data, parts, rng, ("describe", "objects"), colours_known, None), seed=1)
 
     def word_embeddings(self, words: tuple[str, ...]) -> torch.Tensor:
         """The LLM's input embedding of each word as it appears mid-sentence (" ball"), tokens averaged."""
@@ -267,8 +308,14 @@ class Trainer:
                 self.log(f"  {data.modality} stage 0 step {step + 1}/{self.config.stage0_steps} loss {loss.item():.3f}")
         return log
 
-    def stage2(self, data: ModalityData, parts: ModalityParts, training: str, colours_known: bool = True) -> tuple[dict, ModalityParts, list[dict]]:
-        """Returns (deltas, the tuned parts, the log). ``parts`` itself is left untouched."""
+    def stage2(self, data: ModalityData, parts: ModalityParts, training: str, colours_known: bool = True,
+               checkpoints=(), at_checkpoint=None) -> tuple[dict, ModalityParts, list[dict]]:
+        """Returns (deltas, the tuned parts, the log). ``parts`` itself is left untouched.
+
+        ``at_checkpoint(step, deltas, tuned)`` (optional) is called after each step listed in
+        ``checkpoints`` with detached copies of the deltas so far; the training slots are
+        lifted off the layers meanwhile, so it may load and run experts on ``self.cm``. It
+        sees the run, it does not change it (the batches and the schedule stay the same)."""
         import copy
 
         tuned = ModalityParts(copy.deepcopy(parts.projector), nn.Parameter(parts.prefix.detach().clone()),
@@ -294,19 +341,38 @@ class Trainer:
                 table[r, 0] = 1.0
             else:
                 table[r, 0 if route == TEXT_ROUTE else 1] = 1.0
+        def snapshot() -> dict[str, LoraDelta]:
+            return {d: LoraDelta(self.config.rank, self.config.alpha, {n: a.detach().clone() for n, (a, _) in f.items()},
+                                 {n: b.detach().clone() for n, (_, b) in f.items()}) for d, f in factors.items()}
+
+        def lift_slots() -> None:
+            for layer in self.layers.values():
+                for slot in range(len(delta_names)):
+                    layer.remove_slot(slot)
+
+        def on_step(step: int) -> None:
+            if at_checkpoint is None or step not in checkpoints:
+                return
+            lift_slots()
+            try:
+                with torch.no_grad():
+                    at_checkpoint(step, snapshot(), tuned)
+            finally:
+                for slot, delta in enumerate(delta_names):
+                    for name, (a, b) in factors[delta].items():
+                        self.layers[name].train_slot(slot, a, b, self.config.alpha / self.config.rank)
+
         try:
+            if at_checkpoint is not None and 0 in checkpoints:
+                on_step(0)
             log = self._run(f"{data.modality} {training} stage 2", self.config.steps_for(data.modality),
                             [(list(tuned.projector.parameters()) + [tuned.prefix, tuned.suffix], self.config.lr_projector),
                              (lora_params, self.config.lr_lora)],
                             lambda rng: self._loss(data, tuned, rng, self.config.kinds, colours_known, table),
-                            seed=2 if training == "shared" else 3)
+                            seed=2 if training == "shared" else 3, on_step=on_step)
         finally:
-            for layer in self.layers.values():
-                for slot in range(len(delta_names)):
-                    layer.remove_slot(slot)
-        deltas = {d: LoraDelta(self.config.rank, self.config.alpha, {n: a.detach().clone() for n, (a, _) in f.items()},
-                               {n: b.detach().clone() for n, (_, b) in f.items()}) for d, f in factors.items()}
-        return deltas, tuned, log
+            lift_slots()
+        return snapshot(), tuned, log
 
     def _lookup_loss(self, rng: np.random.Generator, modality: str, letters: list[int]) -> torch.Tensor:
         """Cross-entropy on the option letters (token ids ``letters``) of a batch of text-only
