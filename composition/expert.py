@@ -19,6 +19,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from checks import check_int
+
 from .errors import ExpertError
 from .lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, LoraDelta, check_finite, load_lora, read_json, read_safetensors, save_lora
 
@@ -26,7 +28,7 @@ FORMAT_VERSION = 1
 TRAINING_KINDS = ("shared", "decoupled")
 # Which adapter folders each training kind has; the names are also the delta names.
 DELTA_NAMES = {"shared": ("shared",), "decoupled": ("text", "modality")}
-PROJECTOR_TYPES = ("linear", "mlp2x_gelu")
+PROJECTOR_TYPES = ("linear", "mlp2x_gelu", "qformer")
 EXPERT_JSON = "expert.json"
 PROJECTOR_FILE = "projector.safetensors"
 MAX_NAME_CHARS = 100
@@ -38,13 +40,26 @@ def known_modalities() -> tuple[str, ...]:
     return tuple(MODALITY_NAMES)
 
 
+QFORMER_FIELDS = ("queries", "layers", "width", "intermediate", "positions")
+
+
 @dataclass(frozen=True)
 class ProjectorSpec:
-    """Maps encoder features (in_dim) to LLM embeddings (out_dim)."""
+    """Maps encoder features (in_dim) to LLM embeddings (out_dim).
+
+    ``qformer`` (the paper's audio projector, ``composition/projectors.py``) also needs its
+    query count, layers, width, feed-forward size and position table size; the other types
+    leave them None.
+    """
 
     type: str
     in_dim: int
     out_dim: int
+    queries: int | None = None
+    layers: int | None = None
+    width: int | None = None
+    intermediate: int | None = None
+    positions: int | None = None
 
     def __post_init__(self) -> None:
         if self.type not in PROJECTOR_TYPES:
@@ -53,8 +68,21 @@ class ProjectorSpec:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ExpertError(f"projector {name}={value!r:.80} must be a positive integer.")
+        for name in QFORMER_FIELDS:
+            value = getattr(self, name)
+            if self.type == "qformer":
+                check_int(value, name, 1, error=ExpertError, owner="qformer projector")
+            elif value is not None:
+                raise ExpertError(f"projector {name}={value!r:.40} applies only to a qformer projector, not {self.type!r}.")
+
+    def to_json(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
     def build(self) -> nn.Module:
+        if self.type == "qformer":
+            from .projectors import AudioQFormer
+
+            return AudioQFormer(self.in_dim, self.out_dim, **{k: getattr(self, k) for k in QFORMER_FIELDS})
         if self.type == "linear":
             return nn.Sequential(nn.Linear(self.in_dim, self.out_dim))
         # LLaVA's mlp2x_gelu: Linear -> GELU -> Linear.
@@ -137,6 +165,7 @@ class ExpertConfig:
 
     def to_json(self) -> dict:
         data = asdict(self)
+        data["projector"] = self.projector.to_json()
         data["base_model"] = {"name": data.pop("base_model_name"), "sha256": data.pop("base_model_sha256")}
         return data
 

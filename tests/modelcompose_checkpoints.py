@@ -88,3 +88,45 @@ def merged(folder: Path, modalities: list[str], lambdas: dict, mus: dict, seed: 
     cfg = config(modalities, "modal+language", reset=reset)
     adapters = [f"default-{m}" for m in modalities] + list(modalities)
     return write(folder, cfg, weights(cfg, adapters, modalities, seed))
+
+
+def audio_qformer(cfg: dict, seed: int = 5, *, width: int = 48, inter: int = 96, queries: int = 4, layers: int = 2,
+                  positions: int = 64, std: float = 0.2) -> dict[str, torch.Tensor]:
+    """The audio expert's Q-Former projector in the original's key names (builder.py VideoLlamaAudioQformer:
+    BertLMHeadModel with cross-attention every layer, word/position embeddings and text FFN removed)."""
+    g = torch.Generator().manual_seed(seed)
+    f, h = cfg["mm_audio_hidden_size"], cfg["hidden_size"]
+    cfg["mm_audio_projector_type"] = f"qformer_{queries}N_{layers}L"
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g) * std
+
+    def norm(prefix):
+        return {f"{prefix}.weight": 1 + rand(width), f"{prefix}.bias": rand(width)}
+
+    q = "model.modal_projectors.audio."
+    out = {**norm(q + "audio_Qformer.bert.embeddings.LayerNorm")}
+    for i in range(layers):
+        layer = f"{q}audio_Qformer.bert.encoder.layer.{i}."
+        for block, kv_in in (("attention", width), ("crossattention", f)):
+            out[f"{layer}{block}.self.query.weight"], out[f"{layer}{block}.self.query.bias"] = rand(width, width), rand(width)
+            for name in ("key", "value"):
+                out[f"{layer}{block}.self.{name}.weight"], out[f"{layer}{block}.self.{name}.bias"] = rand(width, kv_in), rand(width)
+            out[f"{layer}{block}.output.dense.weight"], out[f"{layer}{block}.output.dense.bias"] = rand(width, width), rand(width)
+            out.update(norm(f"{layer}{block}.output.LayerNorm"))
+        out[f"{layer}intermediate_query.dense.weight"], out[f"{layer}intermediate_query.dense.bias"] = rand(inter, width), rand(inter)
+        out[f"{layer}output_query.dense.weight"], out[f"{layer}output_query.dense.bias"] = rand(width, inter), rand(width)
+        out.update(norm(f"{layer}output_query.LayerNorm"))
+    out[q + "audio_query_tokens"] = rand(1, queries, width)
+    out[q + "audio_position_embedding.weight"] = rand(positions, f)
+    out[q + "audio_llama_proj.weight"], out[q + "audio_llama_proj.bias"] = rand(h, width), rand(h)
+    return out
+
+
+def audio_expert(folder: Path, strategy: str = "modal+language", seed: int = 0, **qformer) -> Path:
+    """An audio checkpoint whose projector is the Q-Former (not mlp2x_gelu)."""
+    cfg = config(["audio"], strategy)
+    adapters = ["default", "audio"] if strategy == "modal+language" else ["default"]
+    tensors = {k: v for k, v in weights(cfg, adapters, ["audio"], seed).items() if ".modal_projectors." not in k}
+    tensors.update(audio_qformer(cfg, seed + 5, **qformer))
+    return write(folder, cfg, tensors)

@@ -18,6 +18,7 @@ import torch
 from composition.composer import ComposedModel, ModalInput
 from composition.expert import load_expert
 from composition.factory import ModelShape, features_as_data, synthetic_base
+from composition.generate import GenerationConfig
 from composition.importers import ImportError_, import_modelcompose
 from composition.importers.modelcompose import build_experts, convert
 from composition.prompt import build_prompt_row, user_message
@@ -354,3 +355,94 @@ def test_the_preset_imports_once_and_serves_the_imported_experts(tmp_path):
     said.clear()
     again = load_preset_studio(plan, tmp_path, log=said.append)  # the next start reuses the imported folder
     assert list(again.cm.experts) == ["mc-image"] and not said
+
+
+# --- the audio expert: BEATs features through the Q-Former ------------------------------------------
+def reference_qformer(t: dict[str, torch.Tensor], x: torch.Tensor, heads: int = 12, eps: float = 1e-12) -> torch.Tensor:
+    """The original's forward written out from builder.py / video_llama Qformer.py (BERT layers on the queries)."""
+    import torch.nn.functional as F
+
+    q = "model.modal_projectors.audio."
+    b = q + "audio_Qformer.bert."
+
+    def lin(prefix, v):
+        return v @ t[prefix + ".weight"].T + t[prefix + ".bias"]
+
+    def ln(prefix, v):
+        return F.layer_norm(v, v.shape[-1:], t[prefix + ".weight"], t[prefix + ".bias"], eps)
+
+    def attend(prefix, h, kv):
+        n, d = h.shape[0], h.shape[1] // heads
+        split = lambda v: v.view(v.shape[0], heads, d).transpose(0, 1)  # noqa: E731
+        qh, kh, vh = split(lin(prefix + ".self.query", h)), split(lin(prefix + ".self.key", kv)), split(lin(prefix + ".self.value", kv))
+        ctx = torch.softmax(qh @ kh.transpose(1, 2) / d ** 0.5, dim=-1) @ vh
+        return ln(prefix + ".output.LayerNorm", lin(prefix + ".output.dense", ctx.transpose(0, 1).reshape(n, -1)) + h)
+
+    x = x + t[q + "audio_position_embedding.weight"][: x.shape[0]]
+    h = ln(b + "embeddings.LayerNorm", t[q + "audio_query_tokens"][0])
+    i = 0
+    while f"{b}encoder.layer.{i}.attention.self.query.weight" in t:
+        layer = f"{b}encoder.layer.{i}"
+        h = attend(layer + ".attention", h, h)
+        h = attend(layer + ".crossattention", h, x)
+        ff = lin(layer + ".output_query.dense", F.gelu(lin(layer + ".intermediate_query.dense", h)))
+        h = ln(layer + ".output_query.LayerNorm", ff + h)
+        i += 1
+    return lin(q + "audio_llama_proj", h)
+
+
+def test_the_audio_q_former_imports_and_computes_what_the_original_does(tmp_path):
+    ckpt = mc.audio_expert(tmp_path / "audio-damc")
+    (folder,) = import_modelcompose([str(ckpt)], tmp_path / "out")
+    expert = load_expert(folder)
+    spec = expert.config.projector
+    assert (spec.type, spec.queries, spec.layers, spec.width, spec.in_dim) == ("qformer", 4, 2, 48, mc.FEATURES["audio"])
+    assert expert.config.encoder.kind == "beats"
+    tensors = torch.load(ckpt / "adapter_model.bin", weights_only=True)
+    features = torch.randn(10, mc.FEATURES["audio"], generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ours = expert.projector(features)
+    assert ours.shape == (4, 64)
+    assert torch.allclose(ours, reference_qformer(tensors, features), atol=1e-4)
+    block = expert.modality_block(features)  # [prefix; 4 query tokens; suffix]
+    assert block.shape == (2 + 4 + 1, 64)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda t: t.update({"model.modal_projectors.audio.audio_Qformer.bert.pooler.dense.weight": torch.zeros(2, 2)}),
+     "audio Q-Former key"),
+    (lambda t: t.__setitem__("model.modal_projectors.audio.audio_query_tokens", torch.zeros(1, 4, 40)), "has shape"),
+    (lambda t: t.pop("model.modal_projectors.audio.audio_Qformer.bert.encoder.layer.1.output_query.dense.weight"), "lacks"),
+])
+def test_a_broken_audio_q_former_is_refused_by_name(tmp_path, change, message):
+    from composition.importers import ImportError_
+
+    ckpt = mc.audio_expert(tmp_path / "audio")
+    tensors = torch.load(ckpt / "adapter_model.bin", weights_only=True)
+    change(tensors)
+    torch.save(tensors, ckpt / "adapter_model.bin")
+    with pytest.raises(ImportError_, match=message):
+        import_modelcompose([str(ckpt)], tmp_path / "out")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_imported_experts_of_every_modality_compose_side_by_side(tmp_path, base):
+    """Image (CLIP), audio (Q-Former), video and point experts, both strategies: NaiveMC, DAMC and every expert in one batch."""
+    sources = []
+    for m in ("vision", "video", "point"):
+        for strategy in ("modal+language", "same"):
+            sources.append(mc.single(tmp_path / f"{m}-{strategy}", m, strategy, seed=len(sources)))
+    sources += [mc.audio_expert(tmp_path / "audio-damc"), mc.audio_expert(tmp_path / "audio-naive", "same", seed=9)]
+    folders = import_modelcompose([str(s) for s in sources], tmp_path / "out")
+    cm = ComposedModel(base, feature_fn=features_as_data)
+    for folder in folders:
+        cm.load_expert(folder)
+    inputs = [ModalInput(ours, features(m, seed=i)) for i, (m, ours) in
+              enumerate((("vision", "image"), ("audio", "audio"), ("video", "video"), ("point", "point")))]
+    answers = cm.compare("What do these have in common?", inputs, config=GenerationConfig(max_new_tokens=2))
+    names = [a.name for a in answers]
+    assert names[:2] == ["NaiveMC", "DAMC"] and len(names) == 2 + 8
+    damc = answers[1]
+    assert damc.experts == ["mc-image", "mc-audio", "mc-video", "mc-point"] and set(damc.coefficients["lambdas"].values()) == {0.25}
+    logits = cm.logits("hi", inputs, ["DAMC", "NaiveMC", "expert:mc-audio"])
+    assert all(torch.isfinite(x).all() for x in logits)

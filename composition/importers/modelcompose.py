@@ -64,8 +64,8 @@ _LORA = re.compile(r"^(?:base_model\.model\.)?model\.layers\.(?P<layer>\d+)\.(?P
                    r"\.lora_(?P<factor>[AB])\.(?P<adapter>[\w+-]+)\.weight$")
 _PROJ = re.compile(r"^(?:base_model\.model\.)?model\.modal_projectors\.(?P<m>\w+)\.(?P<idx>[02])\.(?P<p>weight|bias)$")
 _TOKENS = re.compile(r"^(?:base_model\.model\.)?(?P<which>prefix|suffix)_tokens\.(?P<name>\w+)$")
-_QFORMER = re.compile(r"^(?:base_model\.model\.)?model\.modal_projectors\.audio\.(audio_Qformer|audio_query_tokens|"
-                      r"audio_position_embedding|audio_llama_proj)")
+_QFORMER = re.compile(r"^(?:base_model\.model\.)?model\.modal_projectors\.audio\.(?P<rest>(?:audio_Qformer|audio_query_tokens|"
+                      r"audio_position_embedding|audio_llama_proj).*)$")
 
 
 @dataclass(frozen=True)
@@ -227,9 +227,8 @@ def build_experts(config: dict, tensors: dict[str, torch.Tensor], source: str, *
             projectors[pm["m"]][f"{pm['idx']}.{pm['p']}"] = value
         elif (tm := _TOKENS.match(key)) is not None and tm["name"] in (*modalities, "default"):
             tokens[(tm["which"], tm["name"])] = value
-        elif _QFORMER.match(key):
-            raise ImportError_(f"{where}: {key!r} belongs to the audio Q-Former projector, which this importer does "
-                               "not map yet (only mlp2x_gelu projectors); the audio expert cannot be imported.")
+        elif (qm := _QFORMER.match(key)) is not None and "audio" in projectors:
+            projectors["audio"][qm["rest"]] = value  # the audio Q-Former, in the original's key names
         else:
             unknown.append(key)
     if unknown:
@@ -254,7 +253,7 @@ def build_experts(config: dict, tensors: dict[str, torch.Tensor], source: str, *
         ours = MODALITY_NAMES[m]
         kind = STRATEGIES[strategy]
         name = f"mc-{ours}" if kind == "decoupled" else f"mc-{ours}-shared"
-        spec = _projector_spec(projectors[m], shape.hidden, config, m, where)
+        spec, projector_state = _projector_spec(projectors[m], shape.hidden, config, m, where)
         counts = {}
         boundary = {}
         for which in ("prefix", "suffix"):
@@ -280,7 +279,7 @@ def build_experts(config: dict, tensors: dict[str, torch.Tensor], source: str, *
             description=f"ModelCompose {ours} expert (lora_strategy {strategy!r}), imported",
             trained_on=LABELS[m], source=source if not merged else f"{source} (merged checkpoint, {ours} part)")
         projector = spec.build()
-        projector.load_state_dict({k: v.float() for k, v in projectors[m].items()})
+        projector.load_state_dict({k: v.float() for k, v in projector_state.items()})
         experts.append(Expert(cfg, {k: v.to(torch.float32) for k, v in delta_map.items()}, projector,
                               boundary["prefix"], boundary["suffix"]))
         if merged:
@@ -294,7 +293,12 @@ def build_experts(config: dict, tensors: dict[str, torch.Tensor], source: str, *
     return experts, sidecar
 
 
-def _projector_spec(state: dict[str, torch.Tensor], hidden: int, config: dict, m: str, where: str) -> ProjectorSpec:
+def _projector_spec(state: dict[str, torch.Tensor], hidden: int, config: dict, m: str,
+                    where: str) -> tuple[ProjectorSpec, dict[str, torch.Tensor]]:
+    """The projector's spec and its weights in our layout (mlp2x_gelu for every modality, the Q-Former for audio)."""
+    ptype = config.get(f"mm_{m}_projector_type", config.get("mm_projector_type", "mlp2x_gelu"))
+    if m == "audio" and (qf := re.match(r"^qformer_(\d+)N_(\d+)L$", str(ptype))) is not None:
+        return _qformer_spec(state, hidden, config, int(qf[1]), int(qf[2]), where)
     keys = {"0.weight", "0.bias", "2.weight", "2.bias"}
     if set(state) != keys:
         raise ImportError_(f"{where}: projector model.modal_projectors.{m} has keys {sorted(state)}, expected the "
@@ -307,10 +311,44 @@ def _projector_spec(state: dict[str, torch.Tensor], hidden: int, config: dict, m
     for k, s in want.items():
         if tuple(state[k].shape) != s:
             raise ImportError_(f"{where}: model.modal_projectors.{m}.{k} has shape {tuple(state[k].shape)}, expected {s}.")
-    ptype = config.get(f"mm_{m}_projector_type", config.get("mm_projector_type", "mlp2x_gelu"))
     if ptype != "mlp2x_gelu":
-        raise ImportError_(f"{where}: projector type {ptype!r:.40} for {m} is not supported; expected 'mlp2x_gelu'.")
-    return ProjectorSpec("mlp2x_gelu", int(in_dim), hidden)
+        raise ImportError_(f"{where}: projector type {ptype!r:.40} for {m} is not supported; expected 'mlp2x_gelu'"
+                           f"{' or qformer_<N>N_<L>L' if m == 'audio' else ''}.")
+    return ProjectorSpec("mlp2x_gelu", int(in_dim), hidden), dict(state)
+
+
+def _qformer_spec(state: dict[str, torch.Tensor], hidden: int, config: dict, queries: int, layers: int,
+                  where: str) -> tuple[ProjectorSpec, dict[str, torch.Tensor]]:
+    """The audio Q-Former (builder.py ``VideoLlamaAudioQformer``): every key mapped, every shape checked."""
+    from ..projectors import BERT_HEADS, modelcompose_keys, qformer_dims
+
+    mapped, unknown = modelcompose_keys(state)
+    if unknown:
+        raise ImportError_(f"{where}: {len(unknown)} audio Q-Former key(s) are not recognised, e.g. "
+                           f"model.modal_projectors.audio.{sorted(unknown)[0]}; nothing was imported.")
+    try:
+        dims = qformer_dims(mapped)
+    except KeyError as missing:
+        raise ImportError_(f"{where}: the audio Q-Former lacks {missing.args[0]}; the checkpoint is incomplete.") from None
+    if (dims["queries"], dims["layers"]) != (queries, layers):
+        raise ImportError_(f"{where}: config says qformer_{queries}N_{layers}L but the weights hold {dims['queries']} "
+                           f"queries and {dims['layers']} layers.")
+    in_dim = int(mapped["position_embedding.weight"].shape[1])
+    if dims["width"] % BERT_HEADS:
+        raise ImportError_(f"{where}: the audio Q-Former is {dims['width']} wide, not a multiple of BERT's {BERT_HEADS} heads.")
+    declared = config.get("mm_audio_hidden_size")
+    if declared is not None and declared != in_dim:
+        raise ImportError_(f"{where}: the audio Q-Former reads {in_dim}-d features but config says mm_audio_hidden_size={declared}.")
+    spec = ProjectorSpec("qformer", in_dim, hidden, **dims)
+    expected = {k: tuple(v.shape) for k, v in spec.build().state_dict().items()}
+    missing = sorted(set(expected) - set(mapped))
+    if missing:
+        raise ImportError_(f"{where}: the audio Q-Former lacks {len(missing)} weight(s), e.g. {missing[0]!r} (our name).")
+    for key, want in expected.items():
+        if tuple(mapped[key].shape) != want:
+            raise ImportError_(f"{where}: audio Q-Former {key} has shape {tuple(mapped[key].shape)}, expected {want} "
+                               f"(width {dims['width']}, {in_dim}-d features, LLM hidden {hidden}).")
+    return spec, mapped
 
 
 def resolve_source(src: str) -> tuple[Path, str]:
