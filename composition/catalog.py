@@ -160,7 +160,7 @@ def world_notes(experts: Iterable, files: Mapping[str, Sequence[str | Path]]) ->
 COMPOSITION_DEFAULTS = "composition.json"
 
 
-def default_coefficients(paths: Sequence[Path | str] | None) -> "Coefficients":
+def default_coefficients(paths: Sequence[Path | str] | None):
     """The λ and μ a folder of experts ships with (``composition.json`` ``{"lambdas", "mus"}``, written
     by ``python -m composition import modelcompose`` for a merged checkpoint), else the paper's defaults.
 

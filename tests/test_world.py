@@ -20,8 +20,7 @@ from composition.mcub import score_answer
 from modalities import get_modality
 from training import CATEGORIES, COLOURS, LABELS, MODALITIES, Scene, SceneObject, World, render
 from training.instructions import KINDS, LETTERS, make_instruction_items, question_for
-from training.mcub_synth import (SYNTH3_SUBSETS, build_mcub_synth, check_item_design, plan_mcub_synth,
-                                 score_answer)
+from training.mcub_synth import SYNTH3_SUBSETS, build_mcub_synth, check_item_design, plan_mcub_synth
 from training.world import EXTENSIONS
 
 SCENE = Scene((SceneObject("ball", "red"), SceneObject("cube", "blue"), SceneObject("ring", "yellow")), seed=11)

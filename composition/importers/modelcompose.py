@@ -167,7 +167,7 @@ def convert(folder: Path, source: str) -> tuple[list[Expert], dict]:
     strategy = config.get("lora_strategy")
     if strategy not in STRATEGIES:
         raise ImportError_(f"{where}: lora_strategy {strategy!r:.40} is not one of {sorted(STRATEGIES)}.")
-    shape = read_shape(config, where)
+    read_shape(config, where)  # the config is checked before any weights are read
     modalities = checkpoint_modalities(config)
     if not modalities:
         raise ImportError_(f"{where}: config.json sets no mm_<vision|audio|video|point>_encoder; which modality is it?")
