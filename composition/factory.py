@@ -201,5 +201,11 @@ def features_as_data(expert, item) -> torch.Tensor:
     return item.data
 
 
+def pooled_features(expert, item) -> torch.Tensor:
+    """A deterministic stand-in encoder for real loaded files of any modality: the tensor pooled to (4, FEATURE_DIM)."""
+    flat = item.data.float().reshape(1, 1, -1)
+    return torch.nn.functional.adaptive_avg_pool1d(flat, 4 * FEATURE_DIM).reshape(4, FEATURE_DIM) * 3.0
+
+
 def random_features(n_tokens: int, seed: int, dim: int = FEATURE_DIM) -> torch.Tensor:
     return torch.randn(n_tokens, dim, generator=torch.Generator().manual_seed(seed))

@@ -6,7 +6,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 
 import composition.mcub as mcub
 from composition.composer import ComposedModel
@@ -16,7 +15,7 @@ from composition.mcub import (RULES, McubFormatError, McubItem, McubResult, Pred
                               score_answer)
 from composition.variants import Coefficients
 from tests.cli_runner import run_cli
-from composition.factory import FEATURE_DIM, random_expert, tiny_base
+from composition.factory import pooled_features, random_expert, tiny_base
 
 MODALITIES = ("image", "audio", "video", "point")
 CONFIG = GenerationConfig(max_new_tokens=4)
@@ -38,11 +37,6 @@ def mcub_dir(tmp_path_factory):
 def items(mcub_dir):
     return load_mcub(mcub_dir / "mcub-synth4.json") + load_mcub(mcub_dir / "mcub-synth3.json")
 
-
-def pooled_features(expert, item) -> torch.Tensor:
-    """A deterministic stand-in encoder for real files: pool the loaded tensor to (4, 16)."""
-    flat = item.data.float().reshape(1, 1, -1)
-    return torch.nn.functional.adaptive_avg_pool1d(flat, 4 * FEATURE_DIM).reshape(4, FEATURE_DIM) * 3.0
 
 
 @pytest.fixture(scope="module")

@@ -13,12 +13,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 
 import composition.mcub as mcub
 from composition.composer import ComposedModel
 from composition.errors import CompositionError
-from composition.factory import FEATURE_DIM, random_expert, tiny_base
+from composition.factory import pooled_features, random_expert, tiny_base
 from composition.mcub import McubFormatError, McubItem, evaluate, load_mcub, load_question_set
 from composition.mcub_prompt import paper_message, paper_prompt_rows
 from composition.scoring import RULES, detect_family, normalize_vqa_answer, rule_for, strip_output
@@ -60,10 +59,6 @@ def released(root: Path, synth, name: str = "MCUB-4.json", answers_name: str = "
     a.write_text(json.dumps(answers))
     return q, a
 
-
-def pooled_features(expert, item) -> torch.Tensor:
-    flat = item.data.float().reshape(1, 1, -1)
-    return torch.nn.functional.adaptive_avg_pool1d(flat, 4 * FEATURE_DIM).reshape(4, FEATURE_DIM) * 3.0
 
 
 @pytest.fixture(scope="module")
