@@ -230,8 +230,11 @@ def _published_adam(vectors, targets, low_rank, steps, lr=1e-5):
     return theta.detach()
 
 
-def test_wudi_equals_the_published_loop():
-    vectors = torch.stack(_deltas(3)) * 1e-3  # LoRA-sized entries, so lr 1e-5 moves them visibly
+# (12, 9): each step multiplies by the (n, n) Gram of the projectors; (3, 20): by the stacked
+# projectors themselves (fewer rows than n/2). Both must be the published loop.
+@pytest.mark.parametrize("shape", [(12, 9), (3, 20)])
+def test_wudi_equals_the_published_loop(shape):
+    vectors = torch.stack(_deltas(3, shape=shape)) * 1e-3  # LoRA-sized entries, so lr 1e-5 moves them visibly
     expected = _published_adam(vectors, vectors, vectors, steps=40)
     merged = merge_deltas("wudi", list(vectors), [1.0] * 3, steps=40)
     torch.testing.assert_close(merged, expected, rtol=1e-7, atol=1e-10)

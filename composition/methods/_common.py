@@ -6,6 +6,8 @@ The callers (the method functions) receive already-validated inputs from
 """
 from __future__ import annotations
 
+import math
+
 from collections.abc import Callable
 
 import torch
@@ -188,16 +190,16 @@ def interference_grad(
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """Gradient of ``Σ_i c_i·‖(θ − t_i)·P_iᵀ‖²_F`` (WUDI's and OptMerge's interference loss).
 
-    ``∂/∂θ = Σ_i 2·c_i·(θ − t_i)·P_iᵀ·P_i``. A projector with more rows than columns is
-    replaced by its Gram matrix ``P_iᵀP_i`` (same gradient, less work per step).
+    ``∂/∂θ = Σ_i 2·c_i·(θ − t_i)·P_iᵀ·P_i = θ·C − D`` with ``C = Σ_i 2·c_i·P_iᵀP_i`` and
+    ``D = Σ_i 2·c_i·t_i·P_iᵀP_i``, both fixed: each Adam step then costs one product instead
+    of one or two per expert (WUDI on a 576×576 layer of four experts: 8 matmuls a step
+    become 1). ``C`` is ``(n, n)``; when the stacked projectors have fewer rows than ``n/2``
+    the step uses them instead (``(θ·Pᵀ)·P``, fewer flops and less memory).
     """
-    grams = [p.T @ p if p.shape[0] > p.shape[1] else None for p in projectors]
-
-    def grad(theta: torch.Tensor) -> torch.Tensor:
-        total = torch.zeros_like(theta)
-        for t, p, g, c in zip(targets, projectors, grams, coefficients):
-            diff = theta - t
-            total += (2.0 * c) * (diff @ g if g is not None else (diff @ p.T) @ p)
-        return total
-
-    return grad
+    n = targets[0].shape[-1]
+    stacked = torch.cat([p * math.sqrt(2.0 * c) for p, c in zip(projectors, coefficients)])  # Σ_i 2c_i P_iᵀP_i = stackedᵀ·stacked
+    offset = sum(((t @ p.T) @ p) * (2.0 * c) for t, p, c in zip(targets, projectors, coefficients))  # D
+    if 2 * stacked.shape[0] < n:
+        return lambda theta: (theta @ stacked.T) @ stacked - offset
+    gram = stacked.T @ stacked  # C
+    return lambda theta: theta @ gram - offset
