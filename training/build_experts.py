@@ -7,6 +7,12 @@ times and held-out accuracy in ``assets/experts/training_report.json``. Uses the
 one is present (``--device``); on a 2-core CPU the whole run takes about 80 minutes
 (from its parts' measured times and the two-thread speed-up; README "Bundled experts").
 
+Progress is kept in ``--state`` (default ``.cache/build-state``): every finished stage, and
+every ``--checkpoint-every`` steps of a running one, with the optimizer's state, so running
+the same command again continues exactly where a stopped run left off (``--stop-after
+SECONDS`` or Ctrl-C pauses it cleanly, status 3; ``--fresh`` starts over; other settings
+than the state's are refused). One build can so span several working sessions.
+
 ``--stage3-from DIR`` runs only stage 3 (the option-letter lookup, text only) on the experts
 saved in DIR and writes the results to ``--out``: how a set trained before stage 3 existed
 is brought up to date without repeating stages 0-2.
@@ -23,8 +29,9 @@ from pathlib import Path
 
 import torch
 
-from .data import prepare_modality
-from .recipe import TrainConfig, Trainer, expert_name
+from .checkpoint import BuildPaused, BuildState
+from .data import ModalityData, prepare_modality
+from .recipe import ModalityParts, TrainConfig, Trainer, expert_name
 from .world import MODALITIES
 
 REPO = Path(__file__).resolve().parent.parent
@@ -32,7 +39,14 @@ KINDS = ("decoupled", "shared")
 
 
 def build(out_dir: Path, config: TrainConfig, n_scenes: int, cache_dir: Path, modalities=MODALITIES, device: str = "cpu",
-          eval_items: int = 42, log=print, kinds=KINDS) -> dict:
+          eval_items: int = 42, log=print, kinds=KINDS, state: BuildState | None = None) -> dict:
+    """Train and save the experts of ``modalities`` x ``kinds`` into ``out_dir``, with a report.
+
+    With ``state`` (``training.checkpoint``), every finished stage and every few steps of a
+    running one are saved there, a rerun continues where the last one stopped (finished
+    experts are written again from their saved result, not retrained), and a pause request
+    raises ``BuildPaused`` after saving.
+    """
     from composition.base_llm import load_base_llm
 
     from .render_audio import speech_available
@@ -40,6 +54,7 @@ def build(out_dir: Path, config: TrainConfig, n_scenes: int, cache_dir: Path, mo
     start = time.perf_counter()
     base = load_base_llm(device=device)
     trainer = Trainer(base, config, log=log)
+    trainer.state = state
     report = {"config": asdict(config), "n_scenes": n_scenes, "device": device, "experts": {}, "seconds": {}}
     report_file = out_dir / "training_report.json"
     if report_file.is_file() and (set(kinds) != set(KINDS) or set(modalities) != set(MODALITIES)):
@@ -51,29 +66,98 @@ def build(out_dir: Path, config: TrainConfig, n_scenes: int, cache_dir: Path, mo
     out_dir.mkdir(parents=True, exist_ok=True)
     for modality in modalities:
         colours_known = modality != "audio" or speech_available()
+        todo = [t for t in kinds if not _restore_expert(trainer, state, modality, t, out_dir, report)]
+        if not todo:
+            log(f"{modality}: {', '.join(expert_name(modality, t) for t in kinds)} already built (state {state.folder})")
+            continue
         t0 = time.perf_counter()
         data = prepare_modality(modality, n_scenes, config.seed, cache_dir, log=log)
         heldout = prepare_modality(modality, eval_items, config.seed + 1000, cache_dir, log=log)
         report["seconds"][f"{modality}/data"] = round(time.perf_counter() - t0, 1)
-        t0 = time.perf_counter()
-        parts = trainer.stage1(data, colours_known, heldout)
-        report["seconds"][f"{modality}/stage1"] = round(time.perf_counter() - t0, 1)
-        for training in kinds:
-            t0 = time.perf_counter()
-            deltas, tuned, log_rows = trainer.stage2(data, parts, training, colours_known)
+        parts, report["seconds"][f"{modality}/stage1"] = _stage1(trainer, data, colours_known, heldout)
+        for training in todo:
             name = expert_name(modality, training)
-            report["seconds"][f"{name}/stage2"] = round(time.perf_counter() - t0, 1)
+            t0 = time.perf_counter()
+            deltas, tuned, log_rows = _stage2(trainer, data, parts, training, colours_known)
+            report["seconds"][f"{name}/stage2"] = log_rows[-1]["seconds"] if log_rows else round(time.perf_counter() - t0, 1)
             t0 = time.perf_counter()
             deltas, stage3_rows = trainer.stage3(deltas, training, modality)
-            report["seconds"][f"{name}/stage3"] = round(time.perf_counter() - t0, 1)
+            report["seconds"][f"{name}/stage3"] = stage3_rows[-1]["seconds"] if stage3_rows else round(time.perf_counter() - t0, 1)
             expert = trainer.make_expert(modality, training, deltas, tuned)
             accuracy = _save_and_score(trainer, expert, out_dir / name, heldout, colours_known, report)
             report["experts"][expert.name] = {"stage1": parts.log, "stage2": log_rows, "stage3": stage3_rows, "heldout": accuracy}
+            if state is not None:
+                seconds = {k: v for k, v in report["seconds"].items() if k.startswith(f"{name}/")}
+                state.save_result(f"{name} expert", trainer.deltas_tensors(deltas) | trainer.parts_tensors(tuned),
+                                  {"report": report["experts"][name], "seconds": seconds, "stage1_log": parts.log})
+                for loop in (f"{modality} {training} stage 2", f"{modality} {training} stage 3"):
+                    state.discard_loop(loop)
+                state.result_path(f"{name} stage 2").unlink(missing_ok=True)
             log(f"{expert.name}: held-out accuracy {accuracy}")
             report_file.write_text(json.dumps(report, indent=1) + "\n")
     report["seconds"]["total"] = round(time.perf_counter() - start, 1)
     report_file.write_text(json.dumps(report, indent=1) + "\n")
     return report
+
+
+def _stage1(trainer: Trainer, data, colours_known: bool, heldout) -> tuple[ModalityParts, float]:
+    """Stage 1 of one modality (or its saved result) and the seconds it took; with a state,
+    stage 0 is saved on its own (stage 1 is a loop that may pause)."""
+    state, modality, t0 = trainer.state, data.modality, time.perf_counter()
+    saved = state.load_result(f"{modality} stage 1") if state is not None else None
+    if saved is not None:
+        return trainer.parts_from_tensors(data, saved[0], saved[1]["log"]), saved[1]["seconds"]
+    if state is None:
+        return trainer.stage1(data, colours_known, heldout), round(time.perf_counter() - t0, 1)
+    saved = state.load_result(f"{modality} stage 0")
+    if saved is not None:
+        parts, before = trainer.parts_from_tensors(data, saved[0], saved[1]["log"]), saved[1]["seconds"]
+    else:
+        parts = trainer.stage0_parts(data, colours_known, heldout)
+        before = round(time.perf_counter() - t0, 1)
+        state.save_result(f"{modality} stage 0", trainer.parts_tensors(parts), {"log": parts.log, "seconds": before})
+    t0 = time.perf_counter()
+    parts.log += trainer.align(data, parts, colours_known)
+    seconds = round(before + time.perf_counter() - t0, 1)
+    state.save_result(f"{modality} stage 1", trainer.parts_tensors(parts), {"log": parts.log, "seconds": seconds})
+    state.discard_loop(f"{modality} stage 1")
+    return parts, seconds
+
+
+def _stage2(trainer: Trainer, data, parts: ModalityParts, training: str, colours_known: bool):
+    """Stage 2 of one expert, or its saved result (saved once finished, so a pause in stage 3 keeps it)."""
+    state, unit = trainer.state, f"{expert_name(data.modality, training)} stage 2"
+    saved = state.load_result(unit) if state is not None else None
+    if saved is not None:
+        tensors, meta = saved
+        return trainer.deltas_from_tensors(tensors), trainer.parts_from_tensors(data, tensors, []), meta["log"]
+    deltas, tuned, rows = trainer.stage2(data, parts, training, colours_known)
+    if state is not None:
+        state.save_result(unit, trainer.deltas_tensors(deltas) | trainer.parts_tensors(tuned), {"log": rows})
+    return deltas, tuned, rows
+
+
+def _restore_expert(trainer: Trainer, state: BuildState | None, modality: str, training: str, out_dir: Path,
+                    report: dict) -> bool:
+    """Write an expert the state has finished into ``out_dir`` again (no retraining) and take
+    its report entry; False when it is not finished."""
+    from composition.expert import save_expert
+
+    name = expert_name(modality, training)
+    saved = state.load_result(f"{name} expert") if state is not None else None
+    if saved is None:
+        return False
+    tensors, meta = saved
+    data = ModalityData(modality, [], [])  # a finished expert needs no scenes: its point features are not used again
+    tuned = trainer.parts_from_tensors(data, tensors, [])
+    expert = trainer.make_expert(modality, training, trainer.deltas_from_tensors(tensors), tuned)
+    target = out_dir / name
+    if target.exists():
+        shutil.rmtree(target)
+    save_expert(expert, target, dtype=torch.float16)
+    report["experts"][name] = meta["report"]
+    report["seconds"].update(meta["seconds"])
+    return True
 
 
 def _save_and_score(trainer: Trainer, expert, target: Path, heldout, colours_known: bool, report: dict,
@@ -153,6 +237,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stage3-from", default=None, metavar="DIR",
                         help="run only stage 3 on the experts saved in DIR (written to --out)")
     parser.add_argument("--eval-items", type=int, default=42)
+    parser.add_argument("--state", default=str(REPO / ".cache" / "build-state"), metavar="DIR",
+                        help="folder of the build's progress: a rerun of the same command resumes from it "
+                             "(default .cache/build-state; training.checkpoint)")
+    parser.add_argument("--no-state", action="store_true", help="keep no progress (a stopped build starts over)")
+    parser.add_argument("--fresh", action="store_true", help="delete the state folder first and start over")
+    parser.add_argument("--checkpoint-every", type=int, default=10, metavar="STEPS",
+                        help="save a running stage every this many steps (default 10)")
+    parser.add_argument("--stop-after", type=float, default=None, metavar="SECONDS",
+                        help="pause (save and exit with status 3) after this many seconds; rerun to resume")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     args = parser.parse_args(argv)
@@ -167,8 +260,23 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({k: v["heldout"] for k, v in report["experts"].items()}, indent=1))
         print(f"total {report['seconds']['stage3_total']:.0f} s")
         return 0
-    report = build(Path(args.out), config, args.scenes, Path(args.cache), tuple(args.modalities), args.device, args.eval_items,
-                   log=lambda msg: print(msg, flush=True), kinds=tuple(args.kinds))
+    state = None
+    if not args.no_state:
+        if args.fresh and Path(args.state).is_dir():
+            shutil.rmtree(args.state)
+        settings = {"config": asdict(config), "scenes": args.scenes, "eval_items": args.eval_items}
+        try:
+            state = BuildState(Path(args.state), settings, every=args.checkpoint_every, stop_after=args.stop_after)
+        except ValueError as exc:  # StateMismatch, or a bad --checkpoint-every / --stop-after
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        state.catch_signals()
+    try:
+        report = build(Path(args.out), config, args.scenes, Path(args.cache), tuple(args.modalities), args.device, args.eval_items,
+                       log=lambda msg: print(msg, flush=True), kinds=tuple(args.kinds), state=state)
+    except BuildPaused as exc:
+        print(f"paused: {exc}. Run the same command again to continue.", flush=True)
+        return 3
     print(json.dumps({k: v["heldout"] for k, v in report["experts"].items()}, indent=1))
     print(f"total {report['seconds']['total']:.0f} s")
     return 0

@@ -34,6 +34,15 @@ def _groups(encoder: PointEncoderNet, data: ModalityData) -> tuple[torch.Tensor,
     return torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
 
 
+def encode_clouds(encoder: PointEncoderNet, data: ModalityData,
+                  groups: tuple[torch.Tensor, torch.Tensor] | None = None) -> list[torch.Tensor]:
+    """Every cloud's features through the frozen ``encoder``, one cloud at a time, exactly as it
+    runs at inference (``groups``: the clouds' groups when already computed)."""
+    local, centres = groups if groups is not None else _groups(encoder, data)
+    with torch.no_grad():
+        return [encoder.embed(local[i:i + 1], centres[i:i + 1])[0] for i in range(len(data))]
+
+
 def exact_set_accuracy(logits: torch.Tensor, labels: torch.Tensor, n_categories: int = len(CATEGORIES)) -> dict[str, float]:
     """Fraction of scenes whose exact category set (and colour set) the classifier finds."""
     hits = (logits > 0) == labels.bool()
@@ -78,8 +87,7 @@ def pretrain_point_encoder(data: ModalityData, steps: int, seed: int, batch_size
             rows.append({"pretrain_step": step + 1, "loss": round(running, 4), "seconds": round(time.perf_counter() - start, 1)})
             log(f"  point encoder pre-training step {step + 1}/{steps} loss {running:.3f}")
     encoder.requires_grad_(False).eval()
-    with torch.no_grad():  # one cloud at a time, exactly as the frozen encoder runs at inference
-        features = [encoder.embed(local[i:i + 1], centres[i:i + 1])[0] for i in range(len(data))]
+    features = encode_clouds(encoder, data, (local, centres))
     if heldout is not None and len(heldout):
         with torch.no_grad():
             accuracy = exact_set_accuracy(classify(*_groups(encoder, heldout)), scene_labels(heldout))

@@ -43,6 +43,7 @@ from composition.lora import LoraDelta
 from composition.prompt import build_prompt_row, user_message
 from composition.variants import TEXT_ROUTE, route_names
 
+from .checkpoint import BuildPaused, BuildState, Resumed
 from .data import ENCODERS, ModalityData, label_words, scene_labels
 from .instructions import KINDS, question_for
 from .world import TRAINED_ON
@@ -155,6 +156,7 @@ class Trainer:
         self.hidden = self.embed.weight.shape[1]
         self.eos = base.eos_token_ids[0]
         self.routes = {r: i for i, r in enumerate(route_names())}
+        self.state: BuildState | None = None  # a build's progress folder: loops resume from it (training.checkpoint)
         base.model.requires_grad_(False)
 
     def reconfigure(self, config: TrainConfig, targets: tuple[str, ...] = TARGETS, schedule: str = "cosine") -> None:
@@ -199,16 +201,19 @@ class Trainer:
     def _loss(self, data, parts, rng, kinds, colours_known, coef_table):
         batch, targets = self._batch(data, parts, rng, kinds, colours_known)
         self.router.set(coef_table[batch.route_ids] if coef_table is not None else None)
+        # Rows are left-padded, so every answer lies in the last positions: only those get
+        # logits (the 49k-word head over every prompt position was a fifth of a step's work).
+        keep = max(len(ids) for ids in targets) + 1
         try:
             logits = self.base.model(inputs_embeds=batch.embeds, attention_mask=batch.attention_mask,
-                                     position_ids=batch.position_ids, use_cache=False).logits
+                                     position_ids=batch.position_ids, use_cache=False, logits_to_keep=keep).logits
         finally:
             self.router.set(None)
         t = logits.shape[1]
         losses = []
         for b, ids in enumerate(targets):
             n = len(ids)
-            # Rows are left-padded, so the answer is the last n positions; position p predicts p+1.
+            # The answer is the last n positions; position p predicts p+1.
             pred = logits[b, t - n - 1: t - 1]
             losses.append(F.cross_entropy(pred.float(), torch.tensor(ids), reduction="sum"))
         return torch.stack(losses).sum() / sum(len(ids) for ids in targets)
@@ -216,26 +221,42 @@ class Trainer:
     def _run(self, name: str, steps: int, params: list[tuple[list[nn.Parameter], float]], loss_fn, seed: int,
              on_step=None) -> list[dict]:
         """AdamW with warm-up and cosine decay; ``loss_fn(rng)`` draws a batch and returns its loss.
-        ``on_step(n)`` (optional) is called after the n-th optimizer step."""
-        optimizer = torch.optim.AdamW([{"params": p, "lr": lr} for p, lr in params], weight_decay=0.0)
+        ``on_step(n)`` (optional) is called after the n-th optimizer step.
+
+        With a build state (``self.state``), the loop resumes from its checkpoint when there
+        is one, saves one every ``state.every`` steps, and on a pause request saves and raises
+        ``BuildPaused``: resumed, it draws the same batches at the same rates as an
+        uninterrupted run."""
+        groups = [list(p) for p, _ in params]
+        optimizer = torch.optim.AdamW([{"params": g, "lr": lr} for g, (_, lr) in zip(groups, params)], weight_decay=0.0)
         base_lrs = [lr for _, lr in params]
         rng = np.random.default_rng([self.config.seed, seed])
-        log, start, running = [], time.perf_counter(), None
-        for step in range(steps):
+        log, start, running, first, before = [], time.perf_counter(), None, 0, 0.0
+        resumed = self.state.restore_loop(name, groups, optimizer, rng) if self.state is not None else None
+        if resumed is not None:
+            first, running, log, before = resumed.step, resumed.running, resumed.log, resumed.seconds
+            self.log(f"  {name}: resumed at step {first}/{steps}")
+        for step in range(first, steps):
             for group, lr in zip(optimizer.param_groups, base_lrs):
                 group["lr"] = lr * self.schedule(step, steps, self.config.warmup_steps)
             loss = loss_fn(rng)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_([p for group, _ in params for p in group], 1.0)
+            torch.nn.utils.clip_grad_norm_([p for group in groups for p in group], 1.0)
             optimizer.step()
             running = loss.item() if running is None else 0.9 * running + 0.1 * loss.item()
+            elapsed = before + time.perf_counter() - start
             if (step + 1) % 10 == 0 or step == steps - 1:
-                elapsed = time.perf_counter() - start
                 log.append({"step": step + 1, "loss": round(running, 4), "seconds": round(elapsed, 1)})
                 self.log(f"  {name} step {step + 1}/{steps} loss {running:.3f} ({elapsed / (step + 1):.2f} s/step)")
             if on_step is not None:
                 on_step(step + 1)
+            if self.state is not None and step + 1 < steps:
+                pause = self.state.pause_requested()
+                if pause or (step + 1) % self.state.every == 0:
+                    path = self.state.save_loop(name, groups, optimizer, rng, Resumed(step + 1, running, log, elapsed))
+                if pause:
+                    raise BuildPaused(f"{name} paused at step {step + 1}/{steps} (saved in {path})")
         return log
 
     # --- stages -------------------------------------------------------------
@@ -245,15 +266,30 @@ class Trainer:
         ``heldout`` (optional) scores the point encoder's pre-training classifier;
         ``after_stage0(parts)`` (optional) sees the parts between stage 0 and stage 1 (a
         measurement's hook: it must not change them)."""
-        modality = data.modality
+        parts = self.stage0_parts(data, colours_known, heldout)
+        if after_stage0 is not None:
+            after_stage0(parts)
+        parts.log += self.align(data, parts, colours_known)
+        return parts
+
+    def new_parts(self, modality: str) -> ModalityParts:
+        """A fresh seeded projector and prefix/suffix tokens (what stage 0 starts from)."""
         g = torch.Generator().manual_seed(self.config.seed)
-        spec = ProjectorSpec(PROJECTORS[modality], FEATURE_DIMS[modality], self.hidden)
-        projector = spec.build()
+        # The projector's layers draw their initial weights from torch's global generator: seed
+        # it here, per modality, so the start does not depend on what ran before (a resumed
+        # build skips finished modalities) and the caller's generator is left as it was.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.config.seed * 1009 + list(FEATURE_DIMS).index(modality))
+            projector = ProjectorSpec(PROJECTORS[modality], FEATURE_DIMS[modality], self.hidden).build()
         scale = self.embed.weight.std().item()
         prefix = nn.Parameter(torch.randn(self.config.prefix_tokens, self.hidden, generator=g) * scale)
         suffix = nn.Parameter(torch.randn(self.config.suffix_tokens, self.hidden, generator=g) * scale)
-        parts = ModalityParts(projector, prefix, suffix)
-        if modality == "point":
+        return ModalityParts(projector, prefix, suffix)
+
+    def stage0_parts(self, data: ModalityData, colours_known: bool = True, heldout: ModalityData | None = None) -> ModalityParts:
+        """The parts after point encoder pre-training (point clouds) and stage 0."""
+        parts = self.new_parts(data.modality)
+        if data.modality == "point":
             from .point_pretrain import pretrain_point_encoder
 
             # frozen from here on: both kinds share the encoder and its cached features
@@ -261,10 +297,50 @@ class Trainer:
                 data, self.config.point_pretrain_steps, self.config.seed, self.config.point_pretrain_batch_size,
                 self.config.lr_point_pretrain, heldout=heldout, log=self.log)
         parts.log += self.stage0(data, parts, colours_known)
-        if after_stage0 is not None:
-            after_stage0(parts)
-        parts.log += self.align(data, parts, colours_known)
         return parts
+
+    # --- parts and deltas as tensors (a build's saved progress, training.checkpoint) ----
+    @staticmethod
+    def parts_tensors(parts: ModalityParts) -> dict[str, torch.Tensor]:
+        tensors = {f"projector.{k}": v for k, v in parts.projector.state_dict().items()}
+        tensors |= {"prefix": parts.prefix.detach(), "suffix": parts.suffix.detach()}
+        if parts.point_encoder is not None:
+            tensors |= {f"point_encoder.{k}": v for k, v in parts.point_encoder.state_dict().items()}
+        return tensors
+
+    def parts_from_tensors(self, data: ModalityData, tensors: dict[str, torch.Tensor], log: list[dict]) -> ModalityParts:
+        """The inverse of ``parts_tensors`` (strict: every key of the modules, and only those);
+        a point encoder's training features are computed again (they are not saved)."""
+        parts = self.new_parts(data.modality)
+        parts.projector.load_state_dict({k[10:]: v for k, v in tensors.items() if k.startswith("projector.")}, strict=True)
+        with torch.no_grad():
+            parts.prefix.copy_(tensors["prefix"])
+            parts.suffix.copy_(tensors["suffix"])
+        encoder = {k[14:]: v for k, v in tensors.items() if k.startswith("point_encoder.")}
+        if encoder:
+            from modalities.encoders import build_point_encoder
+
+            from .point_pretrain import encode_clouds
+
+            parts.point_encoder = build_point_encoder(seed=self.config.seed)
+            parts.point_encoder.load_state_dict(encoder, strict=True)
+            parts.point_encoder.requires_grad_(False).eval()
+            parts.features = encode_clouds(parts.point_encoder, data) if len(data) else []
+        parts.log = list(log)
+        return parts
+
+    @staticmethod
+    def deltas_tensors(deltas: dict[str, LoraDelta]) -> dict[str, torch.Tensor]:
+        return {f"delta.{d}.{f}.{m}": t for d, delta in deltas.items() for f, side in (("A", delta.A), ("B", delta.B))
+                for m, t in side.items()}
+
+    def deltas_from_tensors(self, tensors: dict[str, torch.Tensor]) -> dict[str, LoraDelta]:
+        factors: dict[str, dict[str, dict[str, torch.Tensor]]] = {}
+        for key, t in tensors.items():
+            if key.startswith("delta."):
+                _, d, f, m = key.split(".", 3)
+                factors.setdefault(d, {"A": {}, "B": {}})[f][m] = t
+        return {d: LoraDelta(self.config.rank, self.config.alpha, f["A"], f["B"]) for d, f in factors.items()}
 
     def align(self, data: ModalityData, parts: ModalityParts, colours_known: bool = True) -> list[dict]:
         """Stage 1 proper: the projector and prefix/suffix on "describe"/"objects" answers, the LLM untouched."""
@@ -418,7 +494,9 @@ class Trainer:
         letters = letter_token_ids(self.base.tokenizer)
         params = []
         device = self.embed.weight.device
-        trained = {m: self.layers[m] for m in delta.A}  # the modules this expert has a delta for
+        # the modules this expert has a delta for, in the layers' order (a delta read back from
+        # disk comes in key order; the optimizer's parameter order must not depend on that)
+        trained = {m: layer for m, layer in self.layers.items() if m in delta.A}
         for module, layer in trained.items():
             a = nn.Parameter(delta.A[module].detach().to(device, torch.float32).clone())
             b = nn.Parameter(delta.B[module].detach().to(device, torch.float32).clone())
