@@ -24,6 +24,7 @@ import torch
 from .composer import ComposedModel
 from .errors import CompositionError
 from .expert import EncoderRef, Expert, ExpertConfig, save_expert
+from .linalg import thin_svd
 from .lora import LoraDelta
 from .routing import plain_state_dict
 from .variants import TEXT_ROUTE, Coefficients
@@ -47,7 +48,7 @@ def _correction_factors(cm: ComposedModel, module: str, correction: dict[int, fl
         b = torch.cat([c * layer.lowrank[s].B_scaled.float() for s, c in used.items()], dim=1)
         return a, b
     dense = sum(c * layer.slot_delta(s).double() for s, c in used.items())
-    u, sv, vh = torch.linalg.svd(dense, full_matrices=False)
+    u, sv, vh = thin_svd(dense)
     rank = max(1, int((sv > sv[0] * 1e-7).sum()))
     root = sv[:rank].sqrt()
     return (root[:, None] * vh[:rank]).float(), (u[:, :rank] * root[None, :]).float()

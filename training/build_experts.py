@@ -89,7 +89,7 @@ def build(out_dir: Path, config: TrainConfig, n_scenes: int, cache_dir: Path, mo
             if state is not None:
                 seconds = {k: v for k, v in report["seconds"].items() if k.startswith(f"{name}/")}
                 state.save_result(f"{name} expert", trainer.deltas_tensors(deltas) | trainer.parts_tensors(tuned),
-                                  {"report": report["experts"][name], "seconds": seconds, "stage1_log": parts.log})
+                                  {"report": report["experts"][name], "seconds": seconds})
                 for loop in (f"{modality} {training} stage 2", f"{modality} {training} stage 3"):
                     state.discard_loop(loop)
                 state.result_path(f"{name} stage 2").unlink(missing_ok=True)

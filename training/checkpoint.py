@@ -176,7 +176,9 @@ class BuildState:
                 g, i = int(g), int(i)
                 if g >= len(groups) or i >= len(groups[g]):
                     raise StateMismatch(f"{path}: {key} names a tensor the loop does not have; start afresh with --fresh.")
-                optimizer.state[groups[g][i]][name] = value
+                param = groups[g][i]
+                # AdamW keeps its step counts on the CPU and its moments beside the parameter.
+                optimizer.state[param][name] = value if name == "step" else value.to(param.device)
         rng.bit_generator.state = meta["rng"]
         return Resumed(int(meta["step"]), meta["running"], list(meta["log"]), float(meta["seconds"]))
 

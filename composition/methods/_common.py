@@ -7,10 +7,11 @@ The callers (the method functions) receive already-validated inputs from
 from __future__ import annotations
 
 import math
-
 from collections.abc import Callable
 
 import torch
+
+from ..linalg import thin_svd
 
 
 def per_expert(weights: torch.Tensor, deltas: torch.Tensor) -> torch.Tensor:
@@ -156,7 +157,7 @@ def orthogonalize(columns: torch.Tensor) -> torch.Tensor:
     TSV-M and Iso-CTS use it to whiten the concatenated per-task singular vectors
     (MLLMerging ``svd_merging``: ``u_u @ v_u`` of ``svd(sum_u)``).
     """
-    p, _, qh = torch.linalg.svd(columns, full_matrices=False)
+    p, _, qh = thin_svd(columns)
     return p @ qh
 
 

@@ -30,6 +30,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from ..linalg import thin_svd
 from .registry import MethodError, check_seed, get_method, merge_deltas
 
 Factors = tuple[torch.Tensor, torch.Tensor, float]  # (A (r×in), B (out×r), scale)
@@ -44,7 +45,7 @@ def signed_basis(matrix: torch.Tensor, rtol: float) -> torch.Tensor:
     Returns:
         ``(rows, R)`` with ``R >= 1`` (a zero matrix gives one zero column).
     """
-    u, s, _ = torch.linalg.svd(matrix, full_matrices=False)
+    u, s, _ = thin_svd(matrix)
     if s.numel() == 0 or float(s[0]) == 0.0:
         return torch.zeros(matrix.shape[0], 1, dtype=matrix.dtype, device=matrix.device)
     u = u[:, s > rtol * s[0]]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from ..linalg import thin_svd
 from ._common import as_matrix, weighted_sum
 from .registry import register_method
 
@@ -33,5 +34,5 @@ def iso_c(deltas: torch.Tensor, weights: torch.Tensor, *, generator: torch.Gener
         ``(m, n)`` merged delta.
     """
     as_matrix(deltas[0], "iso_c")
-    u, s, vh = torch.linalg.svd(weighted_sum(deltas, weights), full_matrices=False)
+    u, s, vh = thin_svd(weighted_sum(deltas, weights))
     return (u * s.mean()) @ vh

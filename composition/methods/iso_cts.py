@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from ..linalg import thin_svd
 from ._common import active, as_matrix, orthogonalize, weighted_sum
 from .registry import HyperParam, register_method
 
@@ -57,13 +58,13 @@ def iso_cts(
     # The task-specific share must split evenly among the experts (as in the reference).
     per_task = round((full - common) / n_tasks)
     common = max(0, full - per_task * n_tasks)
-    u, s, vh = torch.linalg.svd(weighted_sum(deltas, weights), full_matrices=False)
+    u, s, vh = thin_svd(weighted_sum(deltas, weights))
     uc, sc, vhc = u[:, :common], s[:common], vh[:common]
     us, ss, vhs = [], [], []
     for delta, w in zip(deltas, weights):
         tv = w * delta
         specific = tv - uc @ (uc.T @ tv)
-        ut, st, vht = torch.linalg.svd(specific, full_matrices=False)
+        ut, st, vht = thin_svd(specific)
         us.append(ut[:, :per_task])
         ss.append(st[:per_task])
         vhs.append(vht[:per_task])

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from ..linalg import thin_svd
 from ._common import active, adam_descent, as_matrix, interference_grad, weighted_sum
 from .registry import register_method
 from .wudi import LR, STEPS
@@ -26,14 +27,14 @@ def denoised_targets(deltas: torch.Tensor, k: int) -> list[torch.Tensor]:
     mean = deltas.mean(dim=0)
     targets = []
     for delta in deltas:
-        u, s, vh = torch.linalg.svd(delta - mean, full_matrices=False)
+        u, s, vh = thin_svd(delta - mean)
         targets.append(mean + (u[:, :k] * s[:k]) @ vh[:k])
     return targets
 
 
 def projector(delta: torch.Tensor, k: int) -> torch.Tensor:
     """``S_k·V_kᵀ`` of ``delta``'s SVD: ``(k, n)``."""
-    _, s, vh = torch.linalg.svd(delta, full_matrices=False)
+    _, s, vh = thin_svd(delta)
     return s[:k, None] * vh[:k]
 
 

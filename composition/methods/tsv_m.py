@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from ..linalg import thin_svd
 from ._common import active, as_matrix, orthogonalize
 from .registry import register_method
 
@@ -44,7 +45,7 @@ def tsv_m(deltas: torch.Tensor, weights: torch.Tensor, *, generator: torch.Gener
     k = max(1, min(deltas.shape[1:]) // n_tasks)
     us, ss, vhs = [], [], []
     for delta, w in zip(deltas, weights):
-        u, s, vh = torch.linalg.svd(w * delta, full_matrices=False)
+        u, s, vh = thin_svd(w * delta)
         us.append(u[:, :k])
         ss.append(s[:k])
         vhs.append(vh[:k])
