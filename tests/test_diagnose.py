@@ -74,3 +74,46 @@ def test_lookup_probe_routes_variants_like_the_engine():
     assert letter_lookup_accuracy(cm, ["DAMC"], n=24, seed=3)["DAMC"] == result["DAMC"]  # seeded: repeatable
     with pytest.raises(ValueError, match="n=0"):
         letter_lookup_accuracy(cm, ["DAMC"], n=0)
+
+
+def _low_rank(k=3, out=20, inp=16, r=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    factors = [(torch.randn(r, inp, generator=g), torch.randn(out, r, generator=g), 0.5) for _ in range(k)]
+    return [s * (b @ a) for a, b, s in factors], factors
+
+
+def test_merge_displacement_of_task_arithmetic_is_none():
+    from training.diagnose import merge_displacement
+
+    deltas, factors = _low_rank()
+    for space in ("dense", "core"):
+        r = merge_displacement(deltas, "task_arithmetic", space, factors)
+        assert r["relative_change"] < 1e-5 and r["cosine"] > 0.99999 and r["rank"] == 6  # K·r directions, nothing new
+
+
+def test_merge_displacement_sees_moves_off_the_experts_subspaces():
+    from training.diagnose import merge_displacement
+
+    deltas, factors = _low_rank()
+    # Element masks (TIES) make a low-rank delta full-rank: part of the move leaves the experts' spans.
+    dense = merge_displacement(deltas, "ties", "dense", factors, {"density": 0.3})
+    assert dense["outside"] > 0.2 and dense["rank"] > 6
+    # In the core space the same method only re-weights what the experts span.
+    core = merge_displacement(deltas, "ties", "core", factors, {"density": 0.3})
+    assert core["outside"] < 1e-4 and core["rank"] <= 6
+    # Iso-C flattens the spectrum: in the core space the same span, another direction; dense, it
+    # also gives the mean singular value to directions no expert uses.
+    iso = merge_displacement(deltas, "iso_c", "core", factors)
+    assert iso["outside"] < 1e-4 and iso["cosine"] < 0.9
+    assert merge_displacement(deltas, "iso_c", "dense", factors)["outside"] > 0.2
+
+
+def test_the_merge_command_reads_the_bundled_experts(capsys):
+    assert main(["merge", "--method", "wudi", "--space", "core", "--modules", "1", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert sorted(result["experts"]) == ["audio", "image", "point", "video"]  # the bundled decoupled experts
+    (module, figures), = result["modules"].items()
+    assert module.rsplit(".", 1)[-1] in ("q_proj", "k_proj", "v_proj", "o_proj")
+    assert figures["outside"] < 1e-3 and figures["cosine"] > 0.9 and result["mean"] == figures
+    assert main(["merge", "--method", "no_such_method"]) == 2
+    assert "no_such_method" in capsys.readouterr().err

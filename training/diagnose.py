@@ -2,6 +2,7 @@
 
     python -m training.diagnose answers --data ITEMS.json [...] --predictions ITEMS-predictions.jsonl [--json]
     python -m training.diagnose lookup [--variants NAMES] [--n 48] [--experts DIR ...] [--json]
+    python -m training.diagnose merge --method NAME [--space dense|core] [--modules N] [--experts DIR ...] [--json]
 
 Our experts answer option questions by naming the option, then its letter ("cone (B)"), and
 MCUB scores the letter. A wrong letter has two possible causes, and they need different fixes:
@@ -14,6 +15,12 @@ MCUB scores the letter. A wrong letter has two possible causes, and they need di
   means the variant finds the answer and then writes the wrong letter.
 - ``lookup`` measures that second step alone: text-only questions, the answer's name given
   ("cone ("), is the next token the option's letter? For the base LLM and each variant.
+- ``merge`` looks at the merged text deltas themselves, no LLM pass: per module, how far a
+  method moves from the experts' mean ``θ₀ = Σ τ_i / K`` (``relative_change`` =
+  ‖θ − θ₀‖/‖θ₀‖), how much of that move lies outside the experts' own column and row spaces
+  (``outside``: 0 means it only re-weights what the experts learned), the cosine between the
+  merge and θ₀, and the numerical rank of the merged delta. A method that moves far and mostly outside adds directions no
+  expert trained, which is what a small skill such as the letter lookup does not survive.
 """
 from __future__ import annotations
 
@@ -66,6 +73,62 @@ def answer_breakdown(items: Iterable[Mapping], predictions: Iterable[Mapping]) -
             for v, c in counts.items()}
 
 
+def _orthonormal(columns: "torch.Tensor") -> "torch.Tensor":
+    """An orthonormal basis of the span of ``columns`` (numerical rank, relative 1e-6)."""
+    import torch
+
+    u, s, _ = torch.linalg.svd(columns, full_matrices=False)
+    return u[:, : int((s > s[0] * 1e-6).sum())] if s.numel() and s[0] > 0 else u[:, :0]
+
+
+def merge_displacement(deltas: list[list["torch.Tensor"]], method: str, space: str = "dense",
+                       factors: list[list[tuple]] | None = None, hyper: Mapping | None = None) -> dict[str, float]:
+    """For one module: ``deltas`` are the experts' dense ``τ_i`` (``factors`` their ``(A, B, scale)``
+    for the core space). Returns {"relative_change", "cosine", "outside", "rank"} (see the module docstring)."""
+    import torch
+
+    from composition.methods import merge_deltas
+    from composition.methods.core_space import core_merge
+
+    k = len(deltas)
+    weights = [1.0 / k] * k
+    theta0 = sum(t * w for t, w in zip(deltas, weights))
+    if space == "core":
+        a, b, scale = core_merge(method, factors, weights, hyper or {}, seed=0)
+        merged = scale * (b @ a)
+    else:
+        merged = merge_deltas(method, deltas, weights, seed=0, **dict(hyper or {}))
+    change = merged - theta0
+    cols = _orthonormal(torch.cat(deltas, dim=1))
+    rows = _orthonormal(torch.cat(deltas, dim=0).T)
+    inside = cols @ (cols.T @ change @ rows) @ rows.T
+    norm = float(change.norm())
+    singular = torch.linalg.svdvals(merged)
+    cosine = float((merged * theta0).sum()) / max(float(merged.norm() * theta0.norm()), 1e-30)
+    return {"relative_change": round(norm / max(float(theta0.norm()), 1e-30), 4), "cosine": round(cosine, 4),
+            "outside": round(float((change - inside).norm()) / norm, 4) if norm > 0 else 0.0,
+            "rank": int((singular > singular[0] * 1e-3).sum()) if singular.numel() and singular[0] > 0 else 0}
+
+
+def _merge(args) -> dict[str, dict[str, float]]:
+    from composition.catalog import scan_experts
+    from composition.expert import load_expert
+
+    experts = [load_expert(entry.folder) for entry in scan_experts(args.experts)]
+    experts = [e for e in experts if e.config.training == "decoupled"] or experts
+    names = ["text" if e.config.training == "decoupled" else "shared" for e in experts]
+    modules = [m for m in experts[0].deltas[names[0]].A if all(m in e.deltas[n].A for e, n in zip(experts, names))]
+    if not modules:
+        raise ValueError("the experts share no module with a text-side delta; give experts of one base model.")
+    out = {}
+    for module in modules[: args.modules]:
+        ds = [e.deltas[n] for e, n in zip(experts, names)]
+        out[module] = merge_displacement([d.dense(module) for d in ds], args.method, args.space,
+                                         [(d.A[module].float(), d.B[module].float(), d.scale) for d in ds])
+    mean = {k: round(sum(r[k] for r in out.values()) / len(out), 4) for k in ("relative_change", "cosine", "outside", "rank")}
+    return {"method": args.method, "space": args.space, "experts": [e.name for e in experts], "modules": out, "mean": mean}
+
+
 def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
@@ -83,12 +146,21 @@ def main(argv: list[str] | None = None) -> int:
     lookup.add_argument("--experts", nargs="+", default=None, metavar="DIR", help="expert folders (default: the bundled experts)")
     lookup.add_argument("--seed", type=int, default=0)
     lookup.add_argument("--json", action="store_true")
+    merge = sub.add_parser("merge", help="how far a method's merged text delta moves off the experts' subspaces")
+    merge.add_argument("--method", required=True, help="a registered merge method (python -m composition methods)")
+    merge.add_argument("--space", choices=("dense", "core"), default="dense")
+    merge.add_argument("--modules", type=int, default=4, help="the first N modules (default 4)")
+    merge.add_argument("--experts", nargs="+", default=None, metavar="DIR",
+                       help="expert folders (default: the bundled decoupled experts)")
+    merge.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
 
     try:
         if args.command == "answers":
             items = [item for path in args.data for item in json.loads(Path(path).read_text(encoding="utf-8"))]
             result = answer_breakdown(items, _read_jsonl(Path(args.predictions)))
+        elif args.command == "merge":
+            result = _merge(args)
         else:
             result = _lookup(args)
     except (OSError, ValueError, json.JSONDecodeError) as exc:
@@ -100,6 +172,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'variant':<22} {'items':>5} {'letter':>7} {'named':>7} {'agree':>7}")
         for variant, r in result.items():
             print(f"{variant:<22} {r['items']:>5} {r['letter']:>7.3f} {r['named']:>7.3f} {r['agree']:>7.3f}")
+    elif args.command == "merge":
+        print(f"{args.method}, {args.space}: the merged text delta of {', '.join(result['experts'])} against their mean")
+        print(f"{'module':<34} {'moved':>7} {'cosine':>7} {'outside':>8} {'rank':>6}")
+        for module, r in list(result["modules"].items()) + [("mean", result["mean"])]:
+            print(f"{module:<34} {r['relative_change']:>7.2f} {r['cosine']:>7.2f} {r['outside']:>8.2f} {r['rank']:>6.1f}")
     else:
         for variant, fraction in result.items():
             print(f"{variant:<22} {fraction:.3f}")
