@@ -45,6 +45,18 @@ def expert_folders(paths: Iterable[Path | str]) -> list[Path]:
     return found
 
 
+def folder_digest(folder: Path | str) -> str:
+    """sha256 over an expert folder's files (names and contents; links are not followed):
+    what a stored result was computed with, so a rerun can tell when the weights changed."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file() and not p.is_symlink()):
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
 def scan_experts(paths: Sequence[Path | str] | None = None) -> list[ExpertEntry]:
     """Parse every expert.json under ``paths`` (default: the bundled experts)."""
     paths = list(paths) if paths else [BUNDLED_EXPERTS]

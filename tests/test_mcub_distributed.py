@@ -132,7 +132,18 @@ def test_a_killed_run_resumes_from_its_predictions_file(tiny_world, single, tmp_
     assert json.loads(resumed.stdout)["resumed_answers"] == 9
     assert files_of(out) == single[1]
     other = run([sys.executable, "-m", "composition", *mcub_args(tiny_world, out, "--resume")])  # studio prompt now
-    assert other.returncode == 2 and "was written with other settings" in other.stderr
+    assert other.returncode == 2 and "was written with other settings" in other.stderr and "differing: labels, prompt)" in other.stderr
+    # Other weights under the same expert name: their answers must not be mixed with the stored ones.
+    import shutil
+
+    experts = tmp_path / "experts"
+    shutil.copytree(tiny_world / "experts", experts)
+    projector = experts / "image" / "projector.safetensors"
+    projector.write_bytes(projector.read_bytes()[:-1] + bytes([projector.read_bytes()[-1] ^ 1]))
+    args = mcub_args(tiny_world, out, "--prompt", "paper", "--resume")
+    args[args.index("--experts") + 1] = str(experts)
+    changed = run([sys.executable, "-m", "composition", *args])
+    assert changed.returncode == 2 and "differing: experts" in changed.stderr
 
 
 def test_missing_answers_fail_in_one_line_before_the_model_loads(tiny_world, tmp_path):

@@ -95,10 +95,15 @@ def _task(args, sets) -> tuple[str, str]:
     return detect_family(sets[0].names, [item.answer for item in items], all(item.synth for item in items))
 
 
-def _settings(args, config, cm_template: str, rule, family: str, specs_names, coefficients, world: int) -> dict:
+def _settings(args, config, cm_template: str, rule, family: str, specs_names, coefficients, world: int,
+              entries=(), base_sha256: str | None = None) -> dict:
+    """What makes two runs' answers comparable; ``--resume`` refuses a file written with other
+    settings, other experts (their folders' digests) or another base."""
+    from ..catalog import folder_digest
     from ..mcub_prompt import PAPER_LABELS
 
-    settings = {"prompt": args.prompt, "max_new_tokens": config.max_new_tokens, "temperature": config.temperature,
+    settings = {"experts": {e.config.name: folder_digest(e.folder) for e in entries}, "base": base_sha256,
+                "prompt": args.prompt, "max_new_tokens": config.max_new_tokens, "temperature": config.temperature,
                 "template": cm_template, "scoring": rule.name, "batch_items": args.batch_items,
                 "variants": specs_names, "lambdas": dict(coefficients.lambdas), "mus": dict(coefficients.mus),
                 "method_params": list(args.method_params), "processes": world}
@@ -139,10 +144,14 @@ def _read_previous(pred: Path, settings: dict, ids: set[str]) -> dict[tuple[str,
         print(f"note: --resume found no predictions file {pred.name}; starting from the first item", file=sys.stderr)
         return {}
     saved = json.loads(saved_path.read_text(encoding="utf-8")) if saved_path.is_file() else None
-    comparable = {k: v for k, v in settings.items() if k not in ("processes", "batch_items")}
-    if saved is None or {k: v for k, v in saved.items() if k not in ("processes", "batch_items")} != comparable:
-        raise CompositionError(f"{pred.name} was written with other settings ({saved_path.name}); resume with the same "
-                               "options, or run without --resume to start over.")
+    ignored = ("processes", "batch_items")  # how the work was split, not what was answered
+    comparable = {k: v for k, v in settings.items() if k not in ignored}
+    before = {k: v for k, v in (saved or {}).items() if k not in ignored}
+    if saved is None or before != comparable:
+        differing = sorted(k for k in set(before) | set(comparable) if before.get(k) != comparable.get(k))
+        raise CompositionError(f"{pred.name} was written with other settings ({saved_path.name}; differing: "
+                               f"{', '.join(differing) or 'no settings file'}); resume with the same options and "
+                               "experts, or run without --resume to start over.")
     previous: dict[tuple[str, str], str] = {}
     for path in files:
         for line in path.read_text(encoding="utf-8").splitlines():
@@ -216,7 +225,7 @@ def run_mcub(args: argparse.Namespace) -> int:
         cm = build_model(args, entries)
         names = [s.name for s in specs] if specs else cm.default_variants({m for item in items for m in item.modalities})
         settings = _settings(args, config, cm.base.template.name, rule, family, names, coefficients,
-                             ctx.world_size if ctx else 1)
+                             ctx.world_size if ctx else 1, entries, getattr(cm.base, "sha256", None))
         pred, paper_dir = _output_paths(args, sets, stem)
         previous = _read_previous(pred, settings, {item.id for item in items}) if args.resume else {}
         if ctx is not None:
