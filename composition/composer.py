@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import threading
 import time
-import zlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
@@ -231,7 +230,7 @@ class ComposedModel:
         slots, so more are. The least recently used one goes, unless this request or the
         materialized weights still use it.
         """
-        from .methods import merge_deltas
+        from .methods import layer_seed, merge_deltas
         from .methods.core_space import core_merge
 
         req = rv.dense
@@ -254,14 +253,14 @@ class ComposedModel:
                 slot = self.slots.slot(("dense" if not core else "core", repr(key)))
                 for name, layer in self.layers.items():
                     # A stable per-layer seed so random methods (DARE) differ by layer yet repeat exactly.
-                    layer_seed = (req.seed * 1_000_003 + zlib.crc32(name.encode())) % (2**31)
+                    seed = layer_seed(req.seed, name)
                     if core:
                         # An expert with no delta at this layer takes no part here (dense passes zeros instead).
                         present = [(s, w) for s, w in zip(req.slots, req.weights) if s in layer.lowrank]
                         if present:
                             A, B, scale = core_merge(req.method, [(layer.lowrank[s].A, layer.lowrank[s].B_scaled, 1.0)
                                                                   for s, _ in present], [w for _, w in present], req.hyper,
-                                                     seed=layer_seed)
+                                                     seed=seed)
                             layer.set_lowrank(slot, A, B, scale)
                         continue
                     inputs = [layer.slot_delta(s) for s in req.slots]
@@ -269,7 +268,7 @@ class ComposedModel:
                         continue
                     zeros = torch.zeros(layer.out_features, layer.in_features, device=layer.weight.device)  # slot_delta is fp32
                     inputs = [d if d is not None else zeros for d in inputs]
-                    layer.set_dense(slot, merge_deltas(req.method, inputs, req.weights, seed=layer_seed, **req.hyper))
+                    layer.set_dense(slot, merge_deltas(req.method, inputs, req.weights, seed=seed, **req.hyper))
                 cache[key] = slot
         for route in rv.dense_routes:
             rv.routes[route] = {slot: 1.0}

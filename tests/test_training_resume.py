@@ -30,6 +30,10 @@ class PauseAt(BuildState):
         self.calls += 1
         return self.calls == self.at
 
+    def check_pause(self, where: str) -> None:
+        """Between stages nothing pauses here: these tests count the loops' pause points
+        (test_a_build_pauses_between_stages... checks the stage boundaries)."""
+
 
 def _stage2(state: BuildState | None, training: str = "decoupled"):
     trainer = Trainer(tiny_base(), CONFIG, log=lambda *_: None)
@@ -112,7 +116,16 @@ def tiny_build(monkeypatch):
 
 
 def _expert_tensors(folder):
-    return {f.name: load_file(str(f)) for f in sorted(folder.glob("*.safetensors"))}
+    """Every file of a saved expert: tensors of each .safetensors (the LoRA deltas sit in
+    sub-folders), the text of the rest."""
+    return {str(f.relative_to(folder)): load_file(str(f)) if f.suffix == ".safetensors" else f.read_text()
+            for f in sorted(folder.rglob("*")) if f.is_file()}
+
+
+def _same_files(first, second) -> bool:
+    return first.keys() == second.keys() and all(
+        a == b if isinstance(a, str) else a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        for a, b in ((first[f], second[f]) for f in first))
 
 
 def test_a_paused_build_resumes_to_the_uninterrupted_experts(tmp_path, tiny_build):
@@ -125,22 +138,23 @@ def test_a_paused_build_resumes_to_the_uninterrupted_experts(tmp_path, tiny_buil
     paused_at = []
     # Each rerun counts step ends afresh (the last step of a loop is not a pause point): stage 1
     # (3 steps) at its 2nd; stage 2 (7) at its 3rd; 3 more to its end, then stage 3 at its 1st;
-    # its 2nd, then the shared expert's stage 2 at its 3rd.
-    for at in (2, 3, 4, 4):
+    # its 2nd, then the shared expert's stage 2 at its 3rd; 3 more, then its stage 3 at its 1st.
+    for at in (2, 3, 4, 4, 4):
         try:
             build(tmp_path / "resumed", CONFIG, 4, cache, modalities=("image",), eval_items=2, log=quiet,
                   state=PauseAt(tmp_path / "state", settings, at=at))
         except BuildPaused as exc:
             paused_at.append(str(exc).split(" paused")[0])
-    assert paused_at == ["image stage 1", "image decoupled stage 2", "image decoupled stage 3", "image shared stage 2"]
+    assert paused_at == ["image stage 1", "image decoupled stage 2", "image decoupled stage 3", "image shared stage 2",
+                         "image shared stage 3"]
     report = build(tmp_path / "resumed", CONFIG, 4, cache, modalities=("image",), eval_items=2, log=quiet,
                    state=BuildState(tmp_path / "state", settings))
     for name in ("image", "image-shared"):
         straight, resumed = _expert_tensors(tmp_path / "straight" / name), _expert_tensors(tmp_path / "resumed" / name)
-        assert straight.keys() == resumed.keys()
-        assert all(torch.equal(straight[f][k], resumed[f][k]) for f in straight for k in straight[f])
+        assert any("/" in f for f in straight) and _same_files(straight, resumed)  # the deltas' sub-folders too
         assert report["experts"][name]["heldout"] == expected["experts"][name]["heldout"]
-        assert [r["loss"] for r in report["experts"][name]["stage2"]] == [r["loss"] for r in expected["experts"][name]["stage2"]]
+        for stage in ("stage2", "stage3"):
+            assert [r["loss"] for r in report["experts"][name][stage]] == [r["loss"] for r in expected["experts"][name][stage]]
     # Only finished results are left: no loop checkpoints, no stage-2 leftovers.
     assert not list((tmp_path / "state").glob("*.loop.safetensors"))
     assert sorted(p.name for p in (tmp_path / "state").glob("*.result.safetensors")) == [
@@ -151,6 +165,41 @@ def test_a_paused_build_resumes_to_the_uninterrupted_experts(tmp_path, tiny_buil
     again = build(tmp_path / "resumed", CONFIG, 4, cache, modalities=("image",), eval_items=2, log=quiet,
                   state=PauseAt(tmp_path / "state", settings, at=1))  # no loop runs, so no pause comes
     assert again["experts"] == report["experts"]
-    straight, rewritten = _expert_tensors(tmp_path / "straight" / "image"), _expert_tensors(tmp_path / "resumed" / "image")
-    assert straight.keys() == rewritten.keys()
-    assert all(torch.equal(straight[f][k], rewritten[f][k]) for f in straight for k in straight[f])
+    assert _same_files(_expert_tensors(tmp_path / "straight" / "image"), _expert_tensors(tmp_path / "resumed" / "image"))
+
+
+def test_a_build_pauses_between_stages_and_only_fresh_clears_a_state(tmp_path, tiny_build):
+    from training.build_experts import build
+
+    state = BuildState(tmp_path / "state", {"config": "test"}, stop_after=1e-9)
+    with pytest.raises(BuildPaused, match="before the image experts"):
+        build(tmp_path / "out", CONFIG, 4, tmp_path / "data", modalities=("image",), eval_items=2, log=lambda *_: None,
+              state=state)
+    with pytest.raises(StateMismatch, match="another base"):
+        state.bind("base", "f" * 64)  # the tiny base is "0" * 64
+    (tmp_path / "keep").mkdir()
+    (tmp_path / "keep" / "notes.txt").write_text("mine")
+    with pytest.raises(StateMismatch, match="not a build state"):
+        BuildState.clear(tmp_path / "keep")
+    assert (tmp_path / "keep" / "notes.txt").read_text() == "mine"
+    (tmp_path / "state" / "notes.txt").write_text("mine too")
+    BuildState.clear(tmp_path / "state")
+    assert [p.name for p in (tmp_path / "state").iterdir()] == ["notes.txt"]  # only the state's own files went
+
+
+def test_the_command_pauses_with_status_3_and_resumes(tmp_path, tiny_build, capsys):
+    from training.build_experts import main
+
+    args = ["--out", str(tmp_path / "out"), "--cache", str(tmp_path / "data"), "--modalities", "image",
+            "--kinds", "decoupled", "--scenes", "4", "--eval-items", "2", "--stage0-steps", "2", "--stage1-steps", "2",
+            "--stage2-steps", "3", "--stage3-steps", "2", "--batch-size", "2", "--state", str(tmp_path / "state")]
+    assert main(args + ["--stop-after", "0.001"]) == 3
+    assert "before the image experts" in capsys.readouterr().out
+    assert main(args) == 0
+    manifest = json.loads((tmp_path / "state" / "manifest.json").read_text())
+    assert manifest["settings"]["config"]["stage2_steps"] == 3 and len(manifest["settings"]["code"]) == 64
+    assert main(args + ["--stage2-steps", "4"]) == 2  # other settings: refused, by name
+    assert "differing: config" in capsys.readouterr().err
+    assert main(args + ["--stage2-steps", "4", "--fresh"]) == 0  # --fresh starts over
+    assert main(["--state", str(tmp_path / "out"), "--fresh"] + args[:-2]) == 2  # not a state folder: not deleted
+    assert (tmp_path / "out" / "image" / "expert.json").is_file()

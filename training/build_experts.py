@@ -36,6 +36,22 @@ from .world import MODALITIES
 
 REPO = Path(__file__).resolve().parent.parent
 KINDS = ("decoupled", "shared")
+# The code whose change makes a different run of the same command: a build state records
+# its digest and is not resumed by other code (the scenes, questions, recipe and routing).
+RECIPE_CODE = ("training/recipe.py", "training/data.py", "training/instructions.py", "training/world.py",
+               "training/lookup.py", "training/point_pretrain.py", "training/render_image.py", "training/render_audio.py",
+               "training/render_video.py", "training/render_point.py", "training/checkpoint.py",
+               "composition/routing.py", "composition/prompt.py", "composition/templates.py")
+
+
+def recipe_digest() -> str:
+    """sha256 over the files of ``RECIPE_CODE``."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in RECIPE_CODE:
+        digest.update(name.encode() + b"\0" + (REPO / name).read_bytes())
+    return digest.hexdigest()
 
 
 def build(out_dir: Path, config: TrainConfig, n_scenes: int, cache_dir: Path, modalities=MODALITIES, device: str = "cpu",
@@ -55,6 +71,8 @@ def build(out_dir: Path, config: TrainConfig, n_scenes: int, cache_dir: Path, mo
     base = load_base_llm(device=device)
     trainer = Trainer(base, config, log=log)
     trainer.state = state
+    if state is not None:
+        state.bind("base", getattr(base, "sha256", None))
     report = {"config": asdict(config), "n_scenes": n_scenes, "device": device, "experts": {}, "seconds": {}}
     report_file = out_dir / "training_report.json"
     if report_file.is_file() and (set(kinds) != set(KINDS) or set(modalities) != set(MODALITIES)):
@@ -66,10 +84,14 @@ def build(out_dir: Path, config: TrainConfig, n_scenes: int, cache_dir: Path, mo
     out_dir.mkdir(parents=True, exist_ok=True)
     for modality in modalities:
         colours_known = modality != "audio" or speech_available()
+        if state is not None:
+            state.bind(f"{modality}/colours_known", colours_known)  # audio: whether speech names the colours
         todo = [t for t in kinds if not _restore_expert(trainer, state, modality, t, out_dir, report)]
         if not todo:
             log(f"{modality}: {', '.join(expert_name(modality, t) for t in kinds)} already built (state {state.folder})")
             continue
+        if state is not None:
+            state.check_pause(f"the {modality} experts")
         t0 = time.perf_counter()
         data = prepare_modality(modality, n_scenes, config.seed, cache_dir, log=log)
         heldout = prepare_modality(modality, eval_items, config.seed + 1000, cache_dir, log=log)
@@ -77,6 +99,8 @@ def build(out_dir: Path, config: TrainConfig, n_scenes: int, cache_dir: Path, mo
         parts, report["seconds"][f"{modality}/stage1"] = _stage1(trainer, data, colours_known, heldout)
         for training in todo:
             name = expert_name(modality, training)
+            if state is not None:
+                state.check_pause(f"{name}")
             t0 = time.perf_counter()
             deltas, tuned, log_rows = _stage2(trainer, data, parts, training, colours_known)
             report["seconds"][f"{name}/stage2"] = log_rows[-1]["seconds"] if log_rows else round(time.perf_counter() - t0, 1)
@@ -262,10 +286,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     state = None
     if not args.no_state:
-        if args.fresh and Path(args.state).is_dir():
-            shutil.rmtree(args.state)
-        settings = {"config": asdict(config), "scenes": args.scenes, "eval_items": args.eval_items}
+        # Float sums differ between devices and thread counts, and other code is another run.
+        settings = {"config": asdict(config), "scenes": args.scenes, "eval_items": args.eval_items, "device": args.device,
+                    "threads": torch.get_num_threads(), "code": recipe_digest()}
         try:
+            if args.fresh:
+                BuildState.clear(Path(args.state))
             state = BuildState(Path(args.state), settings, every=args.checkpoint_every, stop_after=args.stop_after)
         except ValueError as exc:  # StateMismatch, or a bad --checkpoint-every / --stop-after
             print(f"error: {exc}", file=sys.stderr)

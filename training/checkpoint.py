@@ -19,8 +19,11 @@ temporary name and moved into place, so a build killed mid-write leaves the prev
 checkpoint intact. Restoring is strict: every key must be one this loop has, of the same
 shape, else the checkpoint is refused with the file named.
 
-A pause is asked for with a time budget (``--stop-after SECONDS``) or SIGINT/SIGTERM; the
-loop then saves at the end of its current step and raises ``BuildPaused``.
+A pause is asked for with a time budget (``--stop-after SECONDS``) or SIGINT/SIGTERM; a
+training loop then saves at the end of its current step and raises ``BuildPaused``, and the
+build checks for it between stages too. The short parts that are not loops of this kind
+(rendering and encoding the scenes, the point encoder's pre-training, stage 0, scoring) run
+to their end first; a build stopped inside one of them redoes it.
 """
 from __future__ import annotations
 
@@ -115,6 +118,38 @@ class BuildState:
         else:
             manifest.write_text(json.dumps({"settings": settings}, indent=1) + "\n")
 
+    def bind(self, key: str, value) -> None:
+        """Record a setting the build learns only once it runs (the base's sha256, whether speech
+        is synthesised) or check it against the one recorded: refused by name when it differs."""
+        manifest = self.folder / MANIFEST
+        data = json.loads(manifest.read_text())
+        value = json.loads(json.dumps(value))
+        bound = data.setdefault("bound", {})
+        if key in bound and bound[key] != value:
+            raise StateMismatch(f"the build state in {self.folder} was made with another {key} ({bound[key]!r}, now "
+                                f"{value!r}); resume where it was made, or start afresh with --fresh.")
+        if key not in bound:
+            bound[key] = value
+            manifest.write_text(json.dumps(data, indent=1) + "\n")
+
+    def check_pause(self, where: str) -> None:
+        """Between stages: raise ``BuildPaused`` when a pause was asked for (everything before is saved)."""
+        if self.pause_requested():
+            raise BuildPaused(f"before {where} (everything before it is saved)")
+
+    @staticmethod
+    def clear(folder: Path) -> None:
+        """Delete a state folder's files (``--fresh``), and only those: a folder without a
+        manifest is not a build state and is refused."""
+        folder = Path(folder)
+        if not folder.exists():
+            return
+        if not (folder / MANIFEST).is_file():
+            raise StateMismatch(f"{folder} is not a build state (no {MANIFEST}); --fresh deletes only build states. "
+                                "Pass the folder a build made with --state.")
+        for path in list(folder.glob("*.loop.safetensors")) + list(folder.glob("*.result.safetensors")) + [folder / MANIFEST]:
+            path.unlink()
+
     # --- pausing ---------------------------------------------------------------
     def catch_signals(self) -> None:
         """SIGINT / SIGTERM ask for a pause at the end of the current step (a second one kills)."""
@@ -164,9 +199,16 @@ class BuildState:
             raise StateMismatch(f"{path} is not a checkpoint of the loop {loop!r} (missing {missing[:3]}, unknown "
                                 f"{unknown[:3]}); start afresh with --fresh.")
         for key, p in expected.items():
-            if tuple(tensors[key].shape) != tuple(p.shape):
-                raise StateMismatch(f"{path}: {key} has shape {tuple(tensors[key].shape)}, the loop's tensor "
-                                    f"{tuple(p.shape)}; start afresh with --fresh.")
+            if tuple(tensors[key].shape) != tuple(p.shape) or tensors[key].dtype != p.dtype:
+                raise StateMismatch(f"{path}: {key} has shape {tuple(tensors[key].shape)} ({tensors[key].dtype}), the "
+                                    f"loop's tensor {tuple(p.shape)} ({p.dtype}); start afresh with --fresh.")
+        if int(meta["step"]) > 0:  # after a step AdamW has a state for every parameter: all of it must be there
+            for key, p in expected.items():
+                for name in ("step", "exp_avg", "exp_avg_sq"):
+                    moment = tensors.get(f"opt.{key[6:]}.{name}")
+                    if moment is None or (name != "step" and tuple(moment.shape) != tuple(p.shape)):
+                        raise StateMismatch(f"{path}: AdamW's {name} of {key} is missing or mis-shaped; start afresh "
+                                            "with --fresh.")
         with torch.no_grad():
             for key, p in expected.items():
                 p.copy_(tensors[key].to(p.dtype))

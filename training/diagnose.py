@@ -75,18 +75,22 @@ def answer_breakdown(items: Iterable[Mapping], predictions: Iterable[Mapping]) -
 
 def _orthonormal(columns: "torch.Tensor") -> "torch.Tensor":
     """An orthonormal basis of the span of ``columns`` (numerical rank, relative 1e-6)."""
-    import torch
+    from composition.linalg import thin_svd
 
-    u, s, _ = torch.linalg.svd(columns, full_matrices=False)
+    u, s, _ = thin_svd(columns)
     return u[:, : int((s > s[0] * 1e-6).sum())] if s.numel() and s[0] > 0 else u[:, :0]
 
 
-def merge_displacement(deltas: list[list["torch.Tensor"]], method: str, space: str = "dense",
-                       factors: list[list[tuple]] | None = None, hyper: Mapping | None = None) -> dict[str, float]:
+def merge_displacement(deltas: list["torch.Tensor"], method: str, space: str = "dense",
+                       factors: list[tuple] | None = None, hyper: Mapping | None = None, seed: int = 0) -> dict[str, float]:
     """For one module: ``deltas`` are the experts' dense ``τ_i`` (``factors`` their ``(A, B, scale)``
-    for the core space). Returns {"relative_change", "cosine", "outside", "rank"} (see the module docstring)."""
+    for the core space), ``seed`` the random methods' seed (the engine's per-layer one).
+    Returns {"relative_change", "cosine", "outside", "rank"} (see the module docstring): the
+    experts' spans are cut at 1e-6 of their largest singular value, the merge's rank at 1e-3;
+    a move below 1e-6 of ‖θ₀‖ counts as none (its direction is rounding)."""
     import torch
 
+    from composition.linalg import thin_svd
     from composition.methods import merge_deltas
     from composition.methods.core_space import core_merge
 
@@ -94,25 +98,30 @@ def merge_displacement(deltas: list[list["torch.Tensor"]], method: str, space: s
     weights = [1.0 / k] * k
     theta0 = sum(t * w for t, w in zip(deltas, weights))
     if space == "core":
-        a, b, scale = core_merge(method, factors, weights, hyper or {}, seed=0)
+        a, b, scale = core_merge(method, factors, weights, hyper or {}, seed=seed)
         merged = scale * (b @ a)
     else:
-        merged = merge_deltas(method, deltas, weights, seed=0, **dict(hyper or {}))
+        merged = merge_deltas(method, deltas, weights, seed=seed, **dict(hyper or {}))
     change = merged - theta0
     cols = _orthonormal(torch.cat(deltas, dim=1))
     rows = _orthonormal(torch.cat(deltas, dim=0).T)
     inside = cols @ (cols.T @ change @ rows) @ rows.T
-    norm = float(change.norm())
-    singular = torch.linalg.svdvals(merged)
-    cosine = float((merged * theta0).sum()) / max(float(merged.norm() * theta0.norm()), 1e-30)
-    return {"relative_change": round(norm / max(float(theta0.norm()), 1e-30), 4), "cosine": round(cosine, 4),
-            "outside": round(float((change - inside).norm()) / norm, 4) if norm > 0 else 0.0,
+    norm, base = float(change.norm()), max(float(theta0.norm()), 1e-30)
+    singular = thin_svd(merged)[1]
+    cosine = float((merged * theta0).sum()) / max(float(merged.norm()) * base, 1e-30)
+    return {"relative_change": round(norm / base, 4), "cosine": round(cosine, 4),
+            "outside": round(float((change - inside).norm()) / norm, 4) if norm > 1e-6 * base else 0.0,
             "rank": int((singular > singular[0] * 1e-3).sum()) if singular.numel() and singular[0] > 0 else 0}
 
 
-def _merge(args) -> dict[str, dict[str, float]]:
+def _merge(args) -> dict:
     from composition.catalog import scan_experts
     from composition.expert import load_expert
+    from composition.methods import get_method, layer_seed
+
+    if args.modules < 1:
+        raise ValueError(f"--modules {args.modules}: expected a positive number of modules.")
+    get_method(args.method)  # an unknown name fails here, naming the registered ones
 
     experts = [load_expert(entry.folder) for entry in scan_experts(args.experts)]
     experts = [e for e in experts if e.config.training == "decoupled"] or experts
@@ -123,8 +132,11 @@ def _merge(args) -> dict[str, dict[str, float]]:
     out = {}
     for module in modules[: args.modules]:
         ds = [e.deltas[n] for e, n in zip(experts, names)]
+        if any(d.A[module].shape != ds[0].A[module].shape or d.B[module].shape != ds[0].B[module].shape for d in ds):
+            raise ValueError(f"the experts' deltas of {module} have different shapes: give experts of one base model.")
         out[module] = merge_displacement([d.dense(module) for d in ds], args.method, args.space,
-                                         [(d.A[module].float(), d.B[module].float(), d.scale) for d in ds])
+                                         [(d.A[module].float(), d.B[module].float(), d.scale) for d in ds],
+                                         seed=layer_seed(0, module))
     mean = {k: round(sum(r[k] for r in out.values()) / len(out), 4) for k in ("relative_change", "cosine", "outside", "rank")}
     return {"method": args.method, "space": args.space, "experts": [e.name for e in experts], "modules": out, "mean": mean}
 

@@ -43,7 +43,7 @@ from composition.lora import LoraDelta
 from composition.prompt import build_prompt_row, user_message
 from composition.variants import TEXT_ROUTE, route_names
 
-from .checkpoint import BuildPaused, BuildState, Resumed
+from .checkpoint import BuildPaused, BuildState, Resumed, StateMismatch
 from .data import ENCODERS, ModalityData, label_words, scene_labels
 from .instructions import KINDS, question_for
 from .world import TRAINED_ON
@@ -313,6 +313,10 @@ class Trainer:
         a point encoder's training features are computed again (they are not saved)."""
         parts = self.new_parts(data.modality)
         parts.projector.load_state_dict({k[10:]: v for k, v in tensors.items() if k.startswith("projector.")}, strict=True)
+        for name in ("prefix", "suffix"):
+            if tuple(tensors[name].shape) != tuple(getattr(parts, name).shape):
+                raise StateMismatch(f"the saved {name} tokens have shape {tuple(tensors[name].shape)}, the recipe's "
+                                    f"{tuple(getattr(parts, name).shape)}; start afresh with --fresh.")
         with torch.no_grad():
             parts.prefix.copy_(tensors["prefix"])
             parts.suffix.copy_(tensors["suffix"])
@@ -340,7 +344,14 @@ class Trainer:
             if key.startswith("delta."):
                 _, d, f, m = key.split(".", 3)
                 factors.setdefault(d, {"A": {}, "B": {}})[f][m] = t
-        return {d: LoraDelta(self.config.rank, self.config.alpha, f["A"], f["B"]) for d, f in factors.items()}
+        # In the layers' order, as training makes them (a file gives sorted keys), so a delta read
+        # back is saved exactly like the one trained (adapter_config's target_modules included).
+        order = {name: i for i, name in enumerate(self.layers)}
+
+        def ordered(side: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            return dict(sorted(side.items(), key=lambda kv: order.get(kv[0], len(order))))
+
+        return {d: LoraDelta(self.config.rank, self.config.alpha, ordered(f["A"]), ordered(f["B"])) for d, f in factors.items()}
 
     def align(self, data: ModalityData, parts: ModalityParts, colours_known: bool = True) -> list[dict]:
         """Stage 1 proper: the projector and prefix/suffix on "describe"/"objects" answers, the LLM untouched."""

@@ -467,3 +467,11 @@ def check_seed(seed: int) -> None:
         raise MethodError(f"seed must be an int, got {seed!r}")
     if not 0 <= seed < 2**64:
         raise MethodError(f"seed={seed} is outside [0, 2**64)")
+
+
+def layer_seed(seed: int, module: str) -> int:
+    """The seed a random method (DARE, DELLA) gets at one layer: stable per (seed, module name),
+    so masks differ by layer yet repeat exactly; the engine and the diagnostics use the same one."""
+    import zlib
+
+    return (int(seed) * 1_000_003 + zlib.crc32(module.encode())) % (2**31)
