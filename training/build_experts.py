@@ -165,8 +165,6 @@ def _restore_expert(trainer: Trainer, state: BuildState | None, modality: str, t
                     report: dict) -> bool:
     """Write an expert the state has finished into ``out_dir`` again (no retraining) and take
     its report entry; False when it is not finished."""
-    from composition.expert import save_expert
-
     name = expert_name(modality, training)
     saved = state.load_result(f"{name} expert") if state is not None else None
     if saved is None:
@@ -175,26 +173,29 @@ def _restore_expert(trainer: Trainer, state: BuildState | None, modality: str, t
     data = ModalityData(modality, [], [])  # a finished expert needs no scenes: its point features are not used again
     tuned = trainer.parts_from_tensors(data, tensors, [])
     expert = trainer.make_expert(modality, training, trainer.deltas_from_tensors(tensors), tuned)
-    target = out_dir / name
-    if target.exists():
-        shutil.rmtree(target)
-    save_expert(expert, target, dtype=torch.float16)
+    _write_expert(expert, out_dir / name)
     report["experts"][name] = meta["report"]
     report["seconds"].update(meta["seconds"])
     return True
+
+
+def _write_expert(expert, target: Path, source: Path | None = None) -> None:
+    """Save ``expert`` in fp16 (what users get) to ``target``, replacing an older one there,
+    unless ``target`` is the folder the expert was loaded from."""
+    from composition.expert import save_expert
+
+    if target.exists() and (source is None or target.resolve() != source.resolve()):
+        shutil.rmtree(target)
+    save_expert(expert, target, dtype=torch.float16)
 
 
 def _save_and_score(trainer: Trainer, expert, target: Path, heldout, colours_known: bool, report: dict,
                     source: Path | None = None) -> dict:
     """Save ``expert`` in fp16 to ``target`` (replacing an older one, unless it is the folder it
     was loaded from) and return its held-out accuracy; the eval time goes into the report."""
-    from composition.expert import save_expert
-
     from .evaluate import heldout_accuracy
 
-    if target.exists() and (source is None or target.resolve() != source.resolve()):
-        shutil.rmtree(target)
-    save_expert(expert, target, dtype=torch.float16)
+    _write_expert(expert, target, source)
     t0 = time.perf_counter()
     accuracy = heldout_accuracy(trainer, target, heldout, colours_known, seed=trainer.config.seed)
     report["seconds"][f"{expert.name}/eval"] = round(time.perf_counter() - t0, 1)

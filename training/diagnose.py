@@ -73,14 +73,6 @@ def answer_breakdown(items: Iterable[Mapping], predictions: Iterable[Mapping]) -
             for v, c in counts.items()}
 
 
-def _orthonormal(columns: "torch.Tensor") -> "torch.Tensor":
-    """An orthonormal basis of the span of ``columns`` (numerical rank, relative 1e-6)."""
-    from composition.linalg import thin_svd
-
-    u, s, _ = thin_svd(columns)
-    return u[:, : int((s > s[0] * 1e-6).sum())] if s.numel() and s[0] > 0 else u[:, :0]
-
-
 def merge_displacement(deltas: list["torch.Tensor"], method: str, space: str = "dense",
                        factors: list[tuple] | None = None, hyper: Mapping | None = None, seed: int = 0) -> dict[str, float]:
     """For one module: ``deltas`` are the experts' dense ``τ_i`` (``factors`` their ``(A, B, scale)``
@@ -92,7 +84,7 @@ def merge_displacement(deltas: list["torch.Tensor"], method: str, space: str = "
 
     from composition.linalg import thin_svd
     from composition.methods import merge_deltas
-    from composition.methods.core_space import core_merge
+    from composition.methods.core_space import core_merge, signed_basis
 
     k = len(deltas)
     weights = [1.0 / k] * k
@@ -103,8 +95,9 @@ def merge_displacement(deltas: list["torch.Tensor"], method: str, space: str = "
     else:
         merged = merge_deltas(method, deltas, weights, seed=seed, **dict(hyper or {}))
     change = merged - theta0
-    cols = _orthonormal(torch.cat(deltas, dim=1))
-    rows = _orthonormal(torch.cat(deltas, dim=0).T)
+    # The experts' column and row spaces (spans cut at 1e-6 of the largest singular value).
+    cols = signed_basis(torch.cat(deltas, dim=1), 1e-6)
+    rows = signed_basis(torch.cat(deltas, dim=0).T, 1e-6)
     inside = cols @ (cols.T @ change @ rows) @ rows.T
     norm, base = float(change.norm()), max(float(theta0.norm()), 1e-30)
     singular = thin_svd(merged)[1]

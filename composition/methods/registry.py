@@ -30,6 +30,7 @@ import math
 import numbers
 import re
 import warnings
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -472,6 +473,4 @@ def check_seed(seed: int) -> None:
 def layer_seed(seed: int, module: str) -> int:
     """The seed a random method (DARE, DELLA) gets at one layer: stable per (seed, module name),
     so masks differ by layer yet repeat exactly; the engine and the diagnostics use the same one."""
-    import zlib
-
     return (int(seed) * 1_000_003 + zlib.crc32(module.encode())) % (2**31)
