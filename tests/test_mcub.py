@@ -252,3 +252,25 @@ def test_length_buckets_bound_padding():
     for bucket in buckets:
         assert max(lengths[i] for i in bucket) <= 1.25 * min(lengths[i] for i in bucket)
     assert len(buckets) == 2
+
+
+def test_skip_and_limit_select_a_contiguous_range(one_item):
+    """--skip N --limit M evaluates items N+1..M, so a run can extend an earlier --limit N run."""
+    import argparse
+
+    from composition.commands.mcub import _load_sets
+
+    folder, item = one_item
+    data = write(folder, [{**item, "id": f"q{i}"} for i in range(5)])
+    args = argparse.Namespace(data=str(data), answers=None, data_root=None, limit=4, skip=2)
+    _, items, _ = _load_sets(args)
+    assert [i.id for i in items] == ["q2", "q3"]
+    args.skip = 4
+    with pytest.raises(CompositionError, match=r"--skip 4 leaves no items \(the sets hold 5, --limit 4\)"):
+        _load_sets(args)
+
+
+def test_cli_refuses_a_negative_skip(tmp_path, one_item):
+    folder, item = one_item
+    result = run_cli("mcub", "--data", write(folder, [item]), "--skip", -1)
+    assert result.returncode == 2 and "--skip -1; expected 0 or a positive integer." in result.stderr, result.stderr

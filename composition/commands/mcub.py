@@ -41,6 +41,9 @@ def build_mcub(p: argparse.ArgumentParser):
     p.add_argument("--seed", type=int, default=0, help="MCUB-synth seed (default 0)")
     p.add_argument("--synth-items", type=int, default=200, help="items per MCUB-synth set (default 200)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N items (of each subset for synth-3)")
+    p.add_argument("--skip", type=int, default=0, metavar="N",
+                   help="leave out the first N items (of each subset for synth-3): with --limit M it evaluates items "
+                        "N+1..M, to extend an earlier --limit N run without repeating it (default 0)")
     p.add_argument("--variants", nargs="+", default=None, metavar="NAMES",
                    help="NaiveMC, DAMC, expert:<name>, or a merge method; default: NaiveMC, DAMC and every expert")
     p.add_argument("--batch-items", type=int, default=8, help="items per batch; each batch runs items x variants rows (default 8)")
@@ -82,7 +85,12 @@ def _load_sets(args) -> tuple[list, list, str]:
     else:
         sets = [load_question_set(args.data, answers=args.answers, data_root=args.data_root)]
         stem = Path(args.data).stem
-    items = [item for s in sets for item in s.items[: args.limit]]
+    items = [item for s in sets for item in s.items[args.skip: args.limit]]
+    if not items:
+        from ..errors import CompositionError
+
+        raise CompositionError(f"--skip {args.skip} leaves no items (the sets hold {max(len(s.items) for s in sets)}"
+                               f"{'' if args.limit is None else f', --limit {args.limit}'}); lower --skip.")
     return sets, items, stem
 
 
@@ -197,6 +205,8 @@ def run_mcub(args: argparse.Namespace) -> int:
                         ("--max-new-tokens", args.max_new_tokens)):
         if value is not None and value < 1:
             raise CompositionError(f"{flag} {value}; expected a positive integer.")
+    if args.skip < 0:
+        raise CompositionError(f"--skip {args.skip}; expected 0 or a positive integer.")
     distributed = launched_by_torchrun()
     if args.tune and (distributed or args.resume):
         raise CompositionError("--tune runs in one process and does not resume; drop torchrun / --resume for it.")
