@@ -274,3 +274,18 @@ def test_cli_refuses_a_negative_skip(tmp_path, one_item):
     folder, item = one_item
     result = run_cli("mcub", "--data", write(folder, [item]), "--skip", -1)
     assert result.returncode == 2 and "--skip -1; expected 0 or a positive integer." in result.stderr, result.stderr
+
+
+def test_a_skip_run_does_not_overwrite_the_earlier_predictions(one_item):
+    """The default predictions file of a --skip run names its range, so the --limit run it extends keeps its file."""
+    import argparse
+
+    from composition.commands.mcub import _load_sets, _output_paths
+
+    folder, item = one_item
+    data = write(folder, [{**item, "id": f"q{i}"} for i in range(5)])
+    first = argparse.Namespace(data=str(data), answers=None, data_root=None, limit=2, skip=0, predictions=None)
+    rest = argparse.Namespace(**{**vars(first), "limit": None, "skip": 2})
+    (pred_first, paper_first), (pred_rest, paper_rest) = (_output_paths(a, *_load_sets(a)[::2]) for a in (first, rest))
+    assert pred_first.name == "data-predictions.jsonl" and pred_rest.name == "data-items3-end-predictions.jsonl"
+    assert paper_first != paper_rest

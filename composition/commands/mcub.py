@@ -43,7 +43,8 @@ def build_mcub(p: argparse.ArgumentParser):
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N items (of each subset for synth-3)")
     p.add_argument("--skip", type=int, default=0, metavar="N",
                    help="leave out the first N items (of each subset for synth-3): with --limit M it evaluates items "
-                        "N+1..M, to extend an earlier --limit N run without repeating it (default 0)")
+                        "N+1..M, to extend an earlier --limit N run without repeating it; its predictions go to "
+                        "<stem>-itemsN+1-M-predictions.jsonl, so the earlier file stays (default 0)")
     p.add_argument("--variants", nargs="+", default=None, metavar="NAMES",
                    help="NaiveMC, DAMC, expert:<name>, or a merge method; default: NaiveMC, DAMC and every expert")
     p.add_argument("--batch-items", type=int, default=8, help="items per batch; each batch runs items x variants rows (default 8)")
@@ -130,7 +131,9 @@ def _output_paths(args, sets, stem: str) -> tuple[Path, Path]:
     else:
         folder = sets[0].path.resolve().parent
         folder = folder if os.access(folder, os.W_OK) else Path.cwd()
-        pred = folder / f"{stem}-predictions.jsonl"
+        # A --skip run extends an earlier run: its own name, so the earlier predictions stay.
+        span = f"-items{args.skip + 1}-{args.limit or 'end'}" if args.skip else ""
+        pred = folder / f"{stem}{span}-predictions.jsonl"
     return pred, pred.with_name(pred.name.removesuffix(".jsonl").removesuffix("-predictions") + "-paper")
 
 
