@@ -3,6 +3,7 @@ saves is an expert the engine composes."""
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -179,7 +180,7 @@ def test_build_then_stage3_from_saved_experts(tmp_path, monkeypatch, base_cache_
     trains and saves both kinds with a report of every stage; apply_stage3 retrains only the
     text-side delta of saved experts, keeps the report and records the accuracy before."""
     import composition.base_llm as base_llm
-    from training.build_experts import apply_stage3, build
+    from training.build_experts import apply_stage3, build, recipe_digest
 
     real_load = base_llm.load_base_llm
     monkeypatch.setattr(base_llm, "load_base_llm", lambda device="cpu": real_load(cache_dir=base_cache_dir, device=device))
@@ -191,6 +192,17 @@ def test_build_then_stage3_from_saved_experts(tmp_path, monkeypatch, base_cache_
     for name in ("image", "image-shared"):
         assert set(report["experts"][name]) == {"stage1", "stage2", "stage3", "heldout"}
         assert all(f"{name}/{part}" in report["seconds"] for part in ("stage2", "stage3", "eval"))
+    assert report["code"] == recipe_digest() and report["threads"] == torch.get_num_threads()
+
+    # A set built in parts: a part with the same settings keeps the others' entries, one
+    # with other settings does not (its experts would not be one run's).
+    rebuilt = build(first, config, 4, data, modalities=("image",), kinds=("shared",), eval_items=2, log=lambda *_: None)
+    assert rebuilt["experts"]["image"] == report["experts"]["image"]
+    notes = []
+    other = build(first, replace(config, stage2_steps=2), 4, data, modalities=("image",), kinds=("shared",),
+                  eval_items=2, log=notes.append)
+    assert "image" not in other["experts"] and any("made with other config" in n for n in notes)
+    report = build(first, config, 4, data, modalities=("image",), eval_items=2, log=lambda *_: None)
 
     again = apply_stage3(first, second, config, data, modalities=("image",), eval_items=2, log=lambda *_: None,
                          kinds=("decoupled",))

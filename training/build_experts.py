@@ -73,14 +73,23 @@ def build(out_dir: Path, config: TrainConfig, n_scenes: int, cache_dir: Path, mo
     trainer.state = state
     if state is not None:
         state.bind("base", getattr(base, "sha256", None))
-    report = {"config": asdict(config), "n_scenes": n_scenes, "device": device, "experts": {}, "seconds": {}}
+    # The recipe's code and the thread count are part of what a run is (float sums differ
+    # between thread counts), so a set built in parts records them and joins only its own parts.
+    report = {"config": asdict(config), "n_scenes": n_scenes, "device": device, "code": recipe_digest(),
+              "threads": torch.get_num_threads(), "experts": {}, "seconds": {}}
     report_file = out_dir / "training_report.json"
     if report_file.is_file() and (set(kinds) != set(KINDS) or set(modalities) != set(MODALITIES)):
         # A partial rebuild (some modalities or kinds) updates the report of the others.
-        previous = json.loads(report_file.read_text()) if report_file.is_file() else {}
-        if previous.get("config") == report["config"]:
+        previous = json.loads(report_file.read_text())
+        # Compared as JSON holds them (a config's tuples come back as lists).
+        differ = [key for key in ("config", "n_scenes", "device", "code", "threads")
+                  if previous.get(key) != json.loads(json.dumps(report[key]))]
+        if not differ:
             report["experts"].update(previous.get("experts", {}))
             report["seconds"].update(previous.get("seconds", {}))
+        else:
+            log(f"{report_file}: made with other {', '.join(differ)}; its entries for "
+                f"{', '.join(sorted(previous.get('experts', {}))) or 'no expert'} are not carried over")
     out_dir.mkdir(parents=True, exist_ok=True)
     for modality in modalities:
         colours_known = modality != "audio" or speech_available()
