@@ -202,7 +202,7 @@ def test_build_then_stage3_from_saved_experts(tmp_path, monkeypatch, base_cache_
     other = build(first, replace(config, stage2_steps=2), 4, data, modalities=("image",), kinds=("shared",),
                   eval_items=2, log=notes.append)
     assert "image" not in other["experts"] and any("made with other config" in n for n in notes)
-    report = build(first, config, 4, data, modalities=("image",), eval_items=2, log=lambda *_: None)
+    report = build(first, config, 4, data, modalities=("image",), eval_items=2, log=lambda *_: None)  # one run's set again
 
     again = apply_stage3(first, second, config, data, modalities=("image",), eval_items=2, log=lambda *_: None,
                          kinds=("decoupled",))
