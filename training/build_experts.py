@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import BuildPaused, BuildState
+from .checkpoint import BuildPaused, BuildState, differing
 from .data import ModalityData, prepare_modality
 from .recipe import ModalityParts, TrainConfig, Trainer, expert_name
 from .world import MODALITIES
@@ -81,9 +81,7 @@ def build(out_dir: Path, config: TrainConfig, n_scenes: int, cache_dir: Path, mo
     if report_file.is_file() and (set(kinds) != set(KINDS) or set(modalities) != set(MODALITIES)):
         # A partial rebuild (some modalities or kinds) updates the report of the others.
         previous = json.loads(report_file.read_text())
-        # Compared as JSON holds them (a config's tuples come back as lists).
-        differ = [key for key in ("config", "n_scenes", "device", "code", "threads")
-                  if previous.get(key) != json.loads(json.dumps(report[key]))]
+        differ = differing(previous, report, ("config", "n_scenes", "device", "code", "threads"))
         if not differ:
             report["experts"].update(previous.get("experts", {}))
             report["seconds"].update(previous.get("seconds", {}))

@@ -64,6 +64,17 @@ def _write_atomic(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> N
     os.replace(tmp, path)
 
 
+def as_stored(value):
+    """``value`` as JSON gives it back from disk (tuples as lists), to compare with what was saved."""
+    return json.loads(json.dumps(value))
+
+
+def differing(saved: dict, now: dict, keys=None) -> list[str]:
+    """The keys (all of both, or ``keys``) whose saved value is not ``now``'s as stored."""
+    keys = sorted(set(saved) | set(now)) if keys is None else list(keys)
+    return [k for k in keys if saved.get(k) != as_stored(now.get(k))]
+
+
 def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     with safe_open(str(path), framework="pt") as f:
         meta = json.loads((f.metadata() or {}).get("meta", "{}"))
@@ -107,11 +118,11 @@ class BuildState:
         self.folder = Path(self.folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         manifest = self.folder / MANIFEST
-        settings = json.loads(json.dumps(self.settings))  # tuples as lists, as they come back from disk
+        settings = as_stored(self.settings)
         if manifest.is_file():
             saved = json.loads(manifest.read_text()).get("settings")
             if saved != settings:
-                changed = sorted(k for k in set(saved or {}) | set(settings) if (saved or {}).get(k) != settings.get(k))
+                changed = differing(saved or {}, settings)
                 raise StateMismatch(f"the build state in {self.folder} was made with other settings (differing: "
                                     f"{', '.join(changed)}); resume with the same settings, or start afresh with "
                                     f"--fresh (deletes that state).")
@@ -123,7 +134,7 @@ class BuildState:
         is synthesised) or check it against the one recorded: refused by name when it differs."""
         manifest = self.folder / MANIFEST
         data = json.loads(manifest.read_text())
-        value = json.loads(json.dumps(value))
+        value = as_stored(value)
         bound = data.setdefault("bound", {})
         if key in bound and bound[key] != value:
             raise StateMismatch(f"the build state in {self.folder} was made with another {key} ({bound[key]!r}, now "
