@@ -117,3 +117,20 @@ def test_the_merge_command_reads_the_bundled_experts(capsys):
     assert figures["outside"] < 1e-3 and figures["cosine"] > 0.9 and result["mean"] == figures
     assert main(["merge", "--method", "no_such_method"]) == 2
     assert "no_such_method" in capsys.readouterr().err
+
+
+def test_the_slots_command_trains_a_fresh_reader_and_scores_held_out_scenes(tmp_path, capsys, monkeypatch):
+    import composition.base_llm as base_llm
+
+    monkeypatch.setattr(base_llm, "load_base_llm", lambda device="cpu": tiny_base())
+    args = ["slots", "--modality", "image", "--scenes", "6", "--steps", "4", "--heldout-items", "3", "--heldout-seed", "11",
+            "--cache", str(tmp_path)]
+    assert main(args + ["--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["train_scenes"], result["heldout_scenes"], result["steps"]) == (6, 3, 4)
+    assert set(result["heldout"]) == {"token", "scene", "categories"}
+    assert all(0.0 <= v <= 1.0 for v in result["heldout"].values())
+    assert main(args) == 0
+    assert "on 3 held-out scenes: tokens" in capsys.readouterr().out
+    assert main(["slots", "--modality", "image", "--scenes", "0", "--cache", str(tmp_path)]) == 2
+    assert "--scenes" in capsys.readouterr().err

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import BuildPaused, BuildState, differing
-from .data import ModalityData, prepare_modality
+from .data import TRAIN_SCENES, ModalityData, prepare_modality
 from .recipe import ModalityParts, TrainConfig, Trainer, expert_name
 from .world import MODALITIES
 
@@ -39,9 +39,9 @@ KINDS = ("decoupled", "shared")
 # The code whose change makes a different run of the same command: a build state records
 # its digest and is not resumed by other code (the scenes, questions, recipe and routing).
 RECIPE_CODE = ("training/recipe.py", "training/data.py", "training/instructions.py", "training/world.py",
-               "training/lookup.py", "training/point_pretrain.py", "training/render_image.py", "training/render_audio.py",
+               "training/lookup.py", "training/point_pretrain.py", "training/slots.py", "training/render_image.py", "training/render_audio.py",
                "training/render_video.py", "training/render_point.py", "training/checkpoint.py",
-               "composition/routing.py", "composition/prompt.py", "composition/templates.py")
+               "composition/routing.py", "composition/prompt.py", "composition/templates.py", "composition/projectors.py")
 
 
 def recipe_digest() -> str:
@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", default=str(REPO / ".cache" / "training"))
     parser.add_argument("--modalities", nargs="+", default=list(MODALITIES), choices=MODALITIES)
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS, help="training kinds to build")
-    parser.add_argument("--scenes", type=int, default=800, help="training scenes per modality")
+    parser.add_argument("--scenes", type=int, default=TRAIN_SCENES, help="training scenes per modality")
     parser.add_argument("--point-pretrain-steps", type=int, default=TrainConfig.point_pretrain_steps,
                         help="point encoder pre-training steps (a classifier, no LLM pass)")
     parser.add_argument("--stage0-steps", type=int, default=TrainConfig.stage0_steps)

@@ -35,6 +35,7 @@ import torch
 
 from checks import check_int
 
+from .data import TRAIN_SCENES
 from .recipe import MLP_TARGETS, SCHEDULES, TARGETS, TrainConfig, Trainer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -96,7 +97,7 @@ class Variant:
         if self.steps is not None:
             changes.update(stage2_steps=self.steps, stage2_steps_by_modality=())
         if self.lr is not None:
-            changes.update(lr_lora=self.lr, lr_projector=self.lr)
+            changes.update(lr_lora=self.lr, lr_tokens=self.lr)
         return replace(base, **changes)
 
 
@@ -208,8 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--training", default="decoupled", choices=("decoupled", "shared"))
     parser.add_argument("--variant", action="append", default=None, metavar="SPEC",
                         help="'recipe' or key=value[,..] (rank, targets=qkvo|mlp, batch, schedule=cosine|constant, steps, lr); repeatable")
-    parser.add_argument("--checkpoints", type=int, nargs="+", default=[0, 35, 70], help="stage-2 steps to score at")
-    parser.add_argument("--scenes", type=int, default=800, help="training scenes (the build's default)")
+    parser.add_argument("--checkpoints", type=int, nargs="+", default=[0, 70, 140], help="stage-2 steps to score at")
+    parser.add_argument("--scenes", type=int, default=TRAIN_SCENES, help="training scenes (the build's default)")
     parser.add_argument("--heldout-items", type=int, default=28)
     parser.add_argument("--heldout-seed", type=int, default=HELDOUT_SEED)
     parser.add_argument("--stage0-steps", type=int, default=TrainConfig.stage0_steps)

@@ -3,6 +3,7 @@
     python -m training.diagnose answers --data ITEMS.json [...] --predictions ITEMS-predictions.jsonl [--json]
     python -m training.diagnose lookup [--variants NAMES] [--n 48] [--experts DIR ...] [--json]
     python -m training.diagnose merge --method NAME [--space dense|core] [--modules N] [--experts DIR ...] [--json]
+    python -m training.diagnose slots --modality M [--scenes N] [--steps N] [--heldout-items N] [--heldout-seed S] [--json]
 
 Our experts answer option questions by naming the option, then its letter ("cone (B)"), and
 MCUB scores the letter. A wrong letter has two possible causes, and they need different fixes:
@@ -21,6 +22,12 @@ MCUB scores the letter. A wrong letter has two possible causes, and they need di
   (``outside``: 0 means it only re-weights what the experts learned), the cosine between the
   merge and θ₀, and the numerical rank of the merged delta. A method that moves far and mostly outside adds directions no
   expert trained, which is what a small skill such as the letter lookup does not survive.
+
+``slots`` is the perception check below all of that: it trains a fresh slot reader (stage 0 of
+the recipe, ``training.slots``; for point clouds after the point encoder's pre-training) and
+scores it on held-out scenes: per token, every slot of a scene (every object with its colour,
+in answer order: what "describe" asks), and the categories alone. An expert cannot answer
+more than its slot reader sees.
 """
 from __future__ import annotations
 
@@ -158,6 +165,14 @@ def main(argv: list[str] | None = None) -> int:
     merge.add_argument("--experts", nargs="+", default=None, metavar="DIR",
                        help="expert folders (default: the bundled decoupled experts)")
     merge.add_argument("--json", action="store_true")
+    slots = sub.add_parser("slots", help="train a fresh slot reader (stage 0) and score it on held-out scenes")
+    slots.add_argument("--modality", required=True, choices=("image", "audio", "video", "point"))
+    slots.add_argument("--scenes", type=int, default=None, help="training scenes (default: the build's)")
+    slots.add_argument("--steps", type=int, default=None, help="stage-0 steps (default: the recipe's)")
+    slots.add_argument("--heldout-items", type=int, default=200)
+    slots.add_argument("--heldout-seed", type=int, default=7007, help="default 7007 (training.curves' held-out seed)")
+    slots.add_argument("--cache", default=str(Path(__file__).resolve().parent.parent / ".cache" / "training"))
+    slots.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
 
     try:
@@ -166,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
             result = answer_breakdown(items, _read_jsonl(Path(args.predictions)))
         elif args.command == "merge":
             result = _merge(args)
+        elif args.command == "slots":
+            result = _slots(args)
         else:
             result = _lookup(args)
     except (OSError, ValueError, json.JSONDecodeError) as exc:
@@ -182,10 +199,42 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'module':<34} {'moved':>7} {'cosine':>7} {'outside':>8} {'rank':>6}")
         for module, r in list(result["modules"].items()) + [("mean", result["mean"])]:
             print(f"{module:<34} {r['relative_change']:>7.2f} {r['cosine']:>7.2f} {r['outside']:>8.2f} {r['rank']:>6.1f}")
+    elif args.command == "slots":
+        held = result["heldout"]
+        print(f"{args.modality}: slot reader trained on {result['train_scenes']} scenes for {result['steps']} steps "
+              f"({result['seconds']:.0f} s); on {result['heldout_scenes']} held-out scenes: tokens {held['token']:.3f}, "
+              f"every slot {held['scene']:.3f}, categories {held['categories']:.3f}")
     else:
         for variant, fraction in result.items():
             print(f"{variant:<22} {fraction:.3f}")
     return 0
+
+
+def _slots(args) -> dict:
+    import time
+
+    from checks import check_int
+    from composition.base_llm import load_base_llm
+
+    from .data import TRAIN_SCENES, prepare_modality
+    from .recipe import TrainConfig, Trainer
+    from .render_audio import speech_available
+
+    config = TrainConfig() if args.steps is None else TrainConfig(stage0_steps=args.steps)
+    scenes = TRAIN_SCENES if args.scenes is None else args.scenes
+    check_int(scenes, "--scenes", 1)
+    check_int(args.heldout_items, "--heldout-items", 1)
+    check_int(args.heldout_seed, "--heldout-seed", 0)
+    quiet = lambda message: None  # noqa: E731
+    data = prepare_modality(args.modality, scenes, config.seed, Path(args.cache), log=quiet)
+    heldout = prepare_modality(args.modality, args.heldout_items, args.heldout_seed, Path(args.cache), log=quiet)
+    trainer = Trainer(load_base_llm(), config, log=quiet)
+    start = time.perf_counter()
+    parts = trainer.stage0_parts(data, args.modality != "audio" or speech_available(), heldout)
+    return {"modality": args.modality, "train_scenes": len(data), "steps": config.stage0_steps,
+            "heldout_scenes": len(heldout), "heldout_seed": args.heldout_seed,
+            "heldout": next(row["stage0_heldout"] for row in parts.log if "stage0_heldout" in row),
+            "seconds": round(time.perf_counter() - start, 1)}
 
 
 def _lookup(args) -> dict[str, float]:

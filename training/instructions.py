@@ -38,7 +38,7 @@ import numpy as np
 
 from checks import check_int
 
-from .world import CATEGORIES, EXTENSIONS, LABELS, MODALITIES, NUMBER_WORDS, Scene, World, render
+from .world import CATEGORIES, EXTENSIONS, LABELS, MODALITIES, NUMBER_WORDS, Scene, SceneObject, World, render
 
 LETTERS = ("A", "B", "C", "D")
 MCUB_QUESTION = "What do these inputs have in common?"
@@ -83,6 +83,15 @@ def options_with(rng: np.random.Generator, present: list[str], absent_pool: list
     return options, [LETTERS[options.index(c)] for c in present]
 
 
+def answer_order(scene: Scene, modality: str) -> tuple[SceneObject, ...]:
+    """The scene's objects in the order answers name them. Image, video and point cloud have no
+    natural object order, so answers use one fixed (category) order: a target the model can
+    learn. Audio keeps time order."""
+    if modality == "audio":
+        return scene.objects
+    return tuple(sorted(scene.objects, key=lambda o: CATEGORIES.index(o.category)))
+
+
 def question_for(kind: str, scene: Scene, modality: str, rng: np.random.Generator,
                  colours_known: bool = True) -> tuple[str, str]:
     """(question, answer) of one kind about a scene seen in one modality.
@@ -91,10 +100,7 @@ def question_for(kind: str, scene: Scene, modality: str, rng: np.random.Generato
     caller must not ask "colour" questions then.
     """
     label = LABELS[modality]
-    if modality != "audio":
-        # Image, video and point cloud have no natural object order, so answers name objects
-        # in one fixed (category) order: a target the model can learn. Audio keeps time order.
-        scene = Scene(tuple(sorted(scene.objects, key=lambda o: CATEGORIES.index(o.category))), scene.seed)
+    scene = Scene(answer_order(scene, modality), scene.seed)
     absent = [c for c in CATEGORIES if c not in scene.categories]
     if kind == "describe":
         return f"Describe the {label}.", scene.describe() if colours_known else objects_phrase(scene)
