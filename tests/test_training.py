@@ -290,3 +290,46 @@ def test_a_bigger_scene_set_reuses_the_cached_smaller_one_of_the_same_seed(tmp_p
     meta.write_text(json.dumps(scenes))
     with pytest.raises(ValueError, match="delete the point-n"):
         prepare_modality("point", 6, 3, tmp_path / "a", log=quiet)
+
+
+def test_common_questions_over_several_inputs_name_the_one_category_all_of_them_show():
+    from training.instructions import common_question
+    from training.world import Scene, SceneObject
+
+    def scene(*cats):
+        return Scene(tuple(SceneObject(c, "red") for c in cats), 1)
+
+    rng = np.random.default_rng(0)
+    scenes = [scene("ball", "star"), scene("star", "cube"), scene("ring", "star", "cone")]
+    for _ in range(20):
+        question, answer = common_question(scenes, rng)
+        options = re.findall(r"[A-D]\. (\w+)", question)
+        assert len(options) == 4 and "star" in options
+        assert answer == f"star ({'ABCD'[options.index('star')]})"
+        # the other options are what some inputs show (four of them here), not absent ones
+        assert set(options) - {"star"} <= {"ball", "cube", "ring", "cone"}
+    with pytest.raises(ValueError, match="share"):
+        common_question([scene("ball", "star"), scene("star", "ball")], rng)  # two shared categories
+    with pytest.raises(ValueError, match="2\\+ scenes"):
+        common_question([scene("ball")], rng)
+
+
+def test_training_batches_ask_some_common_questions_over_several_inputs_of_the_modality():
+    trainer = Trainer(tiny_base(), TrainConfig(stage0_steps=1, stage1_steps=0, stage2_steps=0, batch_size=8),
+                      log=lambda *_: None)
+    data = fake_data(n=40)
+    rng = np.random.default_rng(0)
+    groups = [trainer._common_inputs(data, first, rng) for first in range(20)]
+    found = [g for g in groups if g is not None]
+    assert len(found) >= 15
+    for first, group in zip(range(20), groups):
+        if group is None:
+            continue
+        assert group[0] == first and 2 <= len(group) <= 4 and len(set(group)) == len(group)
+        assert len(set.intersection(*(set(data.scenes[i].categories) for i in group))) == 1
+    # in a batch of common questions about half of the rows carry several modality blocks
+    parts = trainer.stage1(data)
+    batch, _ = trainer._batch(data, parts, np.random.default_rng(1), ("common",), True)
+    modality_route = trainer.routes["image"]
+    blocks = [(row == modality_route).sum().item() // (2 + 6 + 2) for row in batch.route_ids]
+    assert min(blocks) == 1 and max(blocks) >= 2, blocks

@@ -44,9 +44,9 @@ from composition.variants import TEXT_ROUTE, route_names
 
 from .checkpoint import BuildPaused, BuildState, Resumed, StateMismatch
 from .data import ENCODERS, ModalityData
-from .instructions import KINDS, question_for
+from .instructions import KINDS, MAX_INPUTS, MULTI_INPUT_SHARE, common_question, question_for
 from .slots import SLOT_QUERIES, SLOT_WORDS, read_slots, slot_accuracy, slot_targets, train_slot_reader
-from .world import TRAINED_ON
+from .world import CATEGORIES, TRAINED_ON
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP_TARGETS = TARGETS + ("gate_proj", "up_proj", "down_proj")  # the variant training.curves compares
@@ -171,6 +171,8 @@ class Trainer:
         self.hidden = self.embed.weight.shape[1]
         self.eos = base.eos_token_ids[0]
         self.routes = {r: i for i, r in enumerate(route_names())}
+        # the training set last indexed, and its scenes holding each category (multi-input questions)
+        self._scenes_by_category: tuple[ModalityData | None, dict[str, list[int]]] = (None, {})
         self.state: BuildState | None = None  # a build's progress folder: loops resume from it (training.checkpoint)
         base.model.requires_grad_(False)
 
@@ -192,19 +194,43 @@ class Trainer:
         inputs = parts.features if parts.features is not None else data.inputs
         return [inputs[i] for i in idx]
 
+    def _common_inputs(self, data: ModalityData, first: int, rng: np.random.Generator) -> list[int] | None:
+        """2..MAX_INPUTS scenes, ``first`` among them, whose only shared category is one of
+        ``first``'s (a few draws; None when none is found)."""
+        held, by_category = self._scenes_by_category
+        if held is not data:
+            by_category = {c: [i for i, s in enumerate(data.scenes) if c in s.categories] for c in CATEGORIES}
+            self._scenes_by_category = (data, by_category)
+        n = int(rng.integers(2, MAX_INPUTS + 1))
+        for _ in range(8):
+            category = data.scenes[first].categories[int(rng.integers(len(data.scenes[first].objects)))]
+            pool = [i for i in by_category[category] if i != first]
+            if len(pool) < n - 1:
+                continue
+            picked = [first] + [pool[int(j)] for j in rng.choice(len(pool), size=n - 1, replace=False)]
+            if len(set.intersection(*(set(data.scenes[i].categories) for i in picked))) == 1:
+                return picked
+        return None
+
     def _batch(self, data: ModalityData, parts: ModalityParts, rng: np.random.Generator, kinds: tuple[str, ...], colours_known: bool):
         idx = [int(i) for i in rng.integers(0, len(data), size=self.config.batch_size)]
         weights = np.array([KINDS[k] for k in kinds])
-        feats = self._features(data, idx, parts)
         rows, routes, targets = [], [], []
-        for i, f in zip(idx, feats):
+        for i in idx:
             kind = kinds[int(rng.choice(len(kinds), p=weights / weights.sum()))]
             if kind == "colour" and not colours_known:
                 kind = "describe"
-            question, answer = question_for(kind, data.scenes[i], data.modality, rng, colours_known)
-            block = torch.cat([parts.prefix, parts.projector(f), parts.suffix], dim=0)
-            prompt = self.base.template.format_prompt(user_message(question, [data.modality]))
-            row = build_prompt_row(prompt, {data.modality: [block]}, self.base.tokenizer, self.embed)
+            inputs = [i]
+            if kind == "common" and rng.random() < MULTI_INPUT_SHARE:
+                inputs = self._common_inputs(data, i, rng) or [i]
+            if len(inputs) > 1:
+                question, answer = common_question([data.scenes[j] for j in inputs], rng)
+            else:
+                question, answer = question_for(kind, data.scenes[i], data.modality, rng, colours_known)
+            blocks = [torch.cat([parts.prefix, parts.projector(f), parts.suffix], dim=0)
+                      for f in self._features(data, inputs, parts)]
+            prompt = self.base.template.format_prompt(user_message(question, [data.modality] * len(inputs)))
+            row = build_prompt_row(prompt, {data.modality: blocks}, self.base.tokenizer, self.embed)
             answer_ids = self.base.tokenizer(answer, add_special_tokens=False)["input_ids"] + [self.eos]
             answer_embeds = self.embed(torch.tensor(answer_ids))
             rows.append(torch.cat([row.embeds, answer_embeds]))
