@@ -4,7 +4,7 @@ Fixed seeds throughout (scenes, initialisation, batches). For each modality: ren
 encode the training scenes, stage 1 once, then stages 2 and 3 for both training kinds; the 8
 experts are written to ``assets/experts/<name>/`` in fp16, with a report of losses, wall
 times and held-out accuracy in ``assets/experts/training_report.json``. Uses the GPU when
-one is present (``--device``); on a 2-core CPU the bundled set took about 1 h 50 min as two
+one is present (``--device``); on a 2-core CPU the bundled set takes about 2.5 h as two
 parallel one-thread parts (README "Bundled experts").
 
 Progress is kept in ``--state`` (default ``.cache/build-state``): every finished stage, and
