@@ -328,8 +328,11 @@ def test_training_batches_ask_some_common_questions_over_several_inputs_of_the_m
         assert group[0] == first and 2 <= len(group) <= 4 and len(set(group)) == len(group)
         assert len(set.intersection(*(set(data.scenes[i].categories) for i in group))) == 1
     # in a batch of common questions about half of the rows carry several modality blocks
+    from training.slots import SLOT_QUERIES
+
     parts = trainer.stage1(data)
     batch, _ = trainer._batch(data, parts, np.random.default_rng(1), ("common",), True)
     modality_route = trainer.routes["image"]
-    blocks = [(row == modality_route).sum().item() // (2 + 6 + 2) for row in batch.route_ids]
+    block = trainer.config.prefix_tokens + SLOT_QUERIES + trainer.config.suffix_tokens
+    blocks = [(row == modality_route).sum().item() // block for row in batch.route_ids]
     assert min(blocks) == 1 and max(blocks) >= 2, blocks

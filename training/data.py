@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,11 @@ class ModalityData:
 
     def __len__(self) -> int:
         return len(self.scenes)
+
+    @cached_property
+    def scenes_with(self) -> dict[str, list[int]]:
+        """category -> indices of the scenes holding it (multi-input training questions)."""
+        return {c: [i for i, s in enumerate(self.scenes) if c in s.categories] for c in CATEGORIES}
 
 
 def label_words(colours_known: bool = True) -> tuple[str, ...]:

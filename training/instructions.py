@@ -65,6 +65,12 @@ def format_options(options: list[str] | tuple[str, ...]) -> str:
     return " ".join(f"{letter}. {option}" for letter, option in zip(LETTERS, options))
 
 
+def mcub_question(options: list[str] | tuple[str, ...]) -> str:
+    """MCUB's question with its four options, one line: what every option question of the
+    training, the lookup stage and MCUB-synth asks."""
+    return f"{MCUB_QUESTION} {format_options(options)} {LETTER_INSTRUCTION}"
+
+
 def option_answer(options: list[str], present: list[str]) -> str:
     """Options ['cube', 'ball', 'star', 'cone'], present ['star', 'cube'] -> 'cube (A) and star (C)'
     (in letter order)."""
@@ -135,7 +141,7 @@ def question_for(kind: str, scene: Scene, modality: str, rng: np.random.Generato
     if kind == "common":
         present = [scene.categories[int(rng.integers(len(scene.objects)))]]
         options, _ = options_with(rng, present, absent)
-        return f"{MCUB_QUESTION} {format_options(options)} {LETTER_INSTRUCTION}", option_answer(options, present)
+        return mcub_question(options), option_answer(options, present)
     raise ValueError(f"unknown question kind {kind!r}; expected one of {tuple(KINDS)}")
 
 
@@ -151,7 +157,7 @@ def common_question(scenes: list[Scene], rng: np.random.Generator) -> tuple[str,
     picked = [shown[i] for i in rng.choice(len(shown), size=min(3, len(shown)), replace=False)]
     absent = [c for c in CATEGORIES if all(c not in s.categories for s in scenes)]
     options, _ = options_with(rng, [answer] + picked, absent)
-    return f"{MCUB_QUESTION} {format_options(options)} {LETTER_INSTRUCTION}", option_answer(options, [answer])
+    return mcub_question(options), option_answer(options, [answer])
 
 
 def make_instruction_items(modality: str, n: int, seed: int, out_dir: str | os.PathLike,

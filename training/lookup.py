@@ -24,7 +24,7 @@ import torch
 
 from checks import check_int
 
-from .instructions import LETTER_INSTRUCTION, LETTERS, MCUB_QUESTION, format_options, option_answer
+from .instructions import LETTERS, format_options, mcub_question, option_answer
 from .world import CATEGORIES, LABELS
 
 # Everyday nouns (one token or two in SmolLM2's vocabulary) that widen the option pool.
@@ -43,7 +43,7 @@ def lookup_example(rng: np.random.Generator, modality: str, vocabulary: Sequence
     options = [vocabulary[i] for i in rng.choice(len(vocabulary), size=len(LETTERS), replace=False)]
     if rng.random() < 0.5:
         present = [options[int(rng.integers(len(LETTERS)))]]
-        question = f"{MCUB_QUESTION} {format_options(options)} {LETTER_INSTRUCTION}"
+        question = mcub_question(options)
     else:
         k = int(rng.integers(1, 3))
         present = [options[i] for i in rng.choice(len(LETTERS), size=k, replace=False)]
@@ -94,7 +94,7 @@ def letter_lookup_accuracy(cm, variants: Sequence[str], n: int = 48, seed: int =
     for _ in range(n):
         options = [CATEGORIES[i] for i in rng.choice(len(CATEGORIES), size=len(LETTERS), replace=False)]
         k = int(rng.integers(len(LETTERS)))
-        question = f"{MCUB_QUESTION} {format_options(options)} {LETTER_INSTRUCTION}"
+        question = mcub_question(options)
         prompt = base.template.format_prompt(user_message(question, [])) + f"{options[k]} ("
         row = build_prompt_row(prompt, {}, tokenizer, embed)
         for name, rows, coef in (("base", [row], base_table), (None, [row] * len(resolved), table)):

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .instructions import LETTER_INSTRUCTION, LETTERS, MCUB_QUESTION, format_options
+from .instructions import LETTERS, mcub_question
 from .world import CATEGORIES, EXTENSIONS, MODALITIES, Scene, SceneObject, World, render
 
 KINDS = ("synth-4", "synth-3")
@@ -164,7 +164,7 @@ def plan_mcub_synth(kind: str, seed: int, n_items: int = DEFAULT_ITEMS,
                       else subset if subset else SYNTH3_SUBSETS[i % len(SYNTH3_SUBSETS)])
         meta = design_item(rng, world, modalities, CATEGORIES[int(answers[i])], LETTERS[int(letters[i])])
         item_id = f"{name}-{i + 1:04d}"
-        question = f"{MCUB_QUESTION} {format_options(meta['options'])} {LETTER_INSTRUCTION}"
+        question = mcub_question(meta['options'])
         items.append({"id": item_id,
                       "conversations": [{"from": "human", "value": question}, {"from": "gpt", "value": meta["answer"]}],
                       "modal_inputs": {m: f"files/{item_id}{EXTENSIONS[m]}" for m in modalities},

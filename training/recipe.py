@@ -46,7 +46,7 @@ from .checkpoint import BuildPaused, BuildState, Resumed, StateMismatch
 from .data import ENCODERS, ModalityData
 from .instructions import KINDS, MAX_INPUTS, MULTI_INPUT_SHARE, common_question, question_for
 from .slots import SLOT_QUERIES, SLOT_WORDS, read_slots, slot_accuracy, slot_targets, train_slot_reader
-from .world import CATEGORIES, TRAINED_ON
+from .world import TRAINED_ON
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP_TARGETS = TARGETS + ("gate_proj", "up_proj", "down_proj")  # the variant training.curves compares
@@ -171,8 +171,6 @@ class Trainer:
         self.hidden = self.embed.weight.shape[1]
         self.eos = base.eos_token_ids[0]
         self.routes = {r: i for i, r in enumerate(route_names())}
-        # the training set last indexed, and its scenes holding each category (multi-input questions)
-        self._scenes_by_category: tuple[ModalityData | None, dict[str, list[int]]] = (None, {})
         self.state: BuildState | None = None  # a build's progress folder: loops resume from it (training.checkpoint)
         base.model.requires_grad_(False)
 
@@ -197,14 +195,10 @@ class Trainer:
     def _common_inputs(self, data: ModalityData, first: int, rng: np.random.Generator) -> list[int] | None:
         """2..MAX_INPUTS scenes, ``first`` among them, whose only shared category is one of
         ``first``'s (a few draws; None when none is found)."""
-        held, by_category = self._scenes_by_category
-        if held is not data:
-            by_category = {c: [i for i, s in enumerate(data.scenes) if c in s.categories] for c in CATEGORIES}
-            self._scenes_by_category = (data, by_category)
         n = int(rng.integers(2, MAX_INPUTS + 1))
         for _ in range(8):
             category = data.scenes[first].categories[int(rng.integers(len(data.scenes[first].objects)))]
-            pool = [i for i in by_category[category] if i != first]
+            pool = [i for i in data.scenes_with[category] if i != first]
             if len(pool) < n - 1:
                 continue
             picked = [first] + [pool[int(j)] for j in rng.choice(len(pool), size=n - 1, replace=False)]
