@@ -31,7 +31,7 @@ import torch
 
 from .checkpoint import BuildPaused, BuildState, differing
 from .data import TRAIN_SCENES, ModalityData, prepare_modality
-from .recipe import ModalityParts, TrainConfig, Trainer, expert_name
+from .recipe import ModalityParts, Replay, TrainConfig, Trainer, expert_name
 from .world import MODALITIES
 
 REPO = Path(__file__).resolve().parent.parent
@@ -112,7 +112,7 @@ def build(out_dir: Path, config: TrainConfig, n_scenes: int, cache_dir: Path, mo
             deltas, tuned, log_rows = _stage2(trainer, data, parts, training, colours_known)
             report["seconds"][f"{name}/stage2"] = log_rows[-1]["seconds"] if log_rows else round(time.perf_counter() - t0, 1)
             t0 = time.perf_counter()
-            deltas, stage3_rows = trainer.stage3(deltas, training, modality)
+            deltas, stage3_rows = trainer.stage3(deltas, training, modality, Replay(data, tuned, colours_known))
             report["seconds"][f"{name}/stage3"] = stage3_rows[-1]["seconds"] if stage3_rows else round(time.perf_counter() - t0, 1)
             expert = trainer.make_expert(modality, training, deltas, tuned)
             accuracy = _save_and_score(trainer, expert, out_dir / name, heldout, colours_known, report)
@@ -209,11 +209,20 @@ def _save_and_score(trainer: Trainer, expert, target: Path, heldout, colours_kno
     return accuracy
 
 
+def _expert_parts(expert) -> dict[str, torch.Tensor]:
+    """A saved expert's projector, prefix/suffix and point encoder, keyed as ``Trainer.parts_tensors`` keys them."""
+    tensors = {f"projector.{k}": v for k, v in expert.projector.state_dict().items()}
+    tensors |= {"prefix": expert.prefix, "suffix": expert.suffix}
+    return tensors | {f"point_encoder.{k}": v for k, v in expert.encoder_state.items()}
+
+
 def apply_stage3(source: Path, out_dir: Path, config: TrainConfig, cache_dir: Path, modalities=MODALITIES, device: str = "cpu",
-                 eval_items: int = 42, log=print, kinds=KINDS) -> dict:
+                 eval_items: int = 42, log=print, kinds=KINDS, n_scenes: int = TRAIN_SCENES) -> dict:
     """Stage 3 on the experts saved in ``source`` (those of ``modalities`` and ``kinds``), written to
     ``out_dir`` and scored on held-out scenes. The training report in ``out_dir`` (else the one
-    in ``source``) is carried over, so runs for different modalities add up."""
+    in ``source``) is carried over, so runs for different modalities add up. Experts whose stage 3
+    replays stage-2 rows (``config.stage3_replay``) replay them from the ``n_scenes`` training
+    scenes, read through the saved expert's own parts."""
     from composition.base_llm import load_base_llm
     from composition.expert import load_expert
 
@@ -237,7 +246,11 @@ def apply_stage3(source: Path, out_dir: Path, config: TrainConfig, cache_dir: Pa
                 raise FileNotFoundError(f"no expert {name!r} in {source}; train it first (python -m training.build_experts).")
             expert = load_expert(folder)
             t0 = time.perf_counter()
-            expert.deltas, rows = trainer.stage3(expert.deltas, training, modality)
+            replay = None
+            if training in config.stage3_replay:
+                data = prepare_modality(modality, n_scenes, config.seed, cache_dir, log=log)
+                replay = Replay(data, trainer.parts_from_tensors(data, _expert_parts(expert), []), colours_known)
+            expert.deltas, rows = trainer.stage3(expert.deltas, training, modality, replay)
             report["seconds"][f"{name}/stage3"] = round(time.perf_counter() - t0, 1)
             accuracy = _save_and_score(trainer, expert, out_dir / name, heldout, colours_known, report, source=folder)
             entry = report["experts"].setdefault(name, {})
@@ -288,7 +301,8 @@ def main(argv: list[str] | None = None) -> int:
                          seed=args.seed, **steps)
     if args.stage3_from is not None:
         report = apply_stage3(Path(args.stage3_from), Path(args.out), config, Path(args.cache), tuple(args.modalities), args.device,
-                              args.eval_items, log=lambda msg: print(msg, flush=True), kinds=tuple(args.kinds))
+                              args.eval_items, log=lambda msg: print(msg, flush=True), kinds=tuple(args.kinds),
+                              n_scenes=args.scenes)
         print(json.dumps({k: v["heldout"] for k, v in report["experts"].items()}, indent=1))
         print(f"total {report['seconds']['stage3_total']:.0f} s")
         return 0

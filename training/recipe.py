@@ -11,15 +11,17 @@ Stage 1 (alignment, once per modality): train the prefix/suffix tokens on "descr
 questions, the LLM and the projector untouched — as LLaVA's pre-training stage.
 Stage 2 (instruction tuning, per training kind): from the stage-1 result, train the LoRA
 deltas + prefix/suffix on every question kind:
-- ``shared``: one delta D for every token (NaiveMC-style experts);
+- ``shared``: one delta D for every token (NaiveMC-style experts); its loss weighs every
+  row alike (``TrainConfig.row_weighted``), so a "No." counts as much as a description;
 - ``decoupled``: a text delta T for text tokens and a modality delta M for the tokens of
-  the modality block (DAMC-style experts).
+  the modality block (DAMC-style experts); its loss weighs every answer token alike.
 Stage 3 (option-letter lookup, per expert, text only): train the text-side delta (T of a
 decoupled expert, D of a shared one) on text-only option questions whose answer names are
 given, the loss on the letters only ("cone (B)": the "B"). The base LLM cannot copy the
 letter of a named option (chance level, measured), so each expert must carry that skill,
 and carry it strongly enough to survive the 1/K scaling of a composition
-(``training.lookup`` says more).
+(``training.lookup`` says more). A shared expert's D also reads the modality tokens, so its
+stage 3 replays half a stage-2 batch each step (``TrainConfig.stage3_replay``).
 Training runs through RoutedLinear (``train_slot``), the same routing that inference
 uses, so what is trained is exactly what is composed later.
 """
@@ -36,7 +38,7 @@ from torch import nn
 
 from checks import check_float, check_int, is_int
 
-from composition.expert import EncoderRef, Expert, ExpertConfig, ProjectorSpec
+from composition.expert import TRAINING_KINDS, EncoderRef, Expert, ExpertConfig, ProjectorSpec
 from composition.generate import pad_rows
 from composition.lora import LoraDelta
 from composition.prompt import build_prompt_row, user_message
@@ -98,6 +100,16 @@ class TrainConfig:
     stage3_steps: int = 30
     stage3_batch_size: int = 16
     lr_stage3: float = 1e-3
+    # The trainings whose stage-2 loss weighs every row alike instead of every answer token:
+    # a "Yes."/"No." or "Three." row is a token or two beside a description's dozen, and
+    # without this the shared experts answered every yes/no question with one constant
+    # (README "What the bundled experts can do"). The decoupled experts never did, and are
+    # trained per token as they were built.
+    row_weighted: tuple[str, ...] = ("shared",)
+    # The trainings whose stage 3 also replays stage-2 rows (half a stage-2 batch per step):
+    # a shared delta reads the modality tokens too, and text-only lookup rows alone wore the
+    # shared experts' yes/no answers down. Only "shared" can be listed (see __post_init__).
+    stage3_replay: tuple[str, ...] = ("shared",)
     prefix_tokens: int = 2
     suffix_tokens: int = 2
     seed: int = 0
@@ -117,9 +129,24 @@ class TrainConfig:
             if modality not in FEATURE_DIMS or not is_int(steps) or steps < 0:
                 raise ValueError(f"TrainConfig.stage2_steps_by_modality has ({modality!r}, {steps!r}); expected "
                                  f"(one of {tuple(FEATURE_DIMS)}, a non-negative integer).")
+        # Replay needs every delta the rows read on the layers; stage 3 of a decoupled expert
+        # holds only its text delta, so only shared experts can replay.
+        for name, allowed in (("row_weighted", TRAINING_KINDS), ("stage3_replay", ("shared",))):
+            if not set(getattr(self, name)) <= set(allowed):
+                raise ValueError(f"TrainConfig.{name} is {getattr(self, name)!r}; expected trainings from {allowed}.")
         unknown = set(self.kinds) - set(KINDS)
         if unknown:
             raise ValueError(f"TrainConfig.kinds has unknown question kinds {sorted(unknown)}; expected from {tuple(KINDS)}.")
+
+
+@dataclass
+class Replay:
+    """What stage 3 replays stage-2 rows from: the modality's training scenes and the expert's
+    (frozen) stage-2 parts."""
+
+    data: ModalityData
+    parts: ModalityParts
+    colours_known: bool = True
 
 
 @dataclass
@@ -206,8 +233,9 @@ class Trainer:
                 return picked
         return None
 
-    def _batch(self, data: ModalityData, parts: ModalityParts, rng: np.random.Generator, kinds: tuple[str, ...], colours_known: bool):
-        idx = [int(i) for i in rng.integers(0, len(data), size=self.config.batch_size)]
+    def _batch(self, data: ModalityData, parts: ModalityParts, rng: np.random.Generator, kinds: tuple[str, ...],
+               colours_known: bool, rows: int | None = None):
+        idx = [int(i) for i in rng.integers(0, len(data), size=rows or self.config.batch_size)]
         weights = np.array([KINDS[k] for k in kinds])
         rows, routes, targets = [], [], []
         for i in idx:
@@ -233,8 +261,10 @@ class Trainer:
         batch = pad_rows(rows, routes, torch.zeros(len(rows), dtype=torch.long))
         return batch, targets
 
-    def _loss(self, data, parts, rng, kinds, colours_known, coef_table):
-        batch, targets = self._batch(data, parts, rng, kinds, colours_known)
+    def _loss(self, data, parts, rng, kinds, colours_known, coef_table, per_row: bool = False, rows: int | None = None):
+        """Cross-entropy of a stage-2 batch (``rows`` rows, default the batch size): averaged over
+        the answer tokens, or with ``per_row`` over the rows (each row's mean over its tokens)."""
+        batch, targets = self._batch(data, parts, rng, kinds, colours_known, rows)
         self.router.set(coef_table[batch.route_ids] if coef_table is not None else None)
         # Rows are left-padded, so every answer lies in the last positions: only those get
         # logits (the 49k-word head over every prompt position was a quarter of a step: 1.34×).
@@ -250,7 +280,9 @@ class Trainer:
             n = len(ids)
             # The answer is the last n positions; position p predicts p+1.
             pred = logits[b, t - n - 1: t - 1]
-            losses.append(F.cross_entropy(pred.float(), torch.tensor(ids), reduction="sum"))
+            losses.append(F.cross_entropy(pred.float(), torch.tensor(ids, device=pred.device), reduction="sum"))
+        if per_row:
+            return torch.stack([loss / len(ids) for loss, ids in zip(losses, targets)]).mean()
         return torch.stack(losses).sum() / sum(len(ids) for ids in targets)
 
     def _run(self, name: str, steps: int, params: list[tuple[list[nn.Parameter], float]], loss_fn, seed: int,
@@ -490,7 +522,8 @@ class Trainer:
             log = self._run(f"{data.modality} {training} stage 2", self.config.steps_for(data.modality),
                             [([tuned.prefix, tuned.suffix], self.config.lr_tokens),
                              (lora_params, self.config.lr_lora)],
-                            lambda rng: self._loss(data, tuned, rng, self.config.kinds, colours_known, table),
+                            lambda rng: self._loss(data, tuned, rng, self.config.kinds, colours_known, table,
+                                                   per_row=training in self.config.row_weighted),
                             seed=2 if training == "shared" else 3, on_step=on_step)
         finally:
             lift_slots()
@@ -528,12 +561,21 @@ class Trainer:
             self.router.set(None)
         return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.to(device).reshape(-1), ignore_index=-100)
 
-    def stage3(self, deltas: dict[str, LoraDelta], training: str, modality: str) -> tuple[dict[str, LoraDelta], list[dict]]:
+    def stage3(self, deltas: dict[str, LoraDelta], training: str, modality: str,
+               replay: Replay | None = None) -> tuple[dict[str, LoraDelta], list[dict]]:
         """Train the text-side delta (``text``, or ``shared``) on the option-letter lookup; the
-        other deltas and ``deltas`` itself are left untouched. Returns (new deltas, log)."""
+        other deltas and ``deltas`` itself are left untouched. Returns (new deltas, log).
+
+        For the trainings in ``config.stage3_replay`` each step also takes half a stage-2 batch
+        of ``replay`` (the modality's training scenes and the expert's frozen parts), so the
+        delta keeps what stage 2 taught it about the modality tokens."""
         name = "shared" if training == "shared" else "text"
         if name not in deltas:
             raise ValueError(f"stage 3 needs the {name!r} delta of a {training} expert; got deltas {sorted(deltas)}.")
+        replaying = training in self.config.stage3_replay and self.config.stage3_steps > 0
+        if replaying and replay is None:
+            raise ValueError(f"stage 3 of a {training} expert replays stage-2 rows (TrainConfig.stage3_replay="
+                             f"{self.config.stage3_replay}); pass replay=Replay(data, parts, colours_known).")
         from .lookup import letter_token_ids
 
         delta = deltas[name]
@@ -549,14 +591,32 @@ class Trainer:
             layer.train_slot(0, a, b, delta.alpha / delta.r)
             params += [a, b]
         try:
+            loss = lambda rng: self._lookup_loss(rng, modality, letters)  # noqa: E731
+            if replaying:
+                loss = self._with_replay(loss, replay, training)
             log = self._run(f"{modality} {training} stage 3", self.config.stage3_steps, [(params, self.config.lr_stage3)],
-                            lambda rng: self._lookup_loss(rng, modality, letters), seed=4 if training == "shared" else 5)
+                            loss, seed=4 if training == "shared" else 5)
             tuned = LoraDelta(delta.r, delta.alpha, {m: layer.trainable[0][0].detach().cpu().clone() for m, layer in trained.items()},
                               {m: layer.trainable[0][1].detach().cpu().clone() for m, layer in trained.items()})
         finally:
             for layer in trained.values():
                 layer.remove_slot(0)
         return {**deltas, name: tuned}, log
+
+    def _with_replay(self, lookup_loss, replay: Replay, training: str):
+        """``lookup_loss`` plus the loss of half a stage-2 batch of ``replay`` on the shared delta
+        (in slot 0, on every token), weighted as stage 2 weighs it."""
+        frozen = ModalityParts(replay.parts.projector, replay.parts.prefix.detach(), replay.parts.suffix.detach(),
+                               replay.parts.point_encoder, replay.parts.features)
+        table = torch.ones(len(self.routes), 1)
+        half = max(1, self.config.batch_size // 2)
+
+        def loss(rng: np.random.Generator) -> torch.Tensor:
+            seen = self._loss(replay.data, frozen, rng, self.config.kinds, replay.colours_known, table,
+                              per_row=training in self.config.row_weighted, rows=half)
+            return lookup_loss(rng) + seen
+
+        return loss
 
     def make_expert(self, modality: str, training: str, deltas: dict, parts: ModalityParts) -> Expert:
         name = expert_name(modality, training)
