@@ -358,7 +358,7 @@ def test_row_weighted_loss_counts_every_row_alike(monkeypatch):
     counts once. Both are the matching weighted means of the rows' losses."""
     trainer, data, _, parts, _ = train("shared", steps=1)
     table = torch.ones(len(trainer.routes), 1)
-    batch, targets = trainer._batch(data, parts, np.random.default_rng(7), ("yesno", "describe"), True, rows=4)
+    batch, targets = trainer._batch(data, parts, np.random.default_rng(7), ("yesno", "describe"), True, n_rows=4)
     lengths = [len(t) for t in targets]
     assert len(set(lengths)) > 1, lengths  # short and long answers in one batch
     drawn = iter([(batch, targets), (batch, targets)] + _rows_of(batch, targets))
@@ -383,7 +383,7 @@ def test_shared_stage3_replays_stage2_rows_and_keeps_what_stage2_taught():
             layer.train_slot(0, shared.A[name], shared.B[name], shared.alpha / shared.r)
         try:
             with torch.no_grad():
-                return trainer._loss(data, parts, np.random.default_rng(11), trainer.config.kinds, True, table, rows=16).item()
+                return trainer._loss(data, parts, np.random.default_rng(11), trainer.config.kinds, True, table, n_rows=16).item()
         finally:
             for layer in trainer.layers.values():
                 layer.remove_slot(0)

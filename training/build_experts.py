@@ -209,13 +209,6 @@ def _save_and_score(trainer: Trainer, expert, target: Path, heldout, colours_kno
     return accuracy
 
 
-def _expert_parts(expert) -> dict[str, torch.Tensor]:
-    """A saved expert's projector, prefix/suffix and point encoder, keyed as ``Trainer.parts_tensors`` keys them."""
-    tensors = {f"projector.{k}": v for k, v in expert.projector.state_dict().items()}
-    tensors |= {"prefix": expert.prefix, "suffix": expert.suffix}
-    return tensors | {f"point_encoder.{k}": v for k, v in expert.encoder_state.items()}
-
-
 def apply_stage3(source: Path, out_dir: Path, config: TrainConfig, cache_dir: Path, modalities=MODALITIES, device: str = "cpu",
                  eval_items: int = 42, log=print, kinds=KINDS, n_scenes: int = TRAIN_SCENES) -> dict:
     """Stage 3 on the experts saved in ``source`` (those of ``modalities`` and ``kinds``), written to
@@ -249,7 +242,7 @@ def apply_stage3(source: Path, out_dir: Path, config: TrainConfig, cache_dir: Pa
             replay = None
             if training in config.stage3_replay:
                 data = prepare_modality(modality, n_scenes, config.seed, cache_dir, log=log)
-                replay = Replay(data, trainer.parts_from_tensors(data, _expert_parts(expert), []), colours_known)
+                replay = Replay(data, trainer.expert_parts(data, expert), colours_known)
             expert.deltas, rows = trainer.stage3(expert.deltas, training, modality, replay)
             report["seconds"][f"{name}/stage3"] = round(time.perf_counter() - t0, 1)
             accuracy = _save_and_score(trainer, expert, out_dir / name, heldout, colours_known, report, source=folder)

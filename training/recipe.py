@@ -69,6 +69,14 @@ def projector_spec(modality: str, hidden: int) -> ProjectorSpec:
                          width=QFORMER_WIDTH, intermediate=2 * QFORMER_WIDTH, positions=tokens)
 
 
+def _keyed_parts(projector: nn.Module, prefix: torch.Tensor, suffix: torch.Tensor,
+                 encoder_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors of a modality's parts under the keys build states save them with."""
+    tensors = {f"projector.{k}": v for k, v in projector.state_dict().items()}
+    tensors |= {"prefix": prefix.detach(), "suffix": suffix.detach()}
+    return tensors | {f"point_encoder.{k}": v for k, v in encoder_state.items()}
+
+
 def expert_name(modality: str, training: str) -> str:
     """An expert's name (and bundled folder): the modality for decoupled experts, ``<modality>-shared`` for shared ones."""
     return modality if training == "decoupled" else f"{modality}-shared"
@@ -234,8 +242,8 @@ class Trainer:
         return None
 
     def _batch(self, data: ModalityData, parts: ModalityParts, rng: np.random.Generator, kinds: tuple[str, ...],
-               colours_known: bool, rows: int | None = None):
-        idx = [int(i) for i in rng.integers(0, len(data), size=rows or self.config.batch_size)]
+               colours_known: bool, n_rows: int | None = None):
+        idx = [int(i) for i in rng.integers(0, len(data), size=n_rows or self.config.batch_size)]
         weights = np.array([KINDS[k] for k in kinds])
         rows, routes, targets = [], [], []
         for i in idx:
@@ -261,10 +269,10 @@ class Trainer:
         batch = pad_rows(rows, routes, torch.zeros(len(rows), dtype=torch.long))
         return batch, targets
 
-    def _loss(self, data, parts, rng, kinds, colours_known, coef_table, per_row: bool = False, rows: int | None = None):
-        """Cross-entropy of a stage-2 batch (``rows`` rows, default the batch size): averaged over
+    def _loss(self, data, parts, rng, kinds, colours_known, coef_table, per_row: bool = False, n_rows: int | None = None):
+        """Cross-entropy of a stage-2 batch (``n_rows`` rows, default the batch size): averaged over
         the answer tokens, or with ``per_row`` over the rows (each row's mean over its tokens)."""
-        batch, targets = self._batch(data, parts, rng, kinds, colours_known, rows)
+        batch, targets = self._batch(data, parts, rng, kinds, colours_known, n_rows)
         self.router.set(coef_table[batch.route_ids] if coef_table is not None else None)
         # Rows are left-padded, so every answer lies in the last positions: only those get
         # logits (the 49k-word head over every prompt position was a quarter of a step: 1.34×).
@@ -369,11 +377,14 @@ class Trainer:
     # --- parts and deltas as tensors (a build's saved progress, training.checkpoint) ----
     @staticmethod
     def parts_tensors(parts: ModalityParts) -> dict[str, torch.Tensor]:
-        tensors = {f"projector.{k}": v for k, v in parts.projector.state_dict().items()}
-        tensors |= {"prefix": parts.prefix.detach(), "suffix": parts.suffix.detach()}
-        if parts.point_encoder is not None:
-            tensors |= {f"point_encoder.{k}": v for k, v in parts.point_encoder.state_dict().items()}
-        return tensors
+        encoder = parts.point_encoder.state_dict() if parts.point_encoder is not None else {}
+        return _keyed_parts(parts.projector, parts.prefix, parts.suffix, encoder)
+
+    def expert_parts(self, data: ModalityData, expert: Expert) -> ModalityParts:
+        """A saved expert's projector, boundary tokens and point encoder as frozen-projector
+        parts over ``data`` (its stage 3 replays stage-2 rows through them)."""
+        return self.parts_from_tensors(data, _keyed_parts(expert.projector, expert.prefix, expert.suffix,
+                                                          expert.encoder_state), [])
 
     def parts_from_tensors(self, data: ModalityData, tensors: dict[str, torch.Tensor], log: list[dict]) -> ModalityParts:
         """The inverse of ``parts_tensors`` (strict: every key of the modules, and only those);
@@ -488,13 +499,7 @@ class Trainer:
                 layer.train_slot(slot, a, b, self.config.alpha / self.config.rank)
                 factors[delta][name] = (a, b)
                 lora_params += [a, b]
-        n_routes = len(self.routes)
-        table = torch.zeros(n_routes, len(delta_names))
-        for route, r in self.routes.items():
-            if training == "shared":
-                table[r, 0] = 1.0
-            else:
-                table[r, 0 if route == TEXT_ROUTE else 1] = 1.0
+        table = self._route_table(training)
         def snapshot() -> dict[str, LoraDelta]:
             return {d: LoraDelta(self.config.rank, self.config.alpha, {n: a.detach().clone() for n, (a, _) in f.items()},
                                  {n: b.detach().clone() for n, (_, b) in f.items()}) for d, f in factors.items()}
@@ -528,6 +533,15 @@ class Trainer:
         finally:
             lift_slots()
         return snapshot(), tuned, log
+
+    def _route_table(self, training: str) -> torch.Tensor:
+        """Which training slot each route's tokens use: a shared expert's one delta (slot 0) on
+        every token; a decoupled expert's text delta (slot 0) on text, its modality delta
+        (slot 1) on the modality block."""
+        table = torch.zeros(len(self.routes), 1 if training == "shared" else 2)
+        for route, r in self.routes.items():
+            table[r, 0 if training == "shared" or route == TEXT_ROUTE else 1] = 1.0
+        return table
 
     def _lookup_loss(self, rng: np.random.Generator, modality: str, letters: list[int]) -> torch.Tensor:
         """Cross-entropy on the option letters (token ids ``letters``) of a batch of text-only
@@ -608,12 +622,12 @@ class Trainer:
         (in slot 0, on every token), weighted as stage 2 weighs it."""
         frozen = ModalityParts(replay.parts.projector, replay.parts.prefix.detach(), replay.parts.suffix.detach(),
                                replay.parts.point_encoder, replay.parts.features)
-        table = torch.ones(len(self.routes), 1)
+        table = self._route_table(training)  # only shared experts replay: one slot, every token
         half = max(1, self.config.batch_size // 2)
 
         def loss(rng: np.random.Generator) -> torch.Tensor:
             seen = self._loss(replay.data, frozen, rng, self.config.kinds, replay.colours_known, table,
-                              per_row=training in self.config.row_weighted, rows=half)
+                              per_row=training in self.config.row_weighted, n_rows=half)
             return lookup_loss(rng) + seen
 
         return loss
