@@ -40,6 +40,16 @@ def test_config_validates():
         TrainConfig(batch_size=0)
     with pytest.raises(ValueError, match="unknown question kinds"):
         TrainConfig(kinds=("describe", "poetry"))
+    with pytest.raises(ValueError, match=r"stage0_scale_by_modality has \('point', 0\)"):
+        TrainConfig(stage0_scale_by_modality=(("point", 0),))
+    with pytest.raises(ValueError, match=r"stage2_steps_by_modality has \('smell', 3\)"):
+        TrainConfig(stage2_steps_by_modality=(("smell", 3),))
+
+
+def test_stage0_steps_scale_per_modality():
+    config = TrainConfig(stage0_steps=10, stage0_scale_by_modality=(("point", 3),))
+    assert [config.stage0_steps_for(m) for m in ("image", "audio", "video", "point")] == [10, 10, 10, 30]
+    assert TrainConfig(stage0_steps=10, stage0_scale_by_modality=()).stage0_steps_for("point") == 10
 
 
 @pytest.mark.parametrize("training", ["decoupled", "shared"])
@@ -270,6 +280,8 @@ def test_point_stage1_trains_on_cached_features_of_the_frozen_encoder(tmp_path):
                          stage2_steps=1, batch_size=2, warmup_steps=1)
     trainer = Trainer(tiny_base(), config, log=lambda *_: None)
     parts = trainer.stage1(data)
+    # the point slot reader trains for its modality's multiple of stage0_steps
+    assert [row["stage0_step"] for row in parts.log if "stage0_step" in row][-1] == config.stage0_steps_for("point") == 6
     before = {k: v.clone() for k, v in parts.point_encoder.state_dict().items()}
     assert len(parts.features) == len(data) and parts.features[0].shape == (64, FEATURE_DIMS["point"])
     deltas, tuned, _ = trainer.stage2(data, parts, "decoupled")

@@ -265,7 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenes", type=int, default=TRAIN_SCENES, help="training scenes per modality")
     parser.add_argument("--point-pretrain-steps", type=int, default=TrainConfig.point_pretrain_steps,
                         help="point encoder pre-training steps (a classifier, no LLM pass)")
-    parser.add_argument("--stage0-steps", type=int, default=TrainConfig.stage0_steps)
+    parser.add_argument("--stage0-steps", type=int, default=TrainConfig.stage0_steps,
+                        help=f"slot-reader steps (default %(default)s; times {dict(TrainConfig.stage0_scale_by_modality)} "
+                             "for those modalities)")
     parser.add_argument("--stage1-steps", type=int, default=TrainConfig.stage1_steps)
     parser.add_argument("--stage2-steps", type=int, default=None,
                         help=f"stage-2 steps for every modality (default {TrainConfig.stage2_steps}, "

@@ -213,7 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenes", type=int, default=TRAIN_SCENES, help="training scenes (the build's default)")
     parser.add_argument("--heldout-items", type=int, default=28)
     parser.add_argument("--heldout-seed", type=int, default=HELDOUT_SEED)
-    parser.add_argument("--stage0-steps", type=int, default=TrainConfig.stage0_steps)
+    parser.add_argument("--stage0-steps", type=int, default=TrainConfig.stage0_steps,
+                        help=f"slot-reader steps (default %(default)s; times {dict(TrainConfig.stage0_scale_by_modality)} "
+                             "for those modalities)")
     parser.add_argument("--stage1-steps", type=int, default=TrainConfig.stage1_steps)
     parser.add_argument("--cache", default=str(REPO / ".cache" / "training"))
     parser.add_argument("--out", default=str(REPO / ".cache" / "curves" / "curves.json"))

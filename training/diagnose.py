@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     slots = sub.add_parser("slots", help="train a fresh slot reader (stage 0) and score it on held-out scenes")
     slots.add_argument("--modality", required=True, choices=("image", "audio", "video", "point"))
     slots.add_argument("--scenes", type=int, default=None, help="training scenes (default: the build's)")
-    slots.add_argument("--steps", type=int, default=None, help="stage-0 steps (default: the recipe's)")
+    slots.add_argument("--steps", type=int, default=None, help="stage-0 steps (default: the recipe's for the modality)")
     slots.add_argument("--heldout-items", type=int, default=200)
     slots.add_argument("--heldout-seed", type=int, default=7007, help="default 7007 (training.curves' held-out seed)")
     slots.add_argument("--cache", default=str(Path(__file__).resolve().parent.parent / ".cache" / "training"))
@@ -220,7 +220,8 @@ def _slots(args) -> dict:
     from .recipe import TrainConfig, Trainer
     from .render_audio import speech_available
 
-    config = TrainConfig() if args.steps is None else TrainConfig(stage0_steps=args.steps)
+    # --steps is the count this modality trains for, so no per-modality factor on top of it.
+    config = TrainConfig() if args.steps is None else TrainConfig(stage0_steps=args.steps, stage0_scale_by_modality=())
     scenes = TRAIN_SCENES if args.scenes is None else args.scenes
     check_int(scenes, "--scenes", 1)
     check_int(args.heldout_items, "--heldout-items", 1)
@@ -231,7 +232,7 @@ def _slots(args) -> dict:
     trainer = Trainer(load_base_llm(), config, log=quiet)
     start = time.perf_counter()
     parts = trainer.stage0_parts(data, args.modality != "audio" or speech_available(), heldout)
-    return {"modality": args.modality, "train_scenes": len(data), "steps": config.stage0_steps,
+    return {"modality": args.modality, "train_scenes": len(data), "steps": config.stage0_steps_for(args.modality),
             "heldout_scenes": len(heldout), "heldout_seed": args.heldout_seed,
             "heldout": next(row["stage0_heldout"] for row in parts.log if "stage0_heldout" in row),
             "seconds": round(time.perf_counter() - start, 1)}
