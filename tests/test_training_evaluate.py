@@ -130,7 +130,7 @@ def test_variant_parse_reads_settings_and_refuses_bad_ones():
     config = v.config(recipe)
     assert (config.rank, config.alpha) == (8, 16.0)  # alpha / rank stays the recipe's
     assert v.targets == "mlp"
-    assert Variant.parse("steps=140").config(recipe).steps_for("audio") == 140
+    assert Variant.parse("steps=140").config(recipe).stage2_steps_for("audio") == 140
     assert Variant.parse("recipe").config(recipe) == recipe
     assert Variant.parse("schedule=constant,batch=16,lr=1e-3").config(recipe).batch_size == 16
     for bad in ("rank=0", "targets=all", "schedule=linear", "lr=-1", "steps", "warmup=3"):

@@ -31,7 +31,7 @@ import torch
 
 from .checkpoint import BuildPaused, BuildState, differing
 from .data import TRAIN_SCENES, ModalityData, prepare_modality
-from .recipe import ModalityParts, Replay, TrainConfig, Trainer, expert_name
+from .recipe import ModalityParts, Replay, TrainConfig, Trainer, add_stage0_1_arguments, expert_name
 from .world import MODALITIES
 
 REPO = Path(__file__).resolve().parent.parent
@@ -265,10 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenes", type=int, default=TRAIN_SCENES, help="training scenes per modality")
     parser.add_argument("--point-pretrain-steps", type=int, default=TrainConfig.point_pretrain_steps,
                         help="point encoder pre-training steps (a classifier, no LLM pass)")
-    parser.add_argument("--stage0-steps", type=int, default=TrainConfig.stage0_steps,
-                        help=f"slot-reader steps (default %(default)s; times {dict(TrainConfig.stage0_scale_by_modality)} "
-                             "for those modalities)")
-    parser.add_argument("--stage1-steps", type=int, default=TrainConfig.stage1_steps)
+    add_stage0_1_arguments(parser)
     parser.add_argument("--stage2-steps", type=int, default=None,
                         help=f"stage-2 steps for every modality (default {TrainConfig.stage2_steps}, "
                              f"{dict(TrainConfig.stage2_steps_by_modality)} for those modalities)")

@@ -36,7 +36,7 @@ import torch
 from checks import check_int
 
 from .data import TRAIN_SCENES
-from .recipe import MLP_TARGETS, SCHEDULES, TARGETS, TrainConfig, Trainer
+from .recipe import MLP_TARGETS, SCHEDULES, TARGETS, TrainConfig, Trainer, add_stage0_1_arguments
 
 REPO = Path(__file__).resolve().parent.parent
 TARGET_SETS = {"qkvo": TARGETS, "mlp": MLP_TARGETS}
@@ -143,7 +143,7 @@ def measure(trainer: Trainer, data, heldout, modality: str, training: str, varia
     write(result)
     for variant in variants:
         config = variant.config(recipe)
-        steps = config.steps_for(modality)
+        steps = config.stage2_steps_for(modality)
         trainer.reconfigure(config, TARGET_SETS[variant.targets or "qkvo"], variant.schedule or "cosine")
         entry = {"settings": {k: v for k, v in asdict(variant).items() if v is not None and k != "name"},
                  "stage2_steps": steps, "points": []}
@@ -213,10 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenes", type=int, default=TRAIN_SCENES, help="training scenes (the build's default)")
     parser.add_argument("--heldout-items", type=int, default=28)
     parser.add_argument("--heldout-seed", type=int, default=HELDOUT_SEED)
-    parser.add_argument("--stage0-steps", type=int, default=TrainConfig.stage0_steps,
-                        help=f"slot-reader steps (default %(default)s; times {dict(TrainConfig.stage0_scale_by_modality)} "
-                             "for those modalities)")
-    parser.add_argument("--stage1-steps", type=int, default=TrainConfig.stage1_steps)
+    add_stage0_1_arguments(parser)
     parser.add_argument("--cache", default=str(REPO / ".cache" / "training"))
     parser.add_argument("--out", default=str(REPO / ".cache" / "curves" / "curves.json"))
     parser.add_argument("--plot", default=None, help="PNG path (default: --out with .png)")

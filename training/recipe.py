@@ -128,7 +128,7 @@ class TrainConfig:
     seed: int = 0
     kinds: tuple[str, ...] = tuple(KINDS)
 
-    def steps_for(self, modality: str) -> int:
+    def stage2_steps_for(self, modality: str) -> int:
         """Stage-2 steps for one modality (the per-modality override, else ``stage2_steps``)."""
         return dict(self.stage2_steps_by_modality).get(modality, self.stage2_steps)
 
@@ -155,6 +155,14 @@ class TrainConfig:
         unknown = set(self.kinds) - set(KINDS)
         if unknown:
             raise ValueError(f"TrainConfig.kinds has unknown question kinds {sorted(unknown)}; expected from {tuple(KINDS)}.")
+
+
+def add_stage0_1_arguments(parser) -> None:
+    """``--stage0-steps`` and ``--stage1-steps`` of the CLIs that run stages 0-1 (build_experts, curves)."""
+    factors = dict(TrainConfig.stage0_scale_by_modality)
+    parser.add_argument("--stage0-steps", type=int, default=TrainConfig.stage0_steps,
+                        help=f"slot-reader steps (default %(default)s; times {factors} for those modalities)")
+    parser.add_argument("--stage1-steps", type=int, default=TrainConfig.stage1_steps)
 
 
 @dataclass
@@ -468,8 +476,7 @@ class Trainer:
             torch.manual_seed(self.config.seed * 1013 + list(FEATURE_DIMS).index(data.modality))
             log = train_slot_reader(parts.projector, features, slot_targets(data, colours_known), emb,
                                     self.config.stage0_steps_for(data.modality), self.config.stage0_batch_size,
-                                    self.config.lr_stage0,
-                                    seed=self.config.seed + 7, log=self.log)
+                                    self.config.lr_stage0, seed=self.config.seed + 7, log=self.log)
         parts.projector.requires_grad_(False).eval()
         if heldout is not None and len(heldout):
             held = heldout.inputs if parts.point_encoder is None else self._encode_clouds(parts, heldout)
@@ -535,7 +542,7 @@ class Trainer:
         try:
             if at_checkpoint is not None and 0 in checkpoints:
                 on_step(0)
-            log = self._run(f"{data.modality} {training} stage 2", self.config.steps_for(data.modality),
+            log = self._run(f"{data.modality} {training} stage 2", self.config.stage2_steps_for(data.modality),
                             [([tuned.prefix, tuned.suffix], self.config.lr_tokens),
                              (lora_params, self.config.lr_lora)],
                             lambda rng: self._loss(data, tuned, rng, self.config.kinds, colours_known, table,
