@@ -1,4 +1,4 @@
-"""``python -m composition``: see composition/cli.py."""
+"""``python -m composition``: see composition/cli/."""
 import sys
 
 from .cli import main

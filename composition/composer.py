@@ -19,6 +19,7 @@ import torch
 
 from .errors import CompositionError
 from .expert import Expert, load_expert
+from .inputs import ModalInput
 from .generate import GenerationConfig, RoutedBatch, generate_batch, pad_rows, prefill_logits
 from .lora import LLAMA_TARGETS
 from .prompt import PromptRow, build_prompt_row, user_message
@@ -32,19 +33,32 @@ MAX_DENSE_RESULTS = 2
 MAX_CORE_RESULTS = 8
 
 
+@dataclass(frozen=True)
+class RowRequest:
+    """One prompt for the batch entry: the user's text and its inputs.
+
+    ``message_fn(question, modalities read)`` writes the user turn (default: one
+    ``label: <placeholder>`` line per input, then the question; the paper-fidelity
+    prompt passes the human turn verbatim); ``answer_prefix`` is text the answer is made
+    to start with (a scoring tool forcing "cone (" to read the next token).
+    """
+
+    question: str
+    inputs: tuple[ModalInput, ...] = ()
+    message_fn: Callable[[str, list[str]], str] = user_message
+    answer_prefix: str = ""
+
+
 @dataclass
-class ModalInput:
-    """One input file after loading: the validated tensor its encoder consumes."""
+class RowAnswer:
+    """One (request, variant) answer of the batch entry."""
 
-    modality: str
-    data: torch.Tensor
-    source_name: str = ""
-    notes: list[str] = field(default_factory=list)
-    path: str | None = None  # the file, for an encoder that decodes it with its own limits (8192 points, 8 frames)
-
-    @classmethod
-    def from_loaded(cls, loaded, path=None) -> "ModalInput":
-        return cls(loaded.modality, loaded.data, loaded.source_name, list(loaded.notes), None if path is None else str(path))
+    variant: ResolvedVariant
+    text: str
+    token_ids: list[int]
+    prompt_tokens: int
+    seconds: float  # the whole batch's wall time
+    first_logits: torch.Tensor | None = None  # (vocab,) at the first generated position, with keep_logits
 
 
 @dataclass
@@ -72,22 +86,13 @@ FeatureFn = Callable[[Expert, ModalInput], torch.Tensor]
 
 
 def encode_with_registry(expert: Expert, item: ModalInput) -> torch.Tensor:
-    """Features of ``item`` from the expert's frozen encoder (shared across experts of one kind).
+    """Features of ``item`` from the expert's frozen encoder, computed once per (input, encoder).
 
-    An encoder that was trained on other decoder limits than the defaults (Point-BERT's 8192
-    points, LanguageBind's 8 frames) gets the file decoded again with its own limits.
+    The input is read in the form the encoder was trained on (its decoder limits: Point-BERT's
+    8192 points, LanguageBind's 8 frames), decoded once and kept by the input.
     """
-    from modalities import get_modality
-    from modalities.encoders import encoder_spec, get_encoder
-
-    ref = expert.config.encoder
-    encoder = get_encoder(ref.kind, ref.source, state_dict=expert.encoder_state or None)
-    modality = get_modality(item.modality)
-    limits = {k: v for k, v in encoder_spec(ref.kind).input_limits.items() if getattr(modality.limits, k, None) != v}
-    data = item.data
-    if limits and item.path is not None:
-        data = modality.with_limits(**limits).load(item.path).data
-    return encoder.encode(data)
+    encoder = expert.bind_encoder()
+    return item.features(expert.encoder_key, lambda: encoder.encode(item.decoded(expert.input_limits).data))
 
 
 class ComposedModel:
@@ -308,16 +313,17 @@ class ComposedModel:
         return blocks
 
     def prompt_rows(self, question: str, inputs: Sequence[ModalInput], variants: Sequence[ResolvedVariant], *,
-                    message_fn: Callable[[str, list[str]], str] = user_message) -> list[PromptRow]:
+                    message_fn: Callable[[str, list[str]], str] = user_message, answer_prefix: str = "") -> list[PromptRow]:
         """One prompt row per variant; ``message_fn(question, modalities it reads)`` writes the user turn
-        (default: the studio's one line per input; the MCUB runner passes the paper's verbatim turn)."""
+        (default: the studio's one line per input; the MCUB runner passes the paper's verbatim turn);
+        ``answer_prefix`` is text the answer is made to start with."""
         blocks = self.encode_inputs(variants, inputs)
         rows = []
         embed = self.model.get_input_embeddings()
         for rv in variants:
             taken = [(i, item) for i, item in enumerate(inputs) if item.modality in rv.block_experts]
             message = message_fn(question, [item.modality for _, item in taken])
-            prompt = self.base.template.format_prompt(message)
+            prompt = self.base.template.format_prompt(message) + answer_prefix
             per_modality: dict[str, list[torch.Tensor]] = {}
             for i, item in taken:
                 per_modality.setdefault(item.modality, []).append(blocks[(rv.block_experts[item.modality].name, i)])
@@ -332,6 +338,67 @@ class ComposedModel:
         return pad_rows([row.embeds for row in rows], route_ids, text_ids)
 
     # --- running ------------------------------------------------------------
+    def compose(self, plan: Plan) -> torch.Tensor:
+        """Online composition of a plan: its dense merges computed (or reused) and its coefficient table
+        built, ``(variants × routes, slots)``. What a coefficient change costs; generation does it itself.
+
+        Takes the model's lock only to compute a missing dense merge, so it never waits for a
+        running generation (the app times every slider move with it).
+        """
+        self.prepare_dense(plan.variants)
+        return self.coef_table(plan.variants)
+
+    def generate_rows(self, requests: Sequence[RowRequest], plan: Plan, generation: GenerationConfig | None = None, *,
+                      on_step: Callable[[list[list[str]]], None] | None = None, should_stop: Callable[[], bool] | None = None,
+                      keep_logits: bool = False) -> list[list[RowAnswer]]:
+        """The batch entry: every request answered by every variant of ``plan``, in one batch.
+
+        Compare (one request), the evaluation runner (a chunk of items), the benchmarks and the
+        training tools all come through here; nothing outside the engine assembles a batch.
+
+        Args:
+            requests: the prompts (each with its own inputs, of the modalities ``plan`` was made for).
+            plan: the variants and their coefficients (``plan()``).
+            generation: decoding settings (default greedy, 64 new tokens).
+            on_step: after each decoding step, the texts so far, ``[request][variant]`` (streaming).
+            should_stop: returning True ends generation after the current step (a user cancelling).
+            keep_logits: each answer keeps the logits of its first generated position (scoring tools).
+        Returns:
+            ``answers[request][variant]``, variants in plan order.
+        """
+        generation = generation or GenerationConfig()
+        requests = list(requests)
+        resolved = plan.variants
+        if not requests or not resolved:
+            raise CompositionError("nothing to generate: a batch needs at least one request and one variant.")
+        for request in requests:
+            present = {item.modality for item in request.inputs}
+            if set(plan.present) != present:
+                raise CompositionError(f"the plan was made for inputs {sorted(plan.present)} but a request has "
+                                       f"{sorted(present)}; plan again with these inputs.")
+        v = len(resolved)
+        with self.lock:
+            start = time.perf_counter()
+            self.prepare_dense(resolved)
+            rows = [row for request in requests for row in self._request_rows(request, resolved)]
+            table = self.coef_table(list(resolved) * len(requests))
+            step_cb = None
+            if on_step is not None:
+                step_cb = lambda toks: on_step([[self.decode(toks[k * v + j]) for j in range(v)]  # noqa: E731
+                                                for k in range(len(requests))])
+            first: list[torch.Tensor] = []
+            scoring = {"on_first_logits": first.append} if keep_logits else {}
+            tokens = generate_batch(self.model, self.router, self.routed_batch(rows), table, generation,
+                                    self.base.eos_token_ids, step_cb, should_stop, **scoring)
+            seconds = time.perf_counter() - start
+        return [[RowAnswer(rv, self.decode(tokens[k * v + j]), tokens[k * v + j], rows[k * v + j].length, seconds,
+                           first[0][k * v + j].float() if first else None)
+                 for j, rv in enumerate(resolved)] for k in range(len(requests))]
+
+    def _request_rows(self, request: RowRequest, resolved: Sequence[ResolvedVariant]) -> list[PromptRow]:
+        return self.prompt_rows(request.question, request.inputs, resolved, message_fn=request.message_fn,
+                                answer_prefix=request.answer_prefix)
+
     def compare(self, question: str, inputs: Sequence[ModalInput] = (), variants: Sequence[str | VariantSpec] | Plan | None = None,
                 coefficients: Coefficients | None = None, config: GenerationConfig | None = None, *, batched: bool = True,
                 on_step: Callable[[list[str]], None] | None = None, should_stop: Callable[[], bool] | None = None) -> list[VariantAnswer]:
@@ -341,41 +408,27 @@ class ComposedModel:
         """
         if not isinstance(question, str) or not question.strip():
             raise CompositionError("the question is empty; type a question for the models to answer.")
-        config = config or GenerationConfig()
         present = {item.modality for item in inputs}
         if isinstance(variants, Plan):
             plan = variants
-            if set(plan.present) != present:
-                raise CompositionError(f"the plan was made for inputs {sorted(plan.present)} but the request has "
-                                       f"{sorted(present)}; plan again with these inputs.")
         else:
             plan = self.plan(present, list(variants) if variants else None, coefficients)
-        resolved = plan.variants
-        with self.lock:
-            self.prepare_dense(resolved)
-            rows = self.prompt_rows(question, inputs, resolved)
-            groups = [list(range(len(rows)))] if batched else [[i] for i in range(len(rows))]
-            answers: list[VariantAnswer | None] = [None] * len(rows)
-            for group in groups:
-                start = time.perf_counter()
-                table = self.coef_table([resolved[i] for i in group])
-                batch = self.routed_batch([rows[i] for i in group])
-                step_cb = None
-                if on_step is not None:
-                    step_cb = lambda toks, g=group: on_step(self._partial(toks, g, len(rows)))  # noqa: E731
-                tokens = generate_batch(self.model, self.router, batch, table, config, self.base.eos_token_ids, step_cb, should_stop)
-                seconds = time.perf_counter() - start
-                for j, i in enumerate(group):
-                    rv = resolved[i]
-                    answers[i] = VariantAnswer(rv.name, self.decode(tokens[j]), seconds, len(tokens[j]), rows[i].length,
-                                               self._notes(rv, inputs), tokens[j], rv.kind, rv.experts, rv.coefficients_json())
-        return answers
+        request = RowRequest(question, tuple(inputs))
+        groups = [plan] if batched else [plan.only([i]) for i in range(len(plan.variants))]
+        texts = [""] * len(plan.variants)
+        answers: list[VariantAnswer] = []
+        for g, group in enumerate(groups):
+            offset = 0 if batched else g
 
-    def _partial(self, tokens: list[list[int]], group: list[int], total: int) -> list[str]:
-        texts = [""] * total
-        for j, i in enumerate(group):
-            texts[i] = self.decode(tokens[j])
-        return texts
+            def partial(step: list[list[str]], offset=offset) -> None:
+                texts[offset: offset + len(step[0])] = step[0]
+                on_step(list(texts))
+
+            rows = self.generate_rows([request], group, config, on_step=partial if on_step else None, should_stop=should_stop)[0]
+            answers += [VariantAnswer(a.variant.name, a.text, a.seconds, len(a.token_ids), a.prompt_tokens,
+                                      self._notes(a.variant, inputs), a.token_ids, a.variant.kind, a.variant.experts,
+                                      a.variant.coefficients_json()) for a in rows]
+        return answers
 
     def decode(self, ids: list[int]) -> str:
         return self.base.tokenizer.decode(ids, skip_special_tokens=True).strip()
@@ -388,8 +441,10 @@ class ComposedModel:
             if modality not in given and rv.kind is VariantKind.EXPERT:
                 notes.append(f"the {modality} expert got no {modality} input")
         for item in inputs:
-            if item.modality in rv.block_experts:
-                notes += [f"{item.source_name}: {n}" if item.source_name else n for n in item.notes]
+            expert = rv.block_experts.get(item.modality)
+            if expert is not None:  # what the decoder changed in the form this expert's encoder read
+                form = item.decoded(expert.input_limits)
+                notes += [f"{item.source_name}: {n}" if item.source_name else n for n in form.notes]
         return notes
 
     @torch.no_grad()

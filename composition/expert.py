@@ -188,6 +188,17 @@ class ExpertConfig:
             ) from None
 
 
+def encoder_input_limits(kind: str) -> dict:
+    """The decoder limits an encoder kind was trained with (``{}``: the modality's defaults, also for a kind
+    the registry does not know, whose features a caller's own feature function computes)."""
+    from modalities.encoders import EncoderError, encoder_spec
+
+    try:
+        return dict(encoder_spec(kind).input_limits)
+    except EncoderError:
+        return {}
+
+
 @dataclass
 class Expert:
     """One single-modality expert: config, deltas, projector and learned boundary tokens."""
@@ -199,6 +210,32 @@ class Expert:
     suffix: torch.Tensor  # (suffix_tokens, hidden)
     encoder_state: dict[str, torch.Tensor] = field(default_factory=dict)
     path: Path | None = None
+    _encoder: object = field(default=None, init=False, repr=False, compare=False)
+    _encoder_key: tuple | None = field(default=None, init=False, repr=False, compare=False)
+
+    def bind_encoder(self):
+        """This expert's frozen encoder, looked up once (the registry shares one instance per kind, source
+        and weights) and kept: later inputs do not look it up, or hash its weights, again."""
+        if self._encoder is None:
+            from modalities.encoders import get_encoder
+            from modalities.encoders.registry import state_dict_digest
+
+            ref = self.config.encoder
+            state = self.encoder_state or None
+            self._encoder = get_encoder(ref.kind, ref.source, state_dict=state)
+            self._encoder_key = (ref.kind, ref.source, state_dict_digest(state))
+        return self._encoder
+
+    @property
+    def encoder_key(self) -> tuple:
+        """What identifies this expert's encoder and its weights: inputs keep their features under it."""
+        self.bind_encoder()
+        return self._encoder_key
+
+    @property
+    def input_limits(self) -> dict:
+        """The decoder limits this expert's encoder was trained with (``{}``: the modality's defaults)."""
+        return encoder_input_limits(self.config.encoder.kind)
 
     def __post_init__(self) -> None:
         expected = set(self.config.delta_names)

@@ -193,11 +193,13 @@ def prefill(model, router: Router, batch: RoutedBatch, coef_table: torch.Tensor,
 @torch.no_grad()
 def generate_batch(model, router: Router, batch: RoutedBatch, coef_table: torch.Tensor, config: GenerationConfig,
                    eos_token_ids: list[int], on_step: Callable[[list[list[int]]], None] | None = None,
-                   should_stop: Callable[[], bool] | None = None) -> list[list[int]]:
+                   should_stop: Callable[[], bool] | None = None,
+                   on_first_logits: Callable[[torch.Tensor], None] | None = None) -> list[list[int]]:
     """Generate new token ids for every row (EOS excluded).
 
     ``on_step`` sees the tokens so far after each step (for streaming); ``should_stop``
-    returning True ends generation early (a user cancelling).
+    returning True ends generation early (a user cancelling); ``on_first_logits`` sees the
+    ``(B, vocab)`` logits of the first generated position (for scoring tools).
     """
     generator = torch.Generator().manual_seed(config.seed) if config.temperature > 0 else None
     eos = torch.tensor(sorted(set(eos_token_ids)), device=batch.embeds.device)
@@ -210,6 +212,8 @@ def generate_batch(model, router: Router, batch: RoutedBatch, coef_table: torch.
     cache_keyword = _cache_keyword(model)
     try:
         logits, cache = prefill(model, router, batch, coef_table)
+        if on_first_logits is not None:
+            on_first_logits(logits)
         for step in range(config.max_new_tokens):
             next_tokens = _pick(logits, config, generator)
             finished_now = torch.isin(next_tokens, eos) if eos.numel() else torch.zeros_like(done)

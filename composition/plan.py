@@ -40,6 +40,10 @@ class Plan:
     def variant(self, name: str) -> ResolvedVariant | None:
         return next((v for v in self.variants if v.name == name), None)
 
+    def only(self, indices: Sequence[int]) -> "Plan":
+        """The same plan with only the variants at ``indices`` (run one at a time, for instance)."""
+        return Plan([self.variants[i] for i in indices], {}, {}, self.present)
+
 
 def describe_coefficients(coefficients: Mapping) -> str:
     """``λ image 0.50, audio 0.50 · μ image 1.00, audio 1.00 · density 0.3``: applied values in words

@@ -4,6 +4,8 @@ A variant resolves to one sparse coefficient vector over delta slots per *route*
 tokens (generated tokens are text too) and its tokens of each modality block.
 
 - ``expert:<name>``: its own deltas (shared D, or text T / modality M), only its own inputs.
+- ``base``: the base LLM alone, no delta on any token and no input (the reference for what a
+  composition keeps of the base).
 - ``NaiveMC`` (shared experts): every token uses ``Σ_i D_i / K``, the exact mean of the deltas.
 - ``DAMC`` (decoupled experts): text uses ``Σ_i λ_i T_i``; tokens of modality m_i use ``μ_i M_i``.
 - a registry method on the text deltas (decoupled experts; modality deltas kept as in
@@ -22,6 +24,7 @@ from .expert import Expert
 
 NAIVE = "NaiveMC"
 DAMC = "DAMC"
+BASE = "base"
 EXPERT_PREFIX = "expert:"
 TEXT_ROUTE = "text"
 COEF_RANGE = (-4.0, 4.0)
@@ -64,14 +67,15 @@ class VariantKind(str, Enum):
     """What a variant is; the engine and every layer above branch on this, never on its name."""
 
     EXPERT = "expert"  # one expert alone
+    BASE = "base"  # the base LLM alone: no delta on any token (what compositions are measured against)
     NAIVE = "naive"  # NaiveMC
     DAMC = "damc"  # DAMC
     METHOD = "method"  # a registry merge method
 
     @property
     def composes(self) -> bool:
-        """True for the variants that merge several experts (everything but a single expert)."""
-        return self is not VariantKind.EXPERT
+        """True for the variants that merge several experts (everything but a single expert and the base)."""
+        return self not in (VariantKind.EXPERT, VariantKind.BASE)
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,8 @@ class VariantSpec:
             return VariantSpec(NAIVE, VariantKind.NAIVE)
         if name == DAMC:
             return VariantSpec(DAMC, VariantKind.DAMC)
+        if name == BASE:
+            return VariantSpec(BASE, VariantKind.BASE)
         if name.startswith(EXPERT_PREFIX) and len(name) > len(EXPERT_PREFIX):
             return VariantSpec(name, VariantKind.EXPERT, expert=name[len(EXPERT_PREFIX):])
         if name.partition(SPACE_SEPARATOR)[0] in {m.name for m in list_methods()}:
@@ -104,7 +110,7 @@ class VariantSpec:
                 warnings.warn(note, RenamedParameterWarning, stacklevel=2)
             return VariantSpec(name, VariantKind.METHOD, method=method_name, hyper=tuple(sorted(values.items())), space=space)
         methods = ", ".join(m.name for m in list_methods())
-        raise CompositionError(f"unknown variant {name!r}; expected {NAIVE}, {DAMC}, expert:<name> or a merge method ({methods}; "
+        raise CompositionError(f"unknown variant {name!r}; expected {NAIVE}, {DAMC}, expert:<name>, {BASE} or a merge method ({methods}; "
                                f"<method>{SPACE_SEPARATOR}core runs it in the experts' low-rank core space).")
 
     @staticmethod
@@ -243,6 +249,8 @@ def resolve_variant(spec: VariantSpec, experts: list[Expert], slots: SlotTable, 
     error that names the modality); a single expert reads only its own modality's inputs.
     """
     by_name = {e.name: e for e in experts}
+    if spec.kind is VariantKind.BASE:  # reads no input: its prompt has only the text
+        return ResolvedVariant(spec, {TEXT_ROUTE: {}}, {})
     if spec.kind is VariantKind.EXPERT:
         expert = by_name.get(spec.expert)
         if expert is None:

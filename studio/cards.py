@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from composition.plan import describe_coefficients
 
-KIND_COLOURS = {"naive": "#d97706", "damc": "#4f46e5", "expert": "#0f766e", "method": "#be185d"}
+KIND_COLOURS = {"naive": "#d97706", "damc": "#4f46e5", "expert": "#0f766e", "method": "#be185d", "base": "#64748b"}
 
 
 @dataclass

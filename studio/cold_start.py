@@ -83,7 +83,7 @@ def measure(expert_dir: Path | None = None, timeout_s: float = 300.0) -> dict:
     """Cold start with ``expert_dir``, else the bundled experts, else random experts shaped like them."""
     import torch
 
-    from composition.benchmark import bundled_expert_folders, random_real_experts
+    from composition.benchmarks.speed import bundled_expert_folders, random_real_experts
     from composition.expert import save_expert
 
     if expert_dir is not None or bundled_expert_folders():

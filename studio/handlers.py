@@ -74,7 +74,7 @@ def slider_views(studio: Studio, values: Mapping, *, reset: bool = False):
 
 def world_banner(studio: Studio) -> str:
     """What the bundled experts know, shown next to the inputs while any is loaded ('' otherwise)."""
-    from composition.catalog import is_bundled
+    from composition.world_notes import is_bundled
 
     bundled = [e for e in studio.cm.experts.values() if is_bundled(e) and e.config.trained_on]
     if not bundled:
@@ -113,7 +113,8 @@ def answered_with(studio: Studio, values: Mapping) -> str:
 
 def token_routing(studio: Studio, variant: str, values: Mapping) -> str:
     settings = settings_of(studio, values)
-    inputs = load_user_inputs(collect_files(media_of(values)))
+    experts = studio.cm.experts
+    inputs = load_user_inputs(collect_files(media_of(values)), [experts[n] for n in settings.selected if n in experts])
     return routing_html(studio, values.get(QUESTION) or "What do these inputs have in common?", inputs, variant, settings)
 
 

@@ -1,15 +1,22 @@
-"""User files -> validated inputs (ModalityError messages pass through untouched), and previews."""
+"""User files -> validated inputs (ModalityError messages pass through untouched), and previews.
+
+An upload is decoded once per process: the point-cloud preview, a Compare and the token
+routing view of the same file share one ``ModalInput`` (kept by file identity, a few at a
+time), which holds every decoded form and the features computed from them.
+"""
 from __future__ import annotations
 
 import os
 import tempfile
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Iterable, Mapping
 
-from composition.catalog import load_inputs, world_notes
-from composition.composer import ModalInput
-from modalities import MODALITY_NAMES, get_modality
+from composition.inputs import ModalInput, decoder_needs, load_inputs
+from composition.world_notes import world_notes
+from modalities import MODALITY_NAMES, LoadedInput, get_modality
 
 
 def file_path(value) -> str | None:
@@ -28,15 +35,55 @@ def collect_files(media: Mapping[str, object]) -> dict[str, list[str]]:
     return {m: [p] for m in MODALITY_NAMES if (p := file_path(media.get(m)))}
 
 
-def load_user_inputs(files: Mapping[str, list[str]]) -> list[ModalInput]:
-    """Validate and decode every file; the first bad one raises its ModalityError (names the file, says the fix)."""
-    return load_inputs(files)
+class InputCache:
+    """Inputs decoded in this process, by file identity (path, size, modification time), least recently used first out.
+
+    Gradio stores each upload under its own path, so the same path with the same size and
+    time is the same upload; a file changed in place gets a new entry.
+    """
+
+    def __init__(self, capacity: int = 16) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[tuple, ModalInput] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, modality: str, path: str, forms) -> ModalInput:
+        """The input of ``path`` with ``forms`` decoded (decoded now if new: a bad file raises its ModalityError)."""
+        try:
+            st = os.stat(path)
+            key = (modality, os.path.realpath(path), st.st_size, st.st_mtime_ns)
+        except OSError:
+            key = None  # the loader says what is wrong with it
+        with self._lock:
+            item = self._items.get(key) if key else None
+            if item is not None:
+                self._items.move_to_end(key)
+        if item is None:
+            (item,) = load_inputs({modality: [path]}, {modality: list(forms)})
+            if key:
+                with self._lock:
+                    self._items[key] = item
+                    while len(self._items) > self.capacity:
+                        self._items.popitem(last=False)
+        for limits in forms:
+            item.decoded(limits)
+        return item
 
 
-def outside_world_notes(experts: Mapping, plan, files: Mapping[str, list[str]]) -> dict[str, str]:
+INPUTS = InputCache()
+
+
+def load_user_inputs(files: Mapping[str, list[str]], experts: Iterable = ()) -> list[ModalInput]:
+    """Validate and decode every file in the forms ``experts``' encoders read (default forms when none);
+    the first bad one raises its ModalityError (names the file, says the fix)."""
+    needs = decoder_needs(experts)
+    return [INPUTS.get(m, path, needs.get(m) or [{}]) for m in MODALITY_NAMES for path in files.get(m, ()) or ()]
+
+
+def outside_world_notes(experts: Mapping, plan, inputs) -> dict[str, str]:
     """Notes for the bundled experts of ``plan`` that read a file which is not one of the examples."""
     taking_part = {n for v in plan.variants for n in v.experts}
-    return world_notes([experts[n] for n in taking_part if n in experts], files)
+    return world_notes([experts[n] for n in taking_part if n in experts], inputs)
 
 
 def point_accept() -> list[str]:
@@ -50,7 +97,9 @@ def point_preview(path) -> tuple[object, str]:
     if path is None:
         return None, None
     modality = get_modality("point")
-    preview = modality.preview(modality.load(path))
+    item = INPUTS.get("point", path, [{}])
+    form = item.decoded()
+    preview = modality.preview(LoadedInput("point", form.data, item.source_name, list(form.notes), dict(form.meta)))
     handle = tempfile.NamedTemporaryFile(prefix="points-", suffix=".ply", delete=False)
     with handle:
         handle.write(preview["ply_bytes"])

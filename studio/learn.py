@@ -5,7 +5,8 @@ from __future__ import annotations
 import html
 from typing import Sequence
 
-from composition.composer import ComposedModel, ModalInput
+from composition.composer import ComposedModel
+from composition.inputs import ModalInput
 from composition.errors import CompositionError
 from composition.prompt import placeholder_pattern, tokenize_segments
 from composition.variants import DAMC, NAIVE, TEXT_ROUTE, VariantKind, VariantSpec

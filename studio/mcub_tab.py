@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Callable
 
 from composition.errors import CompositionError
-from composition.mcub import ALL_FOUR, RULES, McubResult, evaluate, load_mcub, synth_sets
-from composition.tune import parse_grid, split_items, tune_coefficients  # noqa: F401 (parse_grid: the app's grids)
+from composition.evaluation import ALL_FOUR, RULES, McubResult, evaluate, load_mcub, synth_sets
+from composition.evaluation.tune import parse_grid, split_items, tune_coefficients  # noqa: F401 (parse_grid: the app's grids)
 from composition.variants import Coefficients, VariantSpec
 
 from .session import Studio

@@ -22,7 +22,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Mapping
 
-from composition.composer import ModalInput, VariantAnswer
+from composition.composer import VariantAnswer
+from composition.inputs import ModalInput
 from composition.errors import CompositionError
 from composition.plan import Plan, describe_coefficients
 
@@ -68,10 +69,11 @@ def prepare(studio: Studio, settings: StudioSettings, question: str, files: Mapp
                                "(or start the app with --experts DIR).")
     if not settings.selected:
         raise CompositionError("no expert is selected; tick at least one expert in the Experts tab.")
-    inputs = load_user_inputs(files)
+    experts = studio.cm.experts
+    inputs = load_user_inputs(files, [experts[n] for n in settings.selected if n in experts])
     plan = plan_request(studio, settings, {i.modality for i in inputs}, experts_without_input=experts_without_input)
     return Request(studio, question, inputs, plan, settings, studio.folder_warnings(settings.selected), plan_line(plan),
-                   outside_world_notes(studio.cm.experts, plan, files))
+                   outside_world_notes(experts, plan, inputs))
 
 
 def plan_request(studio: Studio, settings: StudioSettings, present: set[str], *, experts_without_input: bool = False) -> Plan:
@@ -259,8 +261,7 @@ def compose_timing(studio: Studio, settings: StudioSettings, present: set[str]) 
     start = time.perf_counter()
     plan = plan_request(studio, settings, present)
     try:
-        studio.cm.prepare_dense(plan.variants)  # takes the lock only to compute a missing dense merge
-        table = studio.cm.coef_table(plan.variants)
+        table = studio.cm.compose(plan)  # takes the lock only to compute a missing dense merge
     except Exception as exc:  # noqa: BLE001 - a merge method's dense result may not fit on the GPU
         if not is_out_of_memory(exc):
             raise

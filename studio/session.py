@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from composition.catalog import BUNDLED_EXPERTS, default_coefficients, expert_folders
+from composition.discovery import BUNDLED_EXPERTS, default_coefficients, expert_folders
 from composition.composer import ComposedModel
 from composition.errors import ExpertError
 from composition.expert import EXPERT_JSON
@@ -87,7 +87,7 @@ class Studio:
         if not path:
             raise ExpertError("type the path of an expert folder (one holding expert.json) or a Hugging Face hub id.")
         if not Path(path).expanduser().exists() and _looks_like_hub_id(path):
-            from composition.catalog import fetch_expert  # json + safetensors only; clear "no network" error
+            from composition.fetch import fetch_expert  # json + safetensors only; clear "no network" error
 
             path = str(fetch_expert(path))
         try:

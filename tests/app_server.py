@@ -5,7 +5,7 @@ import socket
 
 import pytest
 
-from composition.factory import save_random_experts
+from composition.random_models import save_random_experts
 
 
 def free_port() -> int:

@@ -52,6 +52,6 @@ def smollm2(base_cache_dir):
 def random_experts_dir(smollm2, tmp_path_factory):
     """Two untrained (random, small) decoupled experts, image and audio, on the real base:
     for plumbing tests (CLI, MCUB runner), not answer quality."""
-    from composition.factory import save_random_experts
+    from composition.random_models import save_random_experts
 
     return save_random_experts(smollm2, tmp_path_factory.mktemp("random-experts"), ("image", "audio"))

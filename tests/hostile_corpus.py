@@ -644,7 +644,7 @@ def case_specs() -> list[Spec]:
 # --- valid references and the writer ----------------------------------------------------------
 def tiny_base_for_experts():
     """The tiny base of composition/factory.py with the fields save_random_experts reads (hidden_size)."""
-    from composition.factory import HIDDEN, tiny_base
+    from composition.random_models import HIDDEN, tiny_base
 
     base = tiny_base()
     return SimpleNamespace(model=base.model, name=base.name, sha256=base.sha256, hidden_size=HIDDEN)
@@ -670,7 +670,7 @@ def valid_mcub(root: Path) -> Path:
 def _write_valid(ctx: Ctx) -> None:
     from PIL import Image
 
-    from composition.factory import save_random_experts
+    from composition.random_models import save_random_experts
 
     ctx.valid.mkdir(parents=True)
     rng = np.random.default_rng(SEED)

@@ -60,7 +60,7 @@ def serve(args: argparse.Namespace) -> None:
     from composition.base_llm import load_base_llm
     from composition.composer import ComposedModel
     from studio.session import Studio, load_studio
-    from composition.factory import save_random_experts
+    from composition.random_models import save_random_experts
 
     # Stops by itself even if the parent dies without closing our stdin.
     killer = threading.Timer(args.deadline, lambda: os._exit(3))

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from composition.benchmark import BenchConfig, format_gpu, gpu_section
+from composition.benchmarks.speed import BenchConfig, format_gpu, gpu_section
 from composition.cli import main
 
 SIDE_BY_SIDE = {"batched_s", "one_variant_s", "sequential_s", "ratio_vs_one", "ratio_vs_sequential", "prefill_floor",
@@ -86,7 +86,7 @@ def test_quick_on_cuda_runs_the_gpu_section(capsys):
 
 def test_only_gpu_runs_without_the_offline_base_and_rehearses_on_cpu(capsys, monkeypatch):
     """`bench --only gpu` is what a bare GPU machine runs: no offline base, no bundled experts, no example files."""
-    import composition.benchmark as benchmark
+    import composition.benchmarks.speed as benchmark
 
     def no_base(*args, **kwargs):
         raise AssertionError("--only gpu loaded the offline base")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from composition.catalog import BUNDLED_EXPERTS, scan_experts
+from composition.discovery import BUNDLED_EXPERTS, scan_experts
 from composition.composer import ComposedModel
-from composition.catalog import load_inputs
+from composition.inputs import load_inputs
 from composition.generate import GenerationConfig
 from training.evaluate import normalize
 from training.instructions import question_for
@@ -85,8 +85,8 @@ def test_compositions_find_what_every_input_shows_where_single_experts_cannot(bu
     """The paper's finding on fresh MCUB-synth-4 items: each input shows the answer and one
     distractor option, so a single expert (one input) is capped near 1/2, while DAMC and
     NaiveMC combine all four inputs (tests/test_world.py proves both bounds with oracle readers)."""
-    from composition.mcub import accuracy, evaluate
-    from composition.mcub_files import load_mcub
+    from composition.evaluation import accuracy, evaluate
+    from composition.evaluation.files import load_mcub
     from training.mcub_synth import build_mcub_synth
 
     items = load_mcub(build_mcub_synth("synth-4", HELDOUT_SEED, MCUB_ITEMS, tmp_path))

@@ -9,7 +9,7 @@ import torch
 from composition.composer import ComposedModel
 from training.diagnose import answer_breakdown, main, named_option
 from training.lookup import letter_lookup_accuracy
-from composition.factory import random_expert, tiny_base
+from composition.random_models import random_expert, tiny_base
 
 ITEMS = [
     {"id": "q1", "meta": {"options": ["star", "cone", "cross", "ring"], "answer_category": "cone"}},

@@ -4,11 +4,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from composition.composer import ComposedModel, ModalInput
+from composition.composer import ComposedModel
+from composition.inputs import ModalInput
 from composition.errors import CompositionError
 from composition.generate import GenerationConfig
 from composition.variants import Coefficients
-from composition.factory import features_as_data, random_expert, random_features, tiny_base
+from composition.random_models import features_as_data, random_expert, random_features, tiny_base
 
 QUESTION = "What do these inputs have in common?"
 

@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from composition.errors import ExpertError
 from composition.expert import load_expert, save_expert
-from composition.factory import linear_shapes, random_expert, tiny_base
+from composition.random_models import linear_shapes, random_expert, tiny_base
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +146,7 @@ def test_base_mismatch_warns_but_loads(base, saved):
 def test_fetch_expert_local_and_offline_hub(saved, monkeypatch, tmp_path):
     import huggingface_hub.constants
 
-    from composition.catalog import fetch_expert
+    from composition.fetch import fetch_expert
 
     _, folder = saved
     assert fetch_expert(str(folder)) == folder

@@ -20,7 +20,7 @@ from studio.cards import STOPPED
 from studio.session import Studio
 from studio.settings import StudioSettings
 from tests.test_studio_handlers import CHEETAH, MEDIA, ask, controls, file_features, make_studio, short
-from composition.factory import random_expert, tiny_base
+from composition.random_models import random_expert, tiny_base
 
 OOM = "CUDA out of memory. Tried to allocate 20.00 GiB (GPU 0; 79.11 GiB total capacity)"
 IMAGE_ONLY = [CHEETAH, None, None, None]
@@ -331,7 +331,7 @@ def live(smollm2, base_cache_dir, tmp_path_factory):
     import app
     from studio.session import load_studio
     from tests.app_server import free_port
-    from composition.factory import save_random_experts
+    from composition.random_models import save_random_experts
 
     folder = save_random_experts(smollm2, tmp_path_factory.mktemp("fault-experts"), ("image", "audio", "point"))
     studio = load_studio([folder], cache_dir=base_cache_dir, device="cpu")

@@ -27,7 +27,7 @@ from studio.mcub_tab import SOURCES, load_items
 from studio.inputs import point_preview
 from studio.session import Studio
 from tests.hostile_corpus import (Case, KINDS, build_corpus, case_specs, valid_experts, valid_inputs, valid_mcub)
-from composition.factory import tiny_base
+from composition.random_models import tiny_base
 
 REPO = Path(__file__).resolve().parent.parent
 SPECS = case_specs()

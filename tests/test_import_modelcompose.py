@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from composition.composer import ComposedModel, ModalInput
+from composition.composer import ComposedModel
+from composition.inputs import ModalInput
 from composition.expert import load_expert
-from composition.factory import ModelShape, features_as_data, synthetic_base
+from composition.random_models import ModelShape, features_as_data, synthetic_base
 from composition.generate import GenerationConfig
 from composition.importers import ImportError_, import_modelcompose
 from composition.importers.modelcompose import build_experts, convert
@@ -327,7 +328,7 @@ def test_segments_get_bos_only_on_the_first():
     A Llama-like tokenizer that adds <s> with special tokens on."""
     from tokenizers import processors
 
-    from composition.factory import byte_tokenizer
+    from composition.random_models import byte_tokenizer
     from composition.prompt import tokenize_segments
 
     tok = byte_tokenizer()
@@ -340,7 +341,7 @@ def test_segments_get_bos_only_on_the_first():
 
 def test_the_preset_imports_once_and_serves_the_imported_experts(tmp_path):
     """`--preset modelcompose` without the hub: the same code path over a local base and checkpoint (CPU, fp32)."""
-    from composition.factory import ModelShape, synthetic_base
+    from composition.random_models import ModelShape, synthetic_base
     from studio.presets import PresetPlan, load_preset_studio
 
     base = synthetic_base(ModelShape("tiny", 64, 2, 4, 128))

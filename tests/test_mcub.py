@@ -7,15 +7,16 @@ from pathlib import Path
 
 import pytest
 
-import composition.mcub as mcub
+import composition.composer as composer
+import composition.evaluation.runner as mcub
 from composition.composer import ComposedModel
 from composition.errors import CompositionError
 from composition.generate import GenerationConfig
-from composition.mcub import (RULES, McubFormatError, McubItem, McubResult, Prediction, accuracy, evaluate, load_mcub,
+from composition.evaluation import (RULES, McubFormatError, McubItem, McubResult, Prediction, accuracy, evaluate, load_mcub,
                               score_answer)
 from composition.variants import Coefficients
 from tests.cli_runner import run_cli
-from composition.factory import pooled_features, random_expert, tiny_base
+from composition.random_models import pooled_features, random_expert, tiny_base
 
 MODALITIES = ("image", "audio", "video", "point")
 CONFIG = GenerationConfig(max_new_tokens=4)
@@ -81,11 +82,11 @@ def test_known_answers_are_scored_exactly(cm, items, monkeypatch):
     """Every row answers "B": accuracy is exactly the share of items whose gold letter is B."""
     b = cm.base.tokenizer("B", add_special_tokens=False)["input_ids"]
 
-    def always_b(model, router, batch, table, config, eos):
+    def always_b(model, router, batch, table, config, eos, *args):
         assert table.shape[0] == batch.embeds.shape[0] * (table.shape[0] // batch.embeds.shape[0])
         return [list(b) for _ in range(batch.embeds.shape[0])]
 
-    monkeypatch.setattr(mcub, "generate_batch", always_b)
+    monkeypatch.setattr(composer, "generate_batch", always_b)
     result = evaluate(cm, items, ["DAMC", "expert:audio"], batch_items=8)
     expected = sum(i.answer == "B" for i in items) / len(items)
     assert 0 < expected < 1
@@ -244,7 +245,7 @@ def test_cli_mcub_json_contract(random_experts_dir, base_cache_dir, one_item):
 
 
 def test_length_buckets_bound_padding():
-    from composition.mcub import length_buckets
+    from composition.generate import length_buckets
 
     lengths = [100, 260, 105, 250, 98, 240, 120]
     buckets = length_buckets(lengths)
@@ -258,7 +259,7 @@ def test_skip_and_limit_select_a_contiguous_range(one_item):
     """--skip N --limit M evaluates items N+1..M, so a run can extend an earlier --limit N run."""
     import argparse
 
-    from composition.commands.mcub import _load_sets
+    from composition.cli.mcub import _load_sets
 
     folder, item = one_item
     data = write(folder, [{**item, "id": f"q{i}"} for i in range(5)])
@@ -280,7 +281,11 @@ def test_a_skip_run_does_not_overwrite_the_earlier_predictions(one_item):
     """The default predictions file of a --skip run names its range, so the --limit run it extends keeps its file."""
     import argparse
 
-    from composition.commands.mcub import _load_sets, _output_paths
+    from composition.cli.mcub import _load_sets
+    from composition.evaluation.predictions import output_paths
+
+    def _output_paths(args, sets, stem):
+        return output_paths(sets[0].path, stem, predictions=args.predictions, skip=args.skip, limit=args.limit)
 
     folder, item = one_item
     data = write(folder, [{**item, "id": f"q{i}"} for i in range(5)])

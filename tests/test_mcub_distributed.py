@@ -32,7 +32,7 @@ def tiny_world(tmp_path_factory):
     from PIL import Image
 
     from composition.base_llm import weights_sha256
-    from composition.factory import TEST, save_random_experts, synthetic_base
+    from composition.random_models import TEST, save_random_experts, synthetic_base
 
     root = tmp_path_factory.mktemp("tiny-world")
     base = synthetic_base(TEST, seed=4)

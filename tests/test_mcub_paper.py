@@ -14,14 +14,16 @@ from pathlib import Path
 
 import pytest
 
-import composition.mcub as mcub
+import composition.composer as composer
+import composition.evaluation.runner as mcub
+import composition.evaluation.synth as synth_layout
 from composition.composer import ComposedModel
 from composition.errors import CompositionError
-from composition.factory import pooled_features, random_expert, tiny_base
-from composition.mcub import McubFormatError, McubItem, evaluate, load_mcub, load_question_set
-from composition.mcub_prompt import paper_message, paper_prompt_rows
-from composition.scoring import RULES, detect_family, normalize_vqa_answer, rule_for, strip_output
-from composition.tune import check_disjoint, tune_coefficients
+from composition.random_models import pooled_features, random_expert, tiny_base
+from composition.evaluation import McubFormatError, McubItem, evaluate, load_mcub, load_question_set
+from composition.evaluation.prompt import paper_message, paper_prompt_rows
+from composition.evaluation.scoring import RULES, detect_family, normalize_vqa_answer, rule_for, strip_output
+from composition.evaluation.tune import check_disjoint, tune_coefficients
 from composition.variants import Coefficients
 
 MODALITIES = ("image", "audio", "video", "point")
@@ -72,12 +74,12 @@ def always(cm, monkeypatch, text_for_row):
     """generate_batch replaced: row k answers text_for_row(k, table, n_routes)."""
     from composition.variants import route_names
 
-    def fake(model, router, batch, table, config, eos):
+    def fake(model, router, batch, table, config, eos, *args):
         n_routes = len(route_names())
         return [cm.base.tokenizer(text_for_row(k, table, n_routes), add_special_tokens=False)["input_ids"]
                 for k in range(batch.embeds.shape[0])]
 
-    monkeypatch.setattr(mcub, "generate_batch", fake)
+    monkeypatch.setattr(composer, "generate_batch", fake)
 
 
 # --- the released layout ------------------------------------------------------------
@@ -352,16 +354,16 @@ def test_composition_never_imports_training():
 def test_synth_sets_are_found_where_training_builds_them(tmp_path):
     from training.mcub_synth import SYNTH3_SUBSETS, build_mcub_synth, main, set_name
 
-    assert SYNTH3_SUBSETS == mcub.SYNTH3_SUBSETS
-    assert [f"mcub-{set_name('synth-3', s)}.json" for s in SYNTH3_SUBSETS] == list(mcub.synth_file_names("synth-3").values())
-    with pytest.raises(mcub.SynthSetMissing) as missing:
-        mcub.synth_sets("synth-4", seed=9, n_items=2, cache_dir=tmp_path)
+    assert SYNTH3_SUBSETS == synth_layout.SYNTH3_SUBSETS
+    assert [f"mcub-{set_name('synth-3', s)}.json" for s in SYNTH3_SUBSETS] == list(synth_layout.synth_file_names("synth-3").values())
+    with pytest.raises(synth_layout.SynthSetMissing) as missing:
+        synth_layout.synth_sets("synth-4", seed=9, n_items=2, cache_dir=tmp_path)
     command = missing.value.args[0].split("build it with: ")[1]
     assert command.startswith("python -m training.mcub_synth --kind synth-4 --seed 9 --n-items 2 --out ")
     main(command.split("python -m training.mcub_synth ")[1].split() + ["--workers", "1"])  # the named command, run
-    assert len(load_mcub(mcub.synth_sets("synth-4", seed=9, n_items=2, cache_dir=tmp_path)[mcub.ALL_FOUR])) == 2
+    assert len(load_mcub(synth_layout.synth_sets("synth-4", seed=9, n_items=2, cache_dir=tmp_path)[synth_layout.ALL_FOUR])) == 2
     build_mcub_synth("synth-4", seed=9, n_items=1, out_dir=tmp_path / "seed9-n3")  # wrong size: not silently used
-    with pytest.raises(mcub.SynthSetMissing, match="has 1 items, not 3"):
-        mcub.synth_sets("synth-4", seed=9, n_items=3, cache_dir=tmp_path)
-    with pytest.raises(mcub.SynthSetMissing, match="--kind synth-3 --subset all --seed 9"):
-        mcub.synth_sets("synth-3", seed=9, n_items=2, cache_dir=tmp_path)
+    with pytest.raises(synth_layout.SynthSetMissing, match="has 1 items, not 3"):
+        synth_layout.synth_sets("synth-4", seed=9, n_items=3, cache_dir=tmp_path)
+    with pytest.raises(synth_layout.SynthSetMissing, match="--kind synth-3 --subset all --seed 9"):
+        synth_layout.synth_sets("synth-3", seed=9, n_items=2, cache_dir=tmp_path)

@@ -720,9 +720,10 @@ def test_experts_naming_the_paper_encoders_compose_side_by_side(tmp_path, beats_
     """expert.json names beats / languagebind-video / point-bert with their weight files; the composer
     encodes each input through the registry and answers NaiveMC, DAMC and every expert in one batch.
     (Random experts with an mlp2x_gelu projector: the paper's audio Q-Former is the importer's part.)"""
-    from composition.composer import ComposedModel, ModalInput
+    from composition.composer import ComposedModel
+    from composition.inputs import ModalInput
     from composition.expert import EncoderRef, Expert, ExpertConfig, ProjectorSpec, save_expert
-    from composition.factory import linear_shapes, random_delta, tiny_base
+    from composition.random_models import linear_shapes, random_delta, tiny_base
     from composition.generate import GenerationConfig
 
     base = tiny_base()

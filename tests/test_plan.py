@@ -7,11 +7,13 @@ import pytest
 import torch
 
 from checks import UserError, check_choice, check_float, check_int
-from composition.catalog import BUNDLED_EXPERTS, EXAMPLES, expert_folders, world_notes
-from composition.composer import ComposedModel, ModalInput
+from composition.discovery import BUNDLED_EXPERTS, expert_folders
+from composition.world_notes import EXAMPLES, world_notes
+from composition.composer import ComposedModel
+from composition.inputs import ModalInput
 from composition.errors import CompositionError
 from composition.expert import load_expert
-from composition.factory import features_as_data, random_expert, random_features, tiny_base
+from composition.random_models import features_as_data, random_expert, random_features, tiny_base
 from composition.generate import GenerationConfig
 from composition.variants import TEXT_ROUTE, Coefficients, VariantKind, VariantSpec
 from studio import handlers
@@ -159,10 +161,10 @@ def test_bundled_experts_say_what_they_know_and_note_files_from_outside_it():
     folders = {f.name: f for f in expert_folders([BUNDLED_EXPERTS])}
     image = load_expert(folders["image"])
     assert "synthetic world" in image.config.trained_on and "ball" in image.config.trained_on
-    assert world_notes([image], {"image": [EXAMPLES / "image-example.png"]}) == {}
-    notes = world_notes([image], {"image": [CHEETAH]})
+    assert world_notes([image], [ModalInput("image", path=EXAMPLES / "image-example.png")]) == {}
+    notes = world_notes([image], [ModalInput("image", path=CHEETAH, source_name="cheetah.jpg")])
     assert "knows only the synthetic world" in notes["image"] and "cheetah.jpg is not one of its examples" in notes["image"]
-    assert world_notes([image], {"audio": [CHEETAH]}) == {}  # it does not read that input
+    assert world_notes([image], [ModalInput("audio", path=CHEETAH)]) == {}  # it does not read that input
 
 
 # --- validation helpers ----------------------------------------------------------------------------
@@ -215,7 +217,7 @@ def test_core_space_columns_run_online_beside_the_dense_ones(cm):
 def test_an_encoder_gets_the_file_decoded_with_the_limits_it_was_trained_on(monkeypatch):
     """Point-BERT saw 8192 points: the same uploaded cloud reaches it with 8192, the bundled point encoder with its default."""
     import modalities.encoders as encoders
-    from composition.catalog import load_inputs
+    from composition.inputs import load_inputs
     from composition.composer import encode_with_registry
     from composition.expert import EncoderRef
 
@@ -228,15 +230,15 @@ def test_an_encoder_gets_the_file_decoded_with_the_limits_it_was_trained_on(monk
 
     monkeypatch.setattr(encoders, "get_encoder", lambda *args, **kwargs: Recorder())
     (cloud,) = load_inputs({"point": [EXAMPLES / "point-example.npy"]})
-    expert = random_expert(tiny_base(), "point", "point", "decoupled", 1)
     for kind in ("point-bert", "point-fps-knn"):
+        expert = random_expert(tiny_base(), "point", "point", "decoupled", 1)
         object.__setattr__(expert.config, "encoder", EncoderRef(kind, None, 4))
         encode_with_registry(expert, cloud)
     assert seen[0][0] == 8192 and seen[1] == tuple(cloud.data.shape) and seen[1][0] != 8192
 
 
 def test_the_cli_calls_a_library_value_error_internal(capsys, monkeypatch):
-    import composition.benchmark as benchmark
+    import composition.benchmarks.speed as benchmark
     from composition.cli import main
 
     def broken(*args, **kwargs):
@@ -253,7 +255,7 @@ def test_a_folder_of_experts_ships_its_coefficients(tmp_path):
     """A merged ModelCompose checkpoint imports with composition.json; the CLI and the app start from those λ and μ."""
     import json
 
-    from composition.catalog import default_coefficients
+    from composition.discovery import default_coefficients
 
     one, two, other = tmp_path / "merged", tmp_path / "again", tmp_path / "export"
     for folder in (one, two, other):

@@ -21,7 +21,7 @@ from studio.examples import example_rows
 from studio.exporting import export_zip
 from studio.session import NO_EXPERTS_HELP, Studio
 from studio.settings import MAX_LAMBDA_SLOTS, StudioSettings
-from composition.factory import FEATURE_DIM, random_expert, tiny_base
+from composition.random_models import FEATURE_DIM, random_expert, tiny_base
 
 MEDIA = Path(importlib.util.find_spec("gradio").submodule_search_locations[0]) / "media_assets"
 CHEETAH = str(MEDIA / "images" / "cheetah.jpg")

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from composition.composer import ModalInput
+from composition.inputs import ModalInput
 from composition.expert import load_expert, save_expert
 from training.data import ModalityData
 from training.recipe import FEATURE_DIMS, Replay, TrainConfig, Trainer
 from training.world import World
-from composition.factory import tiny_base
+from composition.random_models import tiny_base
 
 
 def fake_data(modality: str = "image", n: int = 12, seed: int = 0) -> ModalityData:
@@ -181,7 +181,7 @@ def test_stage3_refuses_deltas_of_the_wrong_kind():
 
 
 def test_lookup_rows_learn_only_the_letters():
-    from composition.factory import byte_tokenizer
+    from composition.random_models import byte_tokenizer
     from training.lookup import LOOKUP_VOCABULARY, letter_mask, letter_token_ids, lookup_example
     from training.world import CATEGORIES
 

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from composition.composer import ComposedModel, ModalInput
-from composition.factory import (
+from composition.composer import ComposedModel
+from composition.inputs import ModalInput
+from composition.random_models import (
     features_as_data,
     random_expert,
     random_features,
@@ -208,7 +209,7 @@ def test_cli_on_the_bundled_image_experts(capsys):
     A broken pipeline (wrong encoder, lost projector) answers nothing right: the bundled image
     experts measure 0.77-0.81 on 84 held-out scenes (README), stage 0 alone 0.0, and both
     describe the bundled image example exactly."""
-    from composition.catalog import BUNDLED_EXPERTS
+    from composition.discovery import BUNDLED_EXPERTS
 
     code = evaluate.main(["--experts", str(BUNDLED_EXPERTS / "image"), str(BUNDLED_EXPERTS / "image-shared"),
                           "--items", "7", "--seed", "31", "--examples", "--json"])

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from composition.factory import tiny_base
+from composition.random_models import tiny_base
 from training.checkpoint import BuildPaused, BuildState, StateMismatch
 from training.recipe import TrainConfig, Trainer
 

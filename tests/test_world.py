@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from composition.mcub import score_answer
+from composition.evaluation import score_answer
 from modalities import get_modality
 from training import CATEGORIES, COLOURS, LABELS, MODALITIES, Scene, SceneObject, World, render
 from training.instructions import KINDS, LETTERS, make_instruction_items, question_for

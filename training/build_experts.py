@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parent.parent
 KINDS = ("decoupled", "shared")
 # The code whose change makes a different run of the same command: a build state records
 # its digest and is not resumed by other code (the scenes, questions, recipe and routing).
-RECIPE_CODE = ("training/recipe.py", "training/data.py", "training/instructions.py", "training/world.py",
+RECIPE_CODE = ("training/recipe.py", "training/data.py", "training/instructions.py", "training/world.py", "training/scene.py",
                "training/lookup.py", "training/point_pretrain.py", "training/slots.py", "training/render_image.py", "training/render_audio.py",
                "training/render_video.py", "training/render_point.py", "training/checkpoint.py",
                "composition/routing.py", "composition/prompt.py", "composition/templates.py", "composition/projectors.py")

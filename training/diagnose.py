@@ -115,7 +115,7 @@ def merge_displacement(deltas: list["torch.Tensor"], method: str, space: str = "
 
 
 def _merge(args) -> dict:
-    from composition.catalog import scan_experts
+    from composition.discovery import scan_experts
     from composition.expert import load_expert
     from composition.methods import get_method, layer_seed
 
@@ -240,7 +240,7 @@ def _slots(args) -> dict:
 
 def _lookup(args) -> dict[str, float]:
     from composition.base_llm import load_base_llm
-    from composition.catalog import scan_experts
+    from composition.discovery import scan_experts
     from composition.composer import ComposedModel
 
     from .lookup import letter_lookup_accuracy

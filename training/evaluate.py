@@ -36,7 +36,8 @@ def heldout_accuracy(trainer_or_cm, expert_folder, heldout: ModalityData, colour
         expert_folder: the saved expert (evaluating the artifact users get, fp16 included).
         heldout: scenes never seen in training, with their encoded inputs.
     """
-    from composition.composer import ModalInput, encode_with_registry
+    from composition.composer import encode_with_registry
+    from composition.inputs import ModalInput
     from composition.generate import GenerationConfig
 
     cm = getattr(trainer_or_cm, "cm", trainer_or_cm)
@@ -134,7 +135,7 @@ def render_inputs(items: list[dict], modality: str, folder) -> None:
     as a user's file): sets ``item["inputs"]``."""
     from pathlib import Path
 
-    from composition.catalog import load_inputs
+    from composition.inputs import load_inputs
 
     from .world import EXTENSIONS, render
 
@@ -173,7 +174,7 @@ def check_examples(cm, experts: list, manifest) -> list[dict]:
     import json
     from pathlib import Path
 
-    from composition.catalog import load_inputs
+    from composition.inputs import load_inputs
 
     path = Path(manifest)
     try:
@@ -245,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         if examples_file is not None and not examples_file.is_file():
             raise EvaluateError(f"examples manifest {str(examples_file)!r} does not exist; pass the path of examples/manifest.json.")
         from composition.base_llm import load_base_llm
-        from composition.catalog import scan_experts
+        from composition.discovery import scan_experts
         from composition.composer import ComposedModel
 
         entries = scan_experts(args.experts)

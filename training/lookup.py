@@ -34,6 +34,7 @@ NOUNS: tuple[str, ...] = tuple(
     "map mirror nail needle orange pan pear pen pencil piano pillow plate pot rope ruler saw scarf shell shoe sock "
     "spoon stone table tent tie towel tree truck umbrella vase wallet watch wheel whistle window".split())
 LOOKUP_VOCABULARY: tuple[str, ...] = tuple(dict.fromkeys(CATEGORIES + NOUNS))
+LOOKUP_BATCH = 8  # questions per batch (each runs every variant)
 
 
 def lookup_example(rng: np.random.Generator, modality: str, vocabulary: Sequence[str] = LOOKUP_VOCABULARY) -> tuple[str, str]:
@@ -74,33 +75,27 @@ def letter_lookup_accuracy(cm, variants: Sequence[str], n: int = 48, seed: int =
     """Fraction of `n` text-only MCUB questions (options from the world's categories) where,
     after "<option> (", the most likely of A-D is that option's letter; for the base LLM alone
     ("base") and for each variant (expert or composition, as they answer text)."""
-    from composition.generate import prefill_logits
-    from composition.prompt import build_prompt_row, user_message
-    from composition.variants import Coefficients, route_names
+    from composition.composer import RowRequest
+    from composition.generate import GenerationConfig
+    from composition.variants import BASE, Coefficients
 
     check_int(n, "n", 1)
-    base = cm.base
-    tokenizer = base.tokenizer
-    embed = cm.model.get_input_embeddings()
-    ids = letter_token_ids(tokenizer)
-    resolved = cm.resolve(list(variants), Coefficients(), set())
-    table = cm.coef_table(resolved)
-    if getattr(cm, "_baseline", None) is not None:
+    if getattr(cm, "materialized_variant", None) is not None:
         raise ValueError("the composed model has materialized weights; the base cannot be measured on it. Use a fresh ComposedModel.")
-    # One variant's worth of routes with every coefficient 0: the base LLM alone.
-    base_table = torch.zeros(len(route_names()), table.shape[1], dtype=table.dtype, device=table.device)
+    ids = letter_token_ids(cm.base.tokenizer)
+    plan = cm.plan(set(), [BASE, *variants], Coefficients())
     rng = np.random.default_rng([seed, 41])
-    hits = {name: 0 for name in ["base"] + [rv.name for rv in resolved]}
+    requests, answers = [], []
     for _ in range(n):
         options = [CATEGORIES[i] for i in rng.choice(len(CATEGORIES), size=len(LETTERS), replace=False)]
         k = int(rng.integers(len(LETTERS)))
-        question = mcub_question(options)
-        prompt = base.template.format_prompt(user_message(question, [])) + f"{options[k]} ("
-        row = build_prompt_row(prompt, {}, tokenizer, embed)
-        for name, rows, coef in (("base", [row], base_table), (None, [row] * len(resolved), table)):
-            logits = prefill_logits(cm.model, cm.router, cm.routed_batch(rows), coef)[:, -1, ids]
-            picks = logits.argmax(-1).tolist()
-            names = ["base"] if name == "base" else [rv.name for rv in resolved]
-            for variant, pick in zip(names, picks):
-                hits[variant] += int(pick == k)
+        requests.append(RowRequest(mcub_question(options), answer_prefix=f"{options[k]} ("))
+        answers.append(k)
+    hits = {rv.name: 0 for rv in plan.variants}
+    one_token = GenerationConfig(max_new_tokens=1)
+    for start in range(0, n, LOOKUP_BATCH):
+        rows = cm.generate_rows(requests[start:start + LOOKUP_BATCH], plan, one_token, keep_logits=True)
+        for row, k in zip(rows, answers[start:start + LOOKUP_BATCH]):
+            for answer in row:
+                hits[answer.variant.name] += int(int(answer.first_logits[ids].argmax()) == k)
     return {name: round(h / n, 4) for name, h in hits.items()}

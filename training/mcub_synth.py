@@ -20,10 +20,11 @@ Item design (why single experts fail and compositions can succeed):
     python -m training.mcub_synth --kind synth-4 --n-items 200 --out .cache/mcub-synth
 
 Where `python -m composition mcub --data synth-4|synth-3 --seed S --synth-items N` looks for
-built sets (composition never imports training, so it only finds them): the folder
+built sets (composition never imports training, so it only finds them; the layout is defined
+once, in `composition.evaluation.synth`, and used here): the folder
 `.cache/mcub-synth/seed<S>-n<N>/` of the repository, `mcub-synth4.json` and one
-`mcub-synth3-<initials>.json` per synth-3 subset (`composition.mcub.synth_sets`; it names
-this command when a set is missing):
+`mcub-synth3-<initials>.json` per synth-3 subset (`synth_sets` names this command when a
+set is missing):
 
     python -m training.mcub_synth --kind synth-4 --seed 0 --n-items 200 --out .cache/mcub-synth/seed0-n200
     python -m training.mcub_synth --kind synth-3 --subset all --seed 0 --n-items 200 --out .cache/mcub-synth/seed0-n200
@@ -39,23 +40,20 @@ from pathlib import Path
 
 import numpy as np
 
+from composition.evaluation.synth import SYNTH3_SUBSETS, SYNTH_KINDS, synth_file_name
+
 from .instructions import LETTERS, mcub_question
 from .world import CATEGORIES, EXTENSIONS, MODALITIES, Scene, SceneObject, World, render
 
-KINDS = ("synth-4", "synth-3")
-SYNTH3_SUBSETS: tuple[tuple[str, ...], ...] = (
-    ("image", "audio", "video"), ("image", "audio", "point"),
-    ("image", "video", "point"), ("audio", "video", "point"),
-)
+KINDS = SYNTH_KINDS
 FILLER_PROBABILITY = 0.3
 DEFAULT_ITEMS = 200
 
 
 def set_name(kind: str, subset: tuple[str, ...] | None) -> str:
-    """'synth4', 'synth3' (all four subsets mixed) or 'synth3-iap' (one subset, by initials)."""
-    if kind == "synth-4":
-        return "synth4"
-    return "synth3" if subset is None else "synth3-" + "".join(m[0] for m in subset)
+    """'synth4', 'synth3' (all four subsets mixed) or 'synth3-iap' (one subset, by initials): the file's stem
+    without its 'mcub-' prefix (the layout is ``composition.evaluation.synth``'s)."""
+    return synth_file_name(kind, subset).removeprefix("mcub-").removesuffix(".json")
 
 
 def _check_args(kind: str, subset: tuple[str, ...] | None) -> tuple[str, ...] | None:
@@ -198,7 +196,7 @@ def build_mcub_synth(kind: str, seed: int, n_items: int = DEFAULT_ITEMS, out_dir
     else:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             list(pool.map(_render_job, jobs, chunksize=8))
-    path = out / f"mcub-{set_name(kind, _check_args(kind, subset))}.json"
+    path = out / synth_file_name(kind, _check_args(kind, subset))
     path.write_text(json.dumps(items, indent=1) + "\n", encoding="utf-8")
     return path
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .world import Scene, scene_rng
+from .scene import Scene, scene_rng
 
 SAMPLE_RATE = 16_000
 VOICES = ("en-us", "en-gb")

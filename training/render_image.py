@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .world import COLOURS, Scene, scene_rng
+from .scene import COLOURS, Scene, scene_rng
 
 IMAGE_SIZE = 224
 SUPERSAMPLE = 2

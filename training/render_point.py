@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .render_image import cross_polygon, star_polygon
-from .world import COLOURS, Scene, scene_rng
+from .scene import COLOURS, Scene, scene_rng
 
 POINTS_PER_OBJECT = 1024
 SCALE_RANGE = (0.8, 1.15)

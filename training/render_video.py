@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .render_image import background, draw_object, place
-from .world import COLOURS, Scene, scene_rng
+from .scene import COLOURS, Scene, scene_rng
 
 FRAME_SIZE = 128
 NUM_FRAMES = 16

@@ -85,7 +85,7 @@ def encoder_spec(kind: str) -> EncoderSpec:
         raise EncoderError(f"unknown encoder kind {kind!r}; accepted kinds: {', '.join(list_encoder_kinds())}") from None
 
 
-def _state_dict_digest(state_dict: Mapping[str, torch.Tensor] | None) -> str | None:
+def state_dict_digest(state_dict: Mapping[str, torch.Tensor] | None) -> str | None:
     """Content hash, so two experts with identical trained encoder weights share one instance."""
     if state_dict is None:
         return None
@@ -112,7 +112,7 @@ def get_encoder(kind: str, source: str | None = None, *, device: str | torch.dev
     """
     spec = encoder_spec(kind)
     device, dtype = resolve_device_dtype(device, dtype)
-    key = (kind, source, str(device), dtype, _state_dict_digest(state_dict))
+    key = (kind, source, str(device), dtype, state_dict_digest(state_dict))
     with _LOCK:
         if key not in _CACHE:
             encoder = spec.factory(source, device=device, dtype=dtype, state_dict=state_dict)

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from .errors import CompositionError
+from ..errors import CompositionError
 
 # Question and answers files are read whole; beyond this they are refused (MUSIC-AVQA's test
 # split, the largest, is a few MB).
@@ -321,7 +321,7 @@ def _strip_placeholders(question: str) -> str:
     """Drop modality placeholders and their label lines (``image: <image>``) from a question."""
     from modalities import MODALITY_NAMES, get_modality
 
-    from .mcub_prompt import drop_placeholder_lines
+    from .prompt import drop_placeholder_lines
 
     question = drop_placeholder_lines(question, MODALITY_NAMES)
     for name in MODALITY_NAMES:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..cli import command
+from .registry import command
 
 
 @command("methods", "list the merge methods: formula, hyper-parameters with ranges, spaces (dense/core), group")

@@ -1,25 +1,14 @@
-"""MCUB evaluation: score compositions and single experts on MCUB, AVQA, MUSIC-AVQA or MCUB-synth items.
+"""The MCUB runner: score compositions and single experts on MCUB, AVQA, MUSIC-AVQA or MCUB-synth items.
 
 MCUB (the paper's Multimodal Commonality Understanding Benchmark) gives 3 or 4 inputs of
 different modalities and asks which option (A-D) they have in common. The runner batches
-items *and* variants together: one `generate_batch` call answers every (item, variant) pair
-of a chunk of items, so evaluating six variants costs little more than one (DESIGN.md §1,
-"side by side means batched").
+items *and* variants together through the engine's batch entry
+(``ComposedModel.generate_rows``): one call answers every (item, variant) pair of a chunk of
+items, so evaluating six variants costs little more than one (DESIGN.md §1, "side by side
+means batched").
 
-    from composition.mcub import load_mcub, evaluate
-    items = load_mcub("MCUB-4.json", answers="MCUB-answer.json", data_root="data")
     result = evaluate(cm, items, rule=RULES["first-char"], prompt="paper", config=PAPER_CONFIG)
     result.accuracy()          # {"DAMC": 0.63, "expert:image": 0.41, ...}
-
-Reading files: ``composition.mcub_files`` (the released layout unchanged, and MCUB-synth);
-scoring rules: ``composition.scoring``; the paper-fidelity prompt: ``composition.mcub_prompt``;
-several processes: ``composition.distributed``; the λ/μ search: ``composition.tune``.
-
-MCUB-synth sets are *built* by ``training.mcub_synth`` (composition never imports training);
-this module only finds built sets in the cache folder (``synth_sets``), by the convention
-``<repo>/.cache/mcub-synth/seed<S>-n<N>/mcub-synth4.json`` and
-``.../mcub-synth3-<initials>.json`` per synth-3 subset, and names the build command when a
-set is missing.
 """
 from __future__ import annotations
 
@@ -34,11 +23,12 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 from checks import check_int
 
-from .errors import CompositionError
-from .generate import GenerationConfig, generate_batch, length_buckets  # noqa: F401 (length_buckets: public here too)
-from .mcub_files import (MODALITY_ALIASES, ROLE_ALIASES, McubFormatError, McubItem, QuestionSet,  # noqa: F401 (public here)
+from ..errors import CompositionError
+from ..generate import GenerationConfig
+from .files import (MODALITY_ALIASES, ROLE_ALIASES, McubFormatError, McubItem, QuestionSet,  # noqa: F401 (public here)
                          load_mcub, load_question_set)
-from .mcub_prompt import PAPER_MAX_NEW_TOKENS, PROMPT_MODES, check_paper_turn, paper_prompt_rows
+from .predictions import variant_slug, write_lines
+from .prompt import PAPER_MAX_NEW_TOKENS, PROMPT_MODES, check_paper_turn, paper_message
 from .scoring import LETTERS, RULES, ScoringRule, score_answer  # noqa: F401 (public here)
 
 # How long generated answers are: only the first letter is scored, so a few tokens suffice.
@@ -151,21 +141,6 @@ class McubResult:
         return {v: write_lines(folder / f"{variant_slug(v)}.jsonl", lines) for v, lines in self.paper_lines(items).items()}
 
 
-def variant_slug(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
-
-
-def write_lines(path: str | Path, rows: Iterable[dict]) -> Path:
-    """JSON lines written to a temporary file, then moved into place: a reader never sees half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with tmp.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-    os.replace(tmp, path)
-    return path
-
-
 def _rounded(values: Mapping[str, float]) -> dict[str, float]:
     return {k: round(v, 4) for k, v in values.items()}
 
@@ -205,7 +180,7 @@ def evaluate(cm, items: Sequence[McubItem], variants: Sequence | None = None, co
     Returns:
         a McubResult; predictions in the items' order, then the variants' order.
     """
-    from .variants import Coefficients
+    from ..variants import Coefficients
 
     items = list(items)
     if not items or not all(isinstance(item, McubItem) for item in items):
@@ -275,124 +250,34 @@ def _chunks(items: Sequence[McubItem], size: int) -> list[list[int]]:
     return [group[s:s + size] for group in groups.values() for s in range(0, len(group), size)]
 
 
-def _load_item_inputs(item: McubItem) -> list:
-    """The item's files as ModalInputs; a bad file is reported with the item id."""
-    from modalities import get_modality
-
-    from .composer import ModalInput
+def _load_item_inputs(item: McubItem, needs: Mapping[str, list] | None = None) -> tuple:
+    """The item's files as inputs, decoded in the forms the experts read; a bad file is reported with the item id."""
+    from ..inputs import ModalInput
 
     inputs = []
     for modality, path in item.inputs:
         try:
-            inputs.append(ModalInput.from_loaded(get_modality(modality).load(path)))
+            inputs.append(ModalInput.open(modality, path, (needs or {}).get(modality) or [{}]))
         except ValueError as exc:
             raise CompositionError(f"item {item.id!r}: {exc}") from None
-    return inputs
+    return tuple(inputs)
 
 
 def _run_chunk(cm, chunk: list[McubItem], names: Sequence, coefficients, config: GenerationConfig,
                prompt: str = "studio") -> list[list[tuple[str, str]]]:
-    """Every (item, variant) of a chunk in one generate call.
+    """Every (item, variant) of a chunk in one batch of the engine's batch entry.
 
-    Row ``k * V + v`` is item k with variant v. Prompt lengths differ (a single expert sees
-    one input, a composition all of them); ``generate_batch`` prefills them in length
-    buckets, so short rows are not padded to the longest (on a CPU, prefill cost is the
-    padded token count), and decodes every row together.
+    Prompt lengths differ (a single expert sees one input, a composition all of them); the
+    engine prefills them in length buckets, so short rows are not padded to the longest (on a
+    CPU, prefill cost is the padded token count), and decodes every row together.
     """
-    inputs = [_load_item_inputs(item) for item in chunk]  # file decoding outside the lock
-    present = set(chunk[0].modalities)
-    with cm.lock:
-        resolved = cm.resolve(names, coefficients, present)
-        rows = []
-        for item, item_inputs in zip(chunk, inputs):
-            if prompt == "paper":
-                rows += paper_prompt_rows(cm, item.prompt, item_inputs, resolved)
-            else:
-                rows += cm.prompt_rows(item.question, item_inputs, resolved)
-        table = cm.coef_table(resolved * len(chunk))
-        tokens = generate_batch(cm.model, cm.router, cm.routed_batch(rows), table, config, cm.base.eos_token_ids)
-    v = len(resolved)
-    return [[(resolved[j].name, cm.decode(tokens[k * v + j])) for j in range(v)] for k in range(len(chunk))]
+    from ..composer import RowRequest
+    from ..inputs import decoder_needs
 
-
-# --- MCUB-synth sets (built by training.mcub_synth, found here) ----------------------
-SYNTH_KINDS = ("synth-4", "synth-3")
-# synth-3 subsets, in the order training.mcub_synth.SYNTH3_SUBSETS builds them; a test checks both agree.
-SYNTH3_SUBSETS: tuple[tuple[str, ...], ...] = (
-    ("image", "audio", "video"), ("image", "audio", "point"), ("image", "video", "point"), ("audio", "video", "point"),
-)
-ALL_FOUR = "image+audio+video+point"
-
-
-class SynthSetMissing(McubFormatError):
-    """An MCUB-synth set is not built (or is incomplete); the message names the command that builds it."""
-
-
-def synth_cache_dir() -> Path:
-    """Where built MCUB-synth sets are kept: ``<repo>/.cache/mcub-synth`` (git-ignored)."""
-    return Path(__file__).resolve().parent.parent / ".cache" / "mcub-synth"
-
-
-def synth_set_folder(seed: int, n_items: int, cache_dir: str | Path | None = None) -> Path:
-    """``<cache>/seed<seed>-n<n_items>``: one folder per (seed, size), files under ``files/``."""
-    return Path(cache_dir or synth_cache_dir()) / f"seed{seed}-n{n_items}"
-
-
-def synth_file_names(kind: str) -> dict[str, str]:
-    """``{subset: file name}``: ``mcub-synth4.json``; ``mcub-synth3-<initials>.json`` per synth-3 subset."""
-    if kind not in SYNTH_KINDS:
-        raise CompositionError(f"unknown MCUB-synth set {kind!r}; expected one of {SYNTH_KINDS}.")
-    if kind == "synth-4":
-        return {ALL_FOUR: "mcub-synth4.json"}
-    return {"+".join(s): f"mcub-synth3-{''.join(m[0] for m in s)}.json" for s in SYNTH3_SUBSETS}
-
-
-def synth_build_command(kind: str, seed: int, n_items: int, cache_dir: str | Path | None = None) -> str:
-    """The exact command that builds the set where ``synth_sets`` looks for it."""
-    folder = synth_set_folder(seed, n_items, cache_dir)
-    try:
-        shown = folder.resolve().relative_to(Path.cwd().resolve())
-    except ValueError:
-        shown = folder
-    subset = " --subset all" if kind == "synth-3" else ""
-    return f"python -m training.mcub_synth --kind {kind}{subset} --seed {seed} --n-items {n_items} --out {shown}"
-
-
-def synth_sets(kind: str, seed: int = 0, n_items: int = 200, cache_dir: str | Path | None = None, *,
-               at_least: bool = False) -> dict[str, Path]:
-    """The built MCUB-synth JSON files of ``kind``: ``{"image+audio+video+point": path}`` for
-    synth-4, one entry per 3-modality subset for synth-3 (the paper reports MCUB-3 per subset).
-
-    Nothing is built here (composition does not import training): a set that is missing or
-    incomplete raises ``SynthSetMissing`` naming the ``python -m training.mcub_synth`` command
-    that builds it. ``at_least``: any complete set of this seed with ``n_items`` or more items
-    will do (the smallest), for callers that take its first items (the app, the benchmark).
-    """
-    n_items = check_int(n_items, "n_items", 1, error=CompositionError)
-    seed = check_int(seed, "seed", 0, error=CompositionError)
-    sizes = [n_items]
-    if at_least:
-        root = Path(cache_dir or synth_cache_dir())
-        built = sorted(int(p.name.rsplit("-n", 1)[1]) for p in root.glob(f"seed{seed}-n*") if p.name.rsplit("-n", 1)[1].isdigit())
-        sizes = [n for n in built if n >= n_items] + sizes
-    problem = ""
-    for size in sizes:
-        folder = synth_set_folder(seed, size, cache_dir)
-        paths = {subset: folder / name for subset, name in synth_file_names(kind).items()}
-        states = [_synth_state(path, size) for path in paths.values()]
-        if not any(states):
-            return paths
-        problem = problem or next(s for s in states if s)
-    raise SynthSetMissing(f"MCUB-{kind} (seed {seed}, {n_items} items) {problem}; build it with: "
-                          f"{synth_build_command(kind, seed, n_items, cache_dir)}")
-
-
-def _synth_state(path: Path, n_items: int) -> str:
-    """"" when the set is complete, else what is wrong with it."""
-    if not path.is_file():
-        return "is not built"
-    try:
-        n = len(load_mcub(path))
-    except McubFormatError:
-        return "is incomplete (a build was interrupted?)"
-    return "" if n == n_items else f"has {n} items, not {n_items}"
+    needs = decoder_needs(cm.experts.values())
+    inputs = [_load_item_inputs(item, needs) for item in chunk]  # file decoding outside the model's lock
+    plan = cm.plan(set(chunk[0].modalities), names, coefficients)
+    requests = [RowRequest(item.prompt, item_inputs, message_fn=paper_message) if prompt == "paper"
+                else RowRequest(item.question, item_inputs) for item, item_inputs in zip(chunk, inputs)]
+    answers = cm.generate_rows(requests, plan, config)
+    return [[(a.variant.name, a.text) for a in row] for row in answers]

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from .errors import CompositionError
+from ..errors import CompositionError
 
 DEFAULT_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5)
 DEFAULT_MUS = (0.5, 0.75, 1.0, 1.25)
@@ -26,7 +26,7 @@ MAX_CELLS = 64
 
 def coefficients_at(cm, modalities: Sequence[str], scale: float, mu: float, variant: str = "DAMC"):
     """The Coefficients of one grid cell for items of ``modalities``: λ_i = scale · (the paper's 1/K), μ for each."""
-    from .variants import Coefficients
+    from ..variants import Coefficients
 
     plan = cm.plan(set(modalities), [variant])
     if not plan.variants:
@@ -116,7 +116,7 @@ def tune_coefficients(cm, validation: Sequence, test: Sequence, *, scales: Seque
     """
     import time
 
-    from .mcub import evaluate
+    from .runner import evaluate
 
     validation, test = list(validation), list(test)
     if not validation or not test:

@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass
 from typing import Sequence
 
-from .errors import CompositionError
+from ..errors import CompositionError
 
 LETTERS = ("A", "B", "C", "D")
 

@@ -40,17 +40,19 @@ import torch
 from checks import check_int
 from modalities import MODALITY_NAMES
 
-from .composer import ComposedModel, ModalInput
-from .errors import CompositionError
-from .expert import Expert
-from .factory import (OFFLINE_ENCODERS, SMALL_GPU, TINY, VICUNA_7B, ModelShape, SyntheticBase, byte_tokenizer,  # noqa: F401
+from ..composer import ComposedModel, RowRequest
+from ..discovery import REPO_ROOT
+from ..inputs import ModalInput
+from ..errors import CompositionError
+from ..expert import Expert
+from ..random_models import (OFFLINE_ENCODERS, SMALL_GPU, TINY, VICUNA_7B, ModelShape, SyntheticBase, byte_tokenizer,  # noqa: F401
                       scaled_random_expert, synthetic_base)
-from .generate import GenerationConfig, generate_batch
-from .lora import LLAMA_TARGETS
-from .methods.profile import format_method_figures, method_figures
-from .variants import DAMC, TEXT_ROUTE, Coefficients, VariantKind
+from ..generate import GenerationConfig
+from ..lora import LLAMA_TARGETS
+from .methods import format_method_figures, method_figures
+from ..variants import DAMC, TEXT_ROUTE, Coefficients, VariantKind
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = REPO_ROOT
 MODALITIES = tuple(MODALITY_NAMES)  # the registry's, in prompt order
 QUESTION = "What do these inputs have in common?"
 # Tokens per input of the offline encoders (DESIGN.md §4): what synthetic features mimic.
@@ -190,7 +192,7 @@ def synthetic_setup(base: SyntheticBase, *, rank: int, kinds: Sequence[str], tar
 
 
 def bundled_expert_folders() -> list[Path]:
-    from .catalog import BUNDLED_EXPERTS, expert_folders
+    from ..discovery import BUNDLED_EXPERTS, expert_folders
 
     return expert_folders([BUNDLED_EXPERTS]) if BUNDLED_EXPERTS.is_dir() else []
 
@@ -204,9 +206,9 @@ def random_real_experts(base) -> list[Expert]:
 
 def real_setup(device: str) -> Setup:
     """The offline base (SmolLM2-135M-Instruct), the bundled experts (or random ones), the example files."""
-    from .base_llm import load_base_llm
-    from .catalog import load_inputs
-    from .composer import encode_with_registry
+    from ..base_llm import load_base_llm
+    from ..inputs import load_inputs
+    from ..composer import encode_with_registry
 
     base = load_base_llm(device=device)
     cm = ComposedModel(base, feature_fn=CachedFeatures(encode_with_registry))
@@ -273,14 +275,14 @@ def recompose_online(setup: Setup, config: BenchConfig) -> dict:
     series, step = coefficient_series(cm), iter(range(10 ** 9))
 
     def once():
-        return cm.coef_table(cm.resolve(variants, series[next(step) % len(series)], present))
+        return cm.compose(cm.plan(present, variants, series[next(step) % len(series)]))
 
     seconds, table = measure(once, repeats=max(config.repeats, 20), warmup=max(config.warmup, 2), device=setup.device)
     return {"variants": len(variants), "table_shape": list(table.shape), "seconds": seconds}
 
 
 def text_route_coefficients(cm: ComposedModel, coefficients: Coefficients, present: set[str], variant: str = DAMC) -> dict[int, float]:
-    return dict(cm.resolve([variant], coefficients, present)[0].routes[TEXT_ROUTE])
+    return dict(cm.plan(present, [variant], coefficients).variants[0].routes[TEXT_ROUTE])
 
 
 def merged_layers(cm: ComposedModel, coef: dict[int, float]) -> list:
@@ -382,26 +384,26 @@ def hf_generate_ms_per_token(base, prompt_tokens: int, new_tokens: int, config: 
 def decode_ms_per_token(setup: Setup, variants: Sequence[str], config: BenchConfig) -> tuple[float, int]:
     """The engine's decode: ms between generated tokens (after prefill), and the prompt length of the first row."""
     cm = setup.cm
-    present = {i.modality for i in setup.inputs}
-    with cm.lock:
-        resolved = cm.resolve(variants, Coefficients(), present)
-        rows = cm.prompt_rows(QUESTION, setup.inputs, resolved)
-        batch, table = cm.routed_batch(rows), cm.coef_table(resolved)
+    plan = cm.plan({i.modality for i in setup.inputs}, variants, Coefficients())
+    request = RowRequest(QUESTION, tuple(setup.inputs))
+    # Every step is timed, as many as asked for: the model never stops at an end-of-text token here.
+    generation = GenerationConfig(max_new_tokens=1 + config.new_tokens)
+    prompt_tokens = []
 
     def once():
         stamps: list[float] = []
-        generate_batch(cm.model, cm.router, batch, table, GenerationConfig(max_new_tokens=1 + config.new_tokens), [],
-                       on_step=lambda _: stamps.append(time.perf_counter()))  # each step ends with a host sync
+        answers = cm.generate_rows([request], plan, generation, on_step=lambda _: stamps.append(time.perf_counter()))
+        prompt_tokens[:] = [answers[0][0].prompt_tokens]  # each step above ends with a host sync
         return 1000 * (stamps[-1] - stamps[0]) / (len(stamps) - 1)
 
     samples = [once() for _ in range(config.warmup + config.repeats)][config.warmup:]
-    return statistics.median(samples), rows[0].length
+    return statistics.median(samples), prompt_tokens[0]
 
 
 # --- MCUB ---------------------------------------------------------------------------
 def mcub_items(quick: bool, limit: int) -> tuple[list, str]:
     """MCUB-synth-4 items (a built set of seed 0, else the bundled examples' items) for the throughput figure."""
-    from .mcub import ALL_FOUR, SynthSetMissing, load_mcub, synth_sets
+    from ..evaluation import ALL_FOUR, SynthSetMissing, load_mcub, synth_sets
 
     examples = REPO / "examples" / "mcub" / "mcub-synth4.json"
     if quick:
@@ -416,7 +418,7 @@ def mcub_items(quick: bool, limit: int) -> tuple[list, str]:
 
 def mcub_throughput(setup: Setup, config: BenchConfig) -> dict:
     """Items/s of ``evaluate``: all items and variants in one batch vs one item (all its variants) at a time."""
-    from .mcub import DEFAULT_CONFIG, evaluate
+    from ..evaluation import DEFAULT_CONFIG, evaluate
 
     items, source = mcub_items(config.quick, config.mcub_items)
     cm = setup.cm

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import CompositionError
+from ..errors import CompositionError
 
 
 @dataclass(frozen=True)

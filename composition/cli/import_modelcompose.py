@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..cli import command
+from .registry import command
 
 
 @command("import", "import foreign expert checkpoints (the paper's ModelCompose release) as expert folders")

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..cli import command
+from .registry import command
 from ..errors import CompositionError
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from typing import Iterable, Sequence
 
-from .errors import CompositionError
+from ..errors import CompositionError
 
 # The original's line labels (ModelCompose demo_app.py), in prompt order.
 PAPER_LABELS = {"image": "image", "audio": "audio", "video": "video", "point": "point"}

@@ -17,7 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-from ..cli import add_composition_args, build_model, check_coefficient_names, coefficients_from_args, command, variant_specs
+from .common import add_composition_args, build_model, check_coefficient_names, coefficients_from_args, variant_specs
+from .registry import command
 
 
 @command("mcub", "score compositions and experts on MCUB-style files (MCUB, AVQA, MUSIC-AVQA) or the MCUB-synth sets")
@@ -74,7 +75,7 @@ def build_mcub(p: argparse.ArgumentParser):
 # --- loading ------------------------------------------------------------------------
 def _load_sets(args) -> tuple[list, list, str]:
     """(question sets, items, output stem)."""
-    from ..mcub import SYNTH_KINDS, load_question_set, synth_sets
+    from ..evaluation import SYNTH_KINDS, load_question_set, synth_sets
 
     if args.data in SYNTH_KINDS:
         if args.answers or args.data_root:
@@ -96,7 +97,7 @@ def _load_sets(args) -> tuple[list, list, str]:
 
 
 def _task(args, sets) -> tuple[str, str]:
-    from ..scoring import detect_family
+    from ..evaluation.scoring import detect_family
 
     if args.task:
         return args.task, "--task"
@@ -104,105 +105,16 @@ def _task(args, sets) -> tuple[str, str]:
     return detect_family(sets[0].names, [item.answer for item in items], all(item.synth for item in items))
 
 
-def _settings(args, config, cm_template: str, rule, family: str, specs_names, coefficients, world: int,
-              entries=(), base_sha256: str | None = None) -> dict:
-    """What makes two runs' answers comparable; ``--resume`` refuses a file written with other
-    settings, other experts (their folders' digests) or another base."""
-    from ..catalog import folder_digest
-    from ..mcub_prompt import PAPER_LABELS
-
-    settings = {"experts": {e.config.name: folder_digest(e.folder) for e in entries}, "base": base_sha256,
-                "prompt": args.prompt, "max_new_tokens": config.max_new_tokens, "temperature": config.temperature,
-                "template": cm_template, "scoring": rule.name, "batch_items": args.batch_items,
-                "variants": specs_names, "lambdas": dict(coefficients.lambdas), "mus": dict(coefficients.mus),
-                "method_params": list(args.method_params), "processes": world}
-    if args.prompt == "paper":
-        settings["labels"] = dict(PAPER_LABELS)
-    return settings
-
-
-# --- predictions files and resume ---------------------------------------------------
-def _output_paths(args, sets, stem: str) -> tuple[Path, Path]:
-    """(predictions .jsonl, the paper-format folder): next to the data, else in the working directory."""
-    import os
-
-    if args.predictions:
-        pred = Path(args.predictions)
-    else:
-        folder = sets[0].path.resolve().parent
-        folder = folder if os.access(folder, os.W_OK) else Path.cwd()
-        # A --skip run extends an earlier run: its own name, so the earlier predictions stay.
-        span = f"-items{args.skip + 1}-{args.limit or 'end'}" if args.skip else ""
-        pred = folder / f"{stem}{span}-predictions.jsonl"
-    return pred, pred.with_name(pred.name.removesuffix(".jsonl").removesuffix("-predictions") + "-paper")
-
-
-def _settings_path(pred: Path) -> Path:
-    return pred.with_name(pred.name + ".settings.json")
-
-
-def _part_paths(pred: Path) -> list[Path]:
-    return sorted(pred.parent.glob(f"{pred.name}.rank*.part"))
-
-
-def _read_previous(pred: Path, settings: dict, ids: set[str]) -> dict[tuple[str, str], str]:
-    """Answers of a stopped run with the same settings: ``{(id, variant): text}`` (a torn last line is skipped)."""
-    from ..errors import CompositionError
-
-    saved_path = _settings_path(pred)
-    files = [p for p in [pred, *_part_paths(pred)] if p.is_file()]
-    if not files:
-        print(f"note: --resume found no predictions file {pred.name}; starting from the first item", file=sys.stderr)
-        return {}
-    saved = json.loads(saved_path.read_text(encoding="utf-8")) if saved_path.is_file() else None
-    ignored = ("processes", "batch_items")  # how the work was split, not what was answered
-    comparable = {k: v for k, v in settings.items() if k not in ignored}
-    before = {k: v for k, v in (saved or {}).items() if k not in ignored}
-    if saved is None or before != comparable:
-        differing = sorted(k for k in set(before) | set(comparable) if before.get(k) != comparable.get(k))
-        raise CompositionError(f"{pred.name} was written with other settings ({saved_path.name}; differing: "
-                               f"{', '.join(differing) or 'no settings file'}); resume with the same options and "
-                               "experts, or run without --resume to start over.")
-    previous: dict[tuple[str, str], str] = {}
-    for path in files:
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-                key, text = (str(row["id"]), str(row["variant"])), row["answer"]
-            except (ValueError, KeyError, TypeError):
-                continue  # the line being written when the run stopped
-            if key[0] in ids and isinstance(text, str):
-                previous[key] = text
-    return previous
-
-
-class _ProgressLog:
-    """Appends each finished chunk's predictions to a file and flushes, so a killed run loses at most one chunk."""
-
-    def __init__(self, path: Path, fresh: bool) -> None:
-        self.path = path
-        self.file = path.open("w" if fresh else "a", encoding="utf-8")
-
-    def __call__(self, predictions) -> None:
-        import os
-
-        for p in predictions:
-            self.file.write(json.dumps(p.to_json()) + "\n")
-        self.file.flush()
-        os.fsync(self.file.fileno())
-
-    def close(self) -> None:
-        self.file.close()
-
-
 # --- run ----------------------------------------------------------------------------
 def run_mcub(args: argparse.Namespace) -> int:
-    from ..catalog import scan_experts
-    from ..distributed import all_gather_json, init_distributed, launched_by_torchrun, shard
+    from ..discovery import folder_digest, scan_experts
     from ..errors import CompositionError
+    from ..evaluation import DEFAULT_CONFIG, PAPER_CONFIG, evaluate
+    from ..evaluation import predictions as files
+    from ..evaluation.distributed import all_gather_json, init_distributed, launched_by_torchrun, shard
+    from ..evaluation.prompt import PAPER_LABELS
+    from ..evaluation.scoring import default_scoring, rule_for
     from ..generate import GenerationConfig
-    from ..mcub import PAPER_CONFIG, DEFAULT_CONFIG, evaluate, write_lines
-    from ..scoring import default_scoring, rule_for
 
     for flag, value in (("--limit", args.limit), ("--batch-items", args.batch_items), ("--synth-items", args.synth_items),
                         ("--max-new-tokens", args.max_new_tokens)):
@@ -237,18 +149,21 @@ def run_mcub(args: argparse.Namespace) -> int:
     try:
         cm = build_model(args, entries)
         names = [s.name for s in specs] if specs else cm.default_variants({m for item in items for m in item.modalities})
-        settings = _settings(args, config, cm.base.template.name, rule, family, names, coefficients,
-                             ctx.world_size if ctx else 1, entries, getattr(cm.base, "sha256", None))
-        pred, paper_dir = _output_paths(args, sets, stem)
-        previous = _read_previous(pred, settings, {item.id for item in items}) if args.resume else {}
+        settings = files.run_settings(
+            experts={e.config.name: folder_digest(e.folder) for e in entries}, base_sha256=getattr(cm.base, "sha256", None),
+            prompt=args.prompt, config=config, template=cm.base.template.name, scoring=rule.name,
+            batch_items=args.batch_items, variants=names, coefficients=coefficients, method_params=args.method_params,
+            processes=ctx.world_size if ctx else 1, labels=PAPER_LABELS if args.prompt == "paper" else None)
+        pred, paper_dir = files.output_paths(sets[0].path, stem, predictions=args.predictions, skip=args.skip, limit=args.limit)
+        previous = files.read_previous(pred, settings, {item.id for item in items}) if args.resume else {}
         if ctx is not None:
             ctx.barrier()  # every rank has read the stopped run's answers before anyone appends to them
         if (ctx is None or ctx.is_main):
-            _settings_path(pred).write_text(json.dumps(settings, indent=1) + "\n", encoding="utf-8")
+            files.write_settings(pred, settings)
         todo = [item for item in items if not all((item.id, v) in previous for v in names)]
         mine = todo if ctx is None else [todo[i] for i in shard(len(todo), ctx.world_size, ctx.rank)]
-        log_path = pred if ctx is None else pred.with_name(f"{pred.name}.rank{ctx.rank}.part")
-        log = _ProgressLog(log_path, fresh=not args.resume)
+        log_path = pred if ctx is None else files.part_path(pred, ctx.rank)
+        log = files.ProgressLog(log_path, fresh=not args.resume)
         start = time.perf_counter()
         try:
             with _progress_bar(len(mine), disable=ctx is not None and not ctx.is_main) as bar:
@@ -259,7 +174,7 @@ def run_mcub(args: argparse.Namespace) -> int:
         finally:
             log.close()
         answers = dict(previous)
-        new = _read_log(log_path, {item.id for item in mine})
+        new = files.read_answers(log_path, {item.id for item in mine})
         if ctx is not None:
             for part in all_gather_json([[k[0], k[1], t] for k, t in new.items()], ctx):
                 answers.update({(i, v): t for i, v, t in part})
@@ -270,8 +185,8 @@ def run_mcub(args: argparse.Namespace) -> int:
         result = evaluate(cm, items, specs or names, coefficients, config, batch_items=args.batch_items, rule=rule,
                           prompt=args.prompt, previous=answers)
         result.seconds = time.perf_counter() - start
-        written = write_lines(pred, (p.to_json() for p in result.predictions))
-        for part in _part_paths(pred):
+        written = files.write_lines(pred, (p.to_json() for p in result.predictions))
+        for part in files.part_paths(pred):
             part.unlink(missing_ok=True)
         paper_files = result.write_paper_predictions(paper_dir, items)
         print(f"predictions: {written}", file=sys.stderr)
@@ -292,25 +207,11 @@ def run_mcub(args: argparse.Namespace) -> int:
             ctx.close()
 
 
-def _read_log(path: Path, ids: set[str]) -> dict[tuple[str, str], str]:
-    out = {}
-    if not path.is_file():
-        return out
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if str(row.get("id")) in ids:
-            out[(str(row["id"]), str(row["variant"]))] = row["answer"]
-    return out
-
-
 # --- tuning -------------------------------------------------------------------------
 def _validation_items(args, test_items: list) -> list:
     """The validation items: --val-data, another MCUB-synth seed, or a seeded split (then removed from the test items)."""
     from ..errors import CompositionError
-    from ..mcub import SYNTH_KINDS, load_question_set, synth_sets
+    from ..evaluation import SYNTH_KINDS, load_question_set, synth_sets
     from ..tune import split_items
 
     if args.val_data:
@@ -326,13 +227,13 @@ def _validation_items(args, test_items: list) -> list:
 
 
 def _parse_grid(text: str | None, default, flag: str) -> list[float]:
-    from ..tune import parse_grid
+    from ..evaluation.tune import parse_grid
 
     return list(default) if text is None else parse_grid(text, flag)
 
 
 def _run_tune(args, cm, val_items, test_items, rule, config, task) -> int:
-    from ..tune import DEFAULT_MUS, DEFAULT_SCALES, tune_coefficients
+    from ..evaluation.tune import DEFAULT_MUS, DEFAULT_SCALES, tune_coefficients
 
     scales = _parse_grid(args.tune_scales, DEFAULT_SCALES, "--tune-scales")
     mus = _parse_grid(args.tune_mus, DEFAULT_MUS, "--tune-mus")

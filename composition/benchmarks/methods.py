@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .core_space import core_merge
-from .registry import list_methods, merge_deltas
+from ..methods.core_space import core_merge
+from ..methods.registry import list_methods, merge_deltas
 
 FULL = {"hidden": 4096, "intermediate": 11008, "rank": 128}
 EXPERTS = 4
