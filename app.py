@@ -21,7 +21,7 @@ limit_malloc_arenas()
 
 import gradio as gr
 
-from checks import UserError
+from modalities.checks import UserError
 from composition.methods import list_methods
 from composition.methods.registry import GROUPS
 from modalities import MODALITY_NAMES, get_modality

@@ -195,7 +195,8 @@ class ComposedModel:
     # --- variants -----------------------------------------------------------
     def plan(self, present: Iterable[str] = (), variants: Sequence[str | VariantSpec] | None = None,
              coefficients: Coefficients | None = None, *, selection: Iterable[str] | None = None,
-             methods: Iterable[str] = (), hyper=None, experts_without_input: bool = False) -> Plan:
+             methods: Iterable[str] = (), hyper=None, experts_without_input: bool = False,
+             merge_all_experts: bool = False) -> Plan:
         """The variants a request runs and the coefficients they apply (see ``composition.plan``).
 
         ``selection`` names the experts that may take part (default: all loaded). Planning
@@ -209,7 +210,7 @@ class ComposedModel:
                 raise CompositionError(f"expert {unknown[0]!r} is not loaded; loaded experts: {sorted(experts)}.")
             experts = {n: e for n, e in experts.items() if n in names}
         return make_plan(list(experts.values()), self.slots, present, variants, coefficients, methods=methods, hyper=hyper,
-                         experts_without_input=experts_without_input)
+                         experts_without_input=experts_without_input, merge_all_experts=merge_all_experts)
 
     def default_variants(self, input_modalities: Iterable[str]) -> list[str]:
         """The names of the variants a request with these inputs runs by default."""

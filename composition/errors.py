@@ -6,7 +6,7 @@ what to do. The CLI and the app show the message alone, never a traceback.
 """
 
 
-from checks import UserError
+from modalities.checks import UserError
 
 
 class CompositionError(UserError):

@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from checks import check_int
+from modalities.checks import check_int
 
 from .errors import ExpertError
 from .lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, LoraDelta, check_finite, load_lora, read_json, read_safetensors, save_lora

@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from checks import check_float, check_int
+from modalities.checks import check_float, check_int
 
 from .errors import CompositionError
 from .routing import Router

@@ -17,7 +17,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from checks import check_float, check_int
+from modalities.checks import check_float, check_int
 
 from .errors import ExpertError
 

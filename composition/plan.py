@@ -28,6 +28,7 @@ class Plan:
     skipped: dict[str, str] = field(default_factory=dict)
     skipped_kinds: dict[str, VariantKind] = field(default_factory=dict)
     present: frozenset[str] = frozenset()
+    merge_all_experts: bool = False  # compositions merge every selected expert, not only those with an input
 
     @property
     def names(self) -> list[str]:
@@ -42,7 +43,7 @@ class Plan:
 
     def only(self, indices: Sequence[int]) -> "Plan":
         """The same plan with only the variants at ``indices`` (run one at a time, for instance)."""
-        return Plan([self.variants[i] for i in indices], {}, {}, self.present)
+        return Plan([self.variants[i] for i in indices], {}, {}, self.present, self.merge_all_experts)
 
 
 def describe_coefficients(coefficients: Mapping) -> str:
@@ -79,7 +80,7 @@ def default_specs(experts: Sequence[Expert], present: set[str], methods: Iterabl
 def make_plan(experts: Sequence[Expert], slots: SlotTable, present: Iterable[str],
               variants: Sequence[str | VariantSpec] | None = None, coefficients: Coefficients | None = None, *,
               methods: Iterable[str] = (), hyper: Mapping[str, Mapping[str, float]] | None = None,
-              experts_without_input: bool = False) -> Plan:
+              experts_without_input: bool = False, merge_all_experts: bool = False) -> Plan:
     """Resolve the variants of one request over ``experts`` (the user's selection).
 
     Args:
@@ -92,21 +93,23 @@ def make_plan(experts: Sequence[Expert], slots: SlotTable, present: Iterable[str
         coefficients: the user's λ and μ (missing values take the paper's defaults).
         methods, hyper: merge methods to add to the defaults, with their hyper-parameters.
         experts_without_input: the defaults also run experts that got no input.
+        merge_all_experts: compositions merge every selected expert whatever inputs are given
+            (the original's merged checkpoint), not only the experts with an input (the studio's rule).
     """
     present = frozenset(present)
     coefficients = coefficients or Coefficients()
     experts = list(experts)
-    plan = Plan(present=present)
+    plan = Plan(present=present, merge_all_experts=merge_all_experts)
     if variants is not None:
         for v in variants:
             spec = v if isinstance(v, VariantSpec) else VariantSpec.parse(v)
-            plan.variants.append(resolve_variant(spec, experts, slots, coefficients, set(present)))
+            plan.variants.append(resolve_variant(spec, experts, slots, coefficients, set(present), merge_all_experts))
         if not plan.variants:
             raise CompositionError("no variant was named; name at least one (NaiveMC, DAMC, expert:<name> or a method).")
         return plan
     for spec in default_specs(experts, set(present), methods, hyper, experts_without_input=experts_without_input):
         try:
-            plan.variants.append(resolve_variant(spec, experts, slots, coefficients, set(present)))
+            plan.variants.append(resolve_variant(spec, experts, slots, coefficients, set(present), merge_all_experts))
         except CompositionError as exc:
             if spec.kind is VariantKind.EXPERT:
                 raise

@@ -208,29 +208,35 @@ def _one_per_modality(experts: list[Expert], kind: str) -> dict[str, Expert]:
     return by_modality
 
 
-def participants(experts: list[Expert], kind: str, input_modalities: set[str]) -> dict[str, Expert]:
-    """The experts of one training kind that a composition merges: those with an input, or all when there is none."""
+def participants(experts: list[Expert], kind: str, input_modalities: set[str], merge_all: bool = False) -> dict[str, Expert]:
+    """The experts of one training kind that a composition merges.
+
+    The studio's rule: those whose modality has an input (all of them for a text-only
+    question). ``merge_all``: every selected expert, whatever inputs are given, as the
+    original's merged checkpoint does (its merged layer always adds every expert's text delta).
+    """
     pool = _one_per_modality(experts, kind)
-    if input_modalities:
+    if input_modalities and not merge_all:
         pool = {m: e for m, e in pool.items() if m in input_modalities}
     return pool
 
 
-def text_merge_pool(experts: list[Expert], input_modalities: set[str]) -> tuple[dict[str, Expert], bool]:
+def text_merge_pool(experts: list[Expert], input_modalities: set[str], merge_all: bool = False) -> tuple[dict[str, Expert], bool]:
     """The experts whose text-side deltas DAMC and the merge methods combine, and whether they are decoupled.
 
     Decoupled experts when any takes part, else shared ones (their one delta serves every
     token). This is the one place that rule lives; the λ sliders ask it too.
     """
-    pool = participants(experts, "decoupled", input_modalities)
+    pool = participants(experts, "decoupled", input_modalities, merge_all)
     if pool:
         return pool, True
-    return participants(experts, "shared", input_modalities), False
+    return participants(experts, "shared", input_modalities, merge_all), False
 
 
-def applied_lambdas(experts: list[Expert], input_modalities: set[str], coefficients: "Coefficients") -> dict[str, float]:
+def applied_lambdas(experts: list[Expert], input_modalities: set[str], coefficients: "Coefficients",
+                    merge_all: bool = False) -> dict[str, float]:
     """λ per expert that a text merge with these inputs applies (the user's value, else 1/K)."""
-    pool, _ = text_merge_pool(experts, input_modalities)
+    pool, _ = text_merge_pool(experts, input_modalities, merge_all)
     return {e.name: coefficients.lam(e.name, len(pool)) for e in pool.values()}
 
 
@@ -242,11 +248,13 @@ def _check_covers(spec: VariantSpec, rv_modalities: set[str], input_modalities: 
 
 
 def resolve_variant(spec: VariantSpec, experts: list[Expert], slots: SlotTable, coefficients: Coefficients,
-                    input_modalities: set[str]) -> ResolvedVariant:
+                    input_modalities: set[str], merge_all: bool = False) -> ResolvedVariant:
     """Turn a spec into route coefficients over ``slots`` (allocating slots as needed).
 
     A composition must cover every input given (an input none of its experts reads is an
     error that names the modality); a single expert reads only its own modality's inputs.
+    ``merge_all``: compositions merge every selected expert, not only those with an input
+    (see ``participants``).
     """
     by_name = {e.name: e for e in experts}
     if spec.kind is VariantKind.BASE:  # reads no input: its prompt has only the text
@@ -264,7 +272,7 @@ def resolve_variant(spec: VariantSpec, experts: list[Expert], slots: SlotTable, 
         return ResolvedVariant(spec, routes, {expert.modality: expert}, {expert.name: 1.0}, {expert.modality: 1.0})
 
     if spec.kind is VariantKind.NAIVE:
-        pool = participants(experts, "shared", input_modalities)
+        pool = participants(experts, "shared", input_modalities, merge_all)
         if not pool:
             raise CompositionError(f"{NAIVE} merges experts trained with shared deltas, and none is selected"
                                    f"{' for the given inputs' if input_modalities else ''}. Select shared experts or use {DAMC}.")
@@ -274,7 +282,7 @@ def resolve_variant(spec: VariantSpec, experts: list[Expert], slots: SlotTable, 
         return ResolvedVariant(spec, {r: dict(mean) for r in (TEXT_ROUTE, *pool)}, pool, lambdas)
 
     # DAMC and the registry methods: decoupled experts when there are any, else shared ones.
-    pool, decoupled = text_merge_pool(experts, input_modalities)
+    pool, decoupled = text_merge_pool(experts, input_modalities, merge_all)
     if not decoupled and spec.kind is VariantKind.DAMC:
         raise CompositionError(f"{DAMC} needs experts trained with decoupled (text + modality) deltas, and none is selected"
                                f"{' for the given inputs' if input_modalities else ''}. Select decoupled experts or use {NAIVE}.")

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from checks import UserError, check_float, check_int
+from .checks import UserError, check_float, check_int
 
 from .sniff import Sniffed, sniff_file
 

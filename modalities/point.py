@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from checks import check_int
+from .checks import check_int
 
 from .base import MB, Limits, LoadedInput, Modality, ModalityError, check_positive
 from .point_io import CLOUD_EXTENSIONS, MESH_EXTENSIONS, read_cloud

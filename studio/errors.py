@@ -1,5 +1,5 @@
 """The app's own user errors (a stale page, a missing upload); engine errors pass through as they are."""
-from checks import UserError
+from modalities.checks import UserError
 
 
 class StudioError(UserError):

@@ -1,4 +1,4 @@
-"""Imports go one way: app.py -> studio/ -> composition/ -> modalities/ -> checks.py (training/ beside the app).
+"""Imports go one way: app.py -> studio/ -> composition/ -> modalities/ -> modalities/checks.py (training/ beside the app).
 
 Inside composition/, the engine (its top-level modules, methods/, importers/) never imports
 the rooms built on it: evaluation/, benchmarks/ and cli/; evaluation/ never imports
@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 # package -> top-level names it must never import
 FORBIDDEN = {
-    "checks.py": {"app", "studio", "training", "composition", "modalities", "gradio", "gradio_client"},
+    "modalities/checks.py": {"app", "studio", "training", "composition", "modalities", "gradio", "gradio_client"},
     "modalities": {"app", "studio", "training", "composition", "gradio", "gradio_client"},
     "composition": {"app", "studio", "training", "gradio", "gradio_client"},
     "studio": {"app", "training", "gradio", "gradio_client"},

@@ -6,7 +6,7 @@ import logging
 import pytest
 import torch
 
-from checks import UserError, check_choice, check_float, check_int
+from modalities.checks import UserError, check_choice, check_float, check_int
 from composition.discovery import BUNDLED_EXPERTS, expert_folders
 from composition.world_notes import EXAMPLES, world_notes
 from composition.composer import ComposedModel

@@ -40,7 +40,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from checks import check_float, check_int
+from modalities.checks import check_float, check_int
 
 MANIFEST = "manifest.json"
 

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from checks import check_int
+from modalities.checks import check_int
 
 from .data import TRAIN_SCENES
 from .recipe import MLP_TARGETS, SCHEDULES, TARGETS, TrainConfig, Trainer, add_stage0_1_arguments

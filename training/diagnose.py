@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
 def _slots(args) -> dict:
     import time
 
-    from checks import check_int
+    from modalities.checks import check_int
     from composition.base_llm import load_base_llm
 
     from .data import TRAIN_SCENES, prepare_modality

@@ -16,7 +16,7 @@ import re
 
 import numpy as np
 
-from checks import check_int
+from modalities.checks import check_int
 
 from .data import ModalityData
 from .instructions import KINDS, question_for

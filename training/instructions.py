@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from checks import check_int
+from modalities.checks import check_int
 
 from .world import CATEGORIES, EXTENSIONS, LABELS, MODALITIES, NUMBER_WORDS, Scene, SceneObject, World, render
 

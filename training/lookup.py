@@ -22,7 +22,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from checks import check_int
+from modalities.checks import check_int
 
 from .instructions import LETTERS, format_options, mcub_question, option_answer
 from .world import CATEGORIES, LABELS

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from checks import check_float, check_int, is_int
+from modalities.checks import check_float, check_int, is_int
 
 from composition.expert import TRAINING_KINDS, EncoderRef, Expert, ExpertConfig, ProjectorSpec
 from composition.generate import pad_rows

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from checks import check_int
+from modalities.checks import check_int
 
 # Order matters only for readability; every consumer refers to categories by name.
 CATEGORIES: tuple[str, ...] = ("ball", "cube", "cone", "ring", "star", "drum", "cross", "diamond")

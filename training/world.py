@@ -20,7 +20,7 @@ from typing import Callable
 
 import numpy as np
 
-from checks import check_int
+from modalities.checks import check_int
 
 # The scene vocabulary lives in scene.py (the renderers import it from there); the world re-exports it.
 from .scene import (CATEGORIES, COLOUR_NAMES, COLOURS, EXTENSIONS, LABELS, MAX_OBJECTS, MODALITIES, MOTIONS,  # noqa: F401

@@ -37,7 +37,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from checks import check_int
+from modalities.checks import check_int
 from modalities import MODALITY_NAMES
 
 from ..composer import ComposedModel, RowRequest

@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
-from checks import UserError
+from modalities.checks import UserError
 
 from .registry import COMMANDS
 

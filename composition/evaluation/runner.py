@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
-from checks import check_int
+from modalities.checks import check_int
 
 from ..errors import CompositionError
 from ..generate import GenerationConfig

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from checks import check_int
+from modalities.checks import check_int
 
 from ..discovery import workspace_root
 from ..errors import CompositionError

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from checks import UserError
+from ..checks import UserError
 
 
 class EncoderError(UserError):

@@ -12,7 +12,7 @@ from typing import Callable, Mapping
 
 import torch
 
-from checks import check_int
+from ..checks import check_int
 
 from .base import Encoder, EncoderError, resolve_device_dtype
 
