@@ -87,6 +87,11 @@ def slider_updates(views):
     return [gr.update(visible=v.visible, label=v.label, value=v.value, interactive=v.interactive) for v in views]
 
 
+def auto_updates(views):
+    """The "auto" box under each λ slider: ticked while the engine sets that λ (1/K)."""
+    return [gr.update(visible=v.visible, value=bool(v.auto)) for v in views]
+
+
 def param_control(method, param):
     """A method's hyper-parameter: a slider, or a whole-number box for a seed-like huge range."""
     label = f"{method.label}: {param.name}"
@@ -135,6 +140,10 @@ class Ui:
         return [self.named[n] for n in controls.lambda_names_all()]
 
     @property
+    def autos(self) -> list:
+        return [self.named[n] for n in controls.lambda_auto_names_all()]
+
+    @property
     def mus(self) -> list:
         return [self.named[n] for n in controls.mu_names_all()]
 
@@ -160,14 +169,22 @@ def coefficients_block(ui: Ui) -> None:
     s = ui.studio
     lam_views, mu_views = handlers.slider_views(s, {controls.SELECTED: s.expert_names}, reset=True)
     with gr.Accordion("Coefficients and merge methods", open=True):
-        gr.Markdown("λ weighs each expert's **text** delta (DAMC text merge, default 1/K); μ scales each "
-                    "**modality** delta (default 1). Answers recompose when you release a slider.")
+        gr.Markdown("λ weighs each expert's **text** delta (DAMC text merge); while **auto** is ticked it is the "
+                    "paper's 1/K over the experts that get an input, and follows the inputs. Moving a slider makes "
+                    "that λ yours: it stays as you set it. μ scales each **modality** delta (default 1). Answers "
+                    "recompose when you release a slider.")
         with gr.Row():
-            for name, v in zip(controls.lambda_names_all(), lam_views):
-                ui.add(name, gr.Slider(-1, 2, value=v.value, step=0.01, label=v.label, visible=v.visible, min_width=160))
+            for i, v in enumerate(lam_views):
+                with gr.Column(min_width=160):
+                    ui.add(controls.lambda_name(i), gr.Slider(-1, 2, value=v.value, step=0.01, label=v.label,
+                                                              visible=v.visible))
+                    ui.add(controls.lambda_auto_name(i), gr.Checkbox(bool(v.auto), label="auto (1/K)", visible=v.visible,
+                                                                     container=False))
         with gr.Row():
             for name, v in zip(controls.mu_names_all(), mu_views):
                 ui.add(name, gr.Slider(0, 2, value=v.value, step=0.01, label=v.label, visible=v.visible, min_width=160))
+        ui.add(controls.MERGE_ALL, gr.Checkbox(s.defaults.merge_all_experts, label="merge every selected expert, even those "
+                                               "with no input (the original's merged checkpoints; default: only experts with an input)"))
         with gr.Row():
             ui.reset = gr.Button("Reset to the defaults (the paper's λ = 1/K, μ = 1, or those the experts ship with)", size="sm")
             ui.compose_msg = gr.Markdown()
@@ -302,11 +319,16 @@ def api_block(ui: Ui) -> None:
 def wire(ui: Ui) -> None:
     s = ui.studio
     composition = {**ui.controls, **ui.media}  # every event below passes these by name
-    sliders = [*ui.lams, *ui.mus]
+    sliders = [*ui.lams, *ui.autos, *ui.mus]
 
     def refresh_sliders(reset: bool = False, **values):
         lams, mus = handlers.slider_views(s, values, reset=reset)
-        return slider_updates(lams) + slider_updates(mus)
+        return slider_updates(lams) + auto_updates(lams) + slider_updates(mus)
+
+    # Moving a λ slider makes that λ the user's: its "auto" box is unticked in the browser at once,
+    # before the release that recomposes reads it.
+    for lam, auto in zip(ui.lams, ui.autos):
+        lam.input(None, None, auto, js="() => false", queue=False)
 
     def recompose(answered_with="", **values):
         return handlers.recompose(s, values, answered_with)
@@ -332,6 +354,10 @@ def wire(ui: Ui) -> None:
     pickers = [ui.named[n] for n in controls.method_names_all()]
     released = [c.release if isinstance(c, gr.Slider) else c.change for c in (*ui.lams, *ui.mus, *ui.params)]
     gr.on(released + [p.change for p in pickers], recompose, outputs=compose_out, inputs_kwargs=compose_kw, api_name="recompose")
+    # Ticking "auto" again hands that λ back to the engine: the sliders show 1/K, then the answers recompose.
+    gr.on([a.input for a in ui.autos] + [ui.named[controls.MERGE_ALL].input], user_errors(refresh_sliders), outputs=sliders,
+          inputs_kwargs=composition, api_name="lambda_auto").then(recompose, outputs=compose_out, inputs_kwargs=compose_kw,
+                                                                 api_name="recompose_after_auto")
     ui.reset.click(user_errors(functools.partial(refresh_sliders, True)), outputs=sliders, inputs_kwargs=composition,
                    api_name="reset_coefficients").then(recompose, outputs=compose_out, inputs_kwargs=compose_kw,
                                                        api_name="recompose_after_reset")
@@ -386,10 +412,12 @@ def wire(ui: Ui) -> None:
                                                      mcub_tab.parse_grid(scales, "λ scales"), mcub_tab.parse_grid(mus, "μ values"),
                                                      progress)
         shown = controls.values_from_settings(s.cm.experts, applied, handlers.present_modalities(values))
-        return [summary, result] + slider_updates([shown[n] for n in (*controls.lambda_names_all(), *controls.mu_names_all())])
+        lams = [shown[n] for n in controls.lambda_names_all()]
+        return [summary, result] + slider_updates(lams) + auto_updates(lams) + slider_updates(
+            [shown[n] for n in controls.mu_names_all()])
 
     ui.t_run.click(gpu(user_errors(on_tune)), [ui.b_source, ui.b_upload, ui.s_items, ui.s_scales, ui.s_mus],
-                   [ui.t_summary, ui.t_json, *ui.lams, *ui.mus], inputs_kwargs=composition, api_name="tune")
+                   [ui.t_summary, ui.t_json, *sliders], inputs_kwargs=composition, api_name="tune")
 
     def on_routing(variant, **values):
         return handlers.token_routing(s, variant, values)

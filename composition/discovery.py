@@ -93,6 +93,17 @@ def scan_experts(paths: Sequence[Path | str] | None = None) -> list[ExpertEntry]
 COMPOSITION_DEFAULTS = "composition.json"
 
 
+def _shipped(paths: Sequence[Path | str] | None):
+    """``(folder name, data)`` of every ``composition.json`` among ``paths`` that holds coefficients."""
+    for raw in paths or ():
+        path = Path(raw) / COMPOSITION_DEFAULTS
+        if not path.is_file():
+            continue
+        data = read_json(path, f"{Path(raw).name}/{COMPOSITION_DEFAULTS}")
+        if isinstance(data, dict) and {"lambdas", "mus"} <= set(data):  # else another file of that name (an export's manifest)
+            yield Path(raw).name, data
+
+
 def default_coefficients(paths: Sequence[Path | str] | None):
     """The λ and μ a folder of experts ships with (``composition.json`` ``{"lambdas", "mus"}``, written
     by ``python -m composition import modelcompose`` for a merged checkpoint), else the paper's defaults.
@@ -104,13 +115,7 @@ def default_coefficients(paths: Sequence[Path | str] | None):
 
     lambdas: dict[str, float] = {}
     mus: dict[str, float] = {}
-    for raw in paths or ():
-        path = Path(raw) / COMPOSITION_DEFAULTS
-        if not path.is_file():
-            continue
-        data = read_json(path, f"{Path(raw).name}/{COMPOSITION_DEFAULTS}")
-        if not isinstance(data, dict) or not {"lambdas", "mus"} <= set(data):
-            continue  # another file of that name (an export's manifest): not coefficients
+    for _, data in _shipped(paths):
         found = Coefficients(dict(data["lambdas"] or {}), dict(data["mus"] or {}))  # validates ranges and names
         for mine, theirs, what in ((lambdas, found.lambdas, "λ"), (mus, found.mus, "μ")):
             for key, value in theirs.items():
@@ -119,3 +124,9 @@ def default_coefficients(paths: Sequence[Path | str] | None):
                                            "another; load one composition at a time.")
                 mine[key] = float(value)
     return Coefficients(lambdas, mus)
+
+
+def ships_merge_all_experts(paths: Sequence[Path | str] | None) -> bool:
+    """Whether a folder of experts is a merged checkpoint of the original, whose DAMC merges every
+    expert whatever inputs are given (``composition.json`` ``"merge_all_experts": true``)."""
+    return any(data.get("merge_all_experts") is True for _, data in _shipped(paths))

@@ -1,32 +1,43 @@
-"""The UI's controls by name, and the mapping between their values and StudioSettings.
+"""The UI's controls by name, and the mapping between their values and the composition config.
 
 The app declares its components once, under the names below, and passes them to every
 event by name (gradio's ``inputs_kwargs``); handlers receive a ``{name: value}`` mapping.
-The app pre-builds MAX_LAMBDA_SLOTS λ sliders, one μ slider per registered modality and
-one slider per (method, hyper-parameter) of the registry, so adding a modality or a
-method adds controls here without a signature to edit anywhere.
+The app pre-builds MAX_LAMBDA_SLOTS λ sliders, each with an "auto" box, one μ slider per
+registered modality and one slider per (method, hyper-parameter) of the registry, so adding
+a modality or a method adds controls here without a signature to edit anywhere.
+
+λ is auto until the user moves its slider: an auto slider shows the paper's 1/K over the
+experts that get an input (the engine's rule, asked here, never worked out again), and
+follows the inputs; moving it unticks "auto" and the value is the user's, kept whatever
+inputs come. Ticking "auto" again hands it back to the engine.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
+from composition.config import CompositionConfig
 from composition.errors import CompositionError
 from composition.methods import list_methods
 from composition.methods.registry import GROUPS
-from composition.variants import Coefficients, applied_lambdas
+from composition.variants import Coefficients, applied_lambdas, in_prompt_order, text_merge_pool
 from modalities import MODALITY_NAMES
 
-from .settings import MAX_LAMBDA_SLOTS, StudioSettings, lambda_slots, selected_experts, untouched_lambdas
+MAX_LAMBDA_SLOTS = 8  # the UI pre-builds this many λ sliders; more selected experts is an error
 
 SELECTED = "selected"
 GENERATION = ("max_new_tokens", "temperature", "top_p")
 QUESTION = "question"
 NO_INPUT = "experts_without_input"
+MERGE_ALL = "merge_all_experts"
 
 
 def lambda_name(i: int) -> str:
     return f"lambda_{i}"
+
+
+def lambda_auto_name(i: int) -> str:
+    return f"lambda_auto_{i}"
 
 
 def mu_name(modality: str) -> str:
@@ -75,13 +86,17 @@ def lambda_names_all() -> list[str]:
     return [lambda_name(i) for i in range(MAX_LAMBDA_SLOTS)]
 
 
+def lambda_auto_names_all() -> list[str]:
+    return [lambda_auto_name(i) for i in range(MAX_LAMBDA_SLOTS)]
+
+
 def mu_names_all() -> list[str]:
     return [mu_name(m) for m in MODALITY_NAMES]
 
 
 def control_names() -> list[str]:
     """Every composition control, by name: what a settings value set must hold."""
-    return [SELECTED, *lambda_names_all(), *mu_names_all(), *method_names_all(),
+    return [SELECTED, *lambda_names_all(), *lambda_auto_names_all(), *mu_names_all(), MERGE_ALL, *method_names_all(),
             *[param_name(m, p) for m, p in param_keys()], *GENERATION]
 
 
@@ -94,44 +109,67 @@ def media_of(values: Mapping) -> dict[str, object]:
     return {m: values.get(media_name(m)) for m in MODALITY_NAMES}
 
 
+# --- which experts get a λ slider ------------------------------------------------------
+def selected_experts(experts: Mapping, selected: Iterable[str]) -> list:
+    """The loaded experts among ``selected``, in load order."""
+    chosen = set(selected or [])
+    return [e for n, e in experts.items() if n in chosen]
+
+
+def lambda_names(experts: Mapping, selected: Iterable[str]) -> list[str]:
+    """One λ slider per expert whose text delta a text merge of the selection can use (prompt order).
+
+    The engine owns the rule (``composition.variants.text_merge_pool``); with inputs, only
+    the experts that get one take part (see ``lambda_views``).
+    """
+    pool, _ = text_merge_pool(selected_experts(experts, selected), set())
+    return [e.name for e in in_prompt_order(pool.values())]
+
+
+def lambda_slots(experts: Mapping, selected: Iterable[str]) -> list[str | None]:
+    """Expert name per pre-built λ slider (None = hidden), at most MAX_LAMBDA_SLOTS."""
+    names = lambda_names(experts, selected)
+    if len(names) > MAX_LAMBDA_SLOTS:
+        raise CompositionError(f"{len(names)} experts selected for the text merge; the app shows at most "
+                               f"{MAX_LAMBDA_SLOTS} λ sliders. Deselect some experts.")
+    return names + [None] * (MAX_LAMBDA_SLOTS - len(names))
+
+
 @dataclass
 class SliderView:
-    """What one pre-built slider should show."""
+    """What one pre-built slider should show (``auto``: a λ the engine sets, 1/K; None for other sliders)."""
 
     visible: bool
     label: str
     value: float
     interactive: bool = True
+    auto: bool | None = None
 
 
-def lambda_views(experts: Mapping, selected: Sequence[str], values: Mapping[str, float] | None = None,
-                 present: Iterable[str] = ()) -> list[SliderView]:
+def lambda_views(experts: Mapping, selected: Sequence[str], values: Mapping[str, float | None] | None = None,
+                 present: Iterable[str] = (), merge_all: bool = False) -> list[SliderView]:
     """λ sliders for the selected text-merge experts, showing the values the current inputs will use.
 
-    The engine decides who takes part (``applied_lambdas``): with inputs, an expert without one
-    is not merged, and its slider says so. Sliders at a paper default made for other inputs
-    (``untouched_lambdas``) follow the default 1/K over the experts taking part.
+    ``values``: the user's λ by expert; an expert without one (or with None) is auto. The
+    engine decides who takes part and what auto means (``applied_lambdas``): with inputs, an
+    expert without one is not merged, and its slider says so.
     """
     slots = lambda_slots(experts, selected)
     names = [n for n in slots if n]
-    values = dict(values or {})
-    if untouched_lambdas(values, names):
-        values = {}  # a paper default made for other inputs: the engine's default for these
-    applied = applied_lambdas(selected_experts(experts, selected), set(present), Coefficients(
-        {n: v for n, v in values.items() if n in names}))
+    user = {n: float(v) for n, v in (values or {}).items() if n in names and v is not None}
+    applied = applied_lambdas(selected_experts(experts, selected), set(present), Coefficients(user), merge_all)
     views = []
     for n in slots:
         if n is None:
-            views.append(SliderView(False, "λ (unused)", 0.0))
+            views.append(SliderView(False, "λ (unused)", 0.0, auto=True))
         elif n in applied:
-            views.append(SliderView(True, _lambda_label(n, experts[n].modality), float(applied[n])))
+            views.append(SliderView(True, _lambda_label(n, experts[n].modality), float(applied[n]), auto=n not in user))
         else:
             modality = experts[n].modality
-            # Not merged with these inputs. Untouched, it shows the same default as the others, so the
-            # sliders stay "at the default" and follow the next input change; moved, it keeps its value.
-            idle = values.get(n, 1 / len(applied) if applied else 1 / len(names))
+            # Not merged with these inputs: an auto slider shows the default the others have; a moved one keeps its value.
+            idle = user.get(n, 1 / len(applied) if applied else 1 / len(names))
             views.append(SliderView(True, f"{_lambda_label(n, modality)}: no {modality} input, not merged",
-                                    float(idle), interactive=False))
+                                    float(idle), interactive=False, auto=n not in user))
     return views
 
 
@@ -152,14 +190,14 @@ def mu_views(experts: Mapping, selected: Sequence[str], values: Mapping[str, flo
     return views
 
 
-def settings_from_values(experts: Mapping, values: Mapping[str, object]) -> StudioSettings:
-    """The named control values -> validated settings (a value missing is a stale page)."""
+def settings_from_values(experts: Mapping, values: Mapping[str, object]) -> CompositionConfig:
+    """The named control values -> a validated composition config (a value missing is a stale page)."""
     missing = [n for n in control_names() if n not in values]
     if missing:
         raise CompositionError(f"the page sent no value for {missing[0]!r}; reload the page.")
     selected = [n for n in (values[SELECTED] or []) if n in experts]
     names = [n for n in lambda_slots(experts, selected) if n]
-    lambdas = {n: float(values[lambda_name(i)]) for i, n in enumerate(names)}
+    lambdas = {n: None if values[lambda_auto_name(i)] else float(values[lambda_name(i)]) for i, n in enumerate(names)}
     mu_have = {e.modality for e in selected_experts(experts, selected) if e.training == "decoupled"}
     mus = {m: float(values[mu_name(m)]) for m in MODALITY_NAMES if m in mu_have}
     methods = [m for n in method_names_all() for m in (values[n] or [])]
@@ -169,20 +207,24 @@ def settings_from_values(experts: Mapping, values: Mapping[str, object]) -> Stud
         if method in chosen:
             params.setdefault(method, {})[name] = values[param_name(method, name)]
     max_new, temperature, top_p = (values[n] for n in GENERATION)
-    return StudioSettings(selected=selected, lambdas=lambdas, mus=mus, methods=methods, method_params=params,
-                          max_new_tokens=int(max_new), temperature=float(temperature), top_p=float(top_p),
-                          seed=int(values.get("seed") or 0))
+    return CompositionConfig(experts=selected, lambdas=lambdas, mus=mus, methods=methods, method_params=params,
+                             max_new_tokens=int(max_new), temperature=float(temperature), top_p=float(top_p),
+                             seed=int(values.get("seed") or 0), experts_without_input=bool(values.get(NO_INPUT)),
+                             merge_all_experts=bool(values[MERGE_ALL]))
 
 
-def values_from_settings(experts: Mapping, settings: StudioSettings, present: Iterable[str] = ()) -> dict:
+def values_from_settings(experts: Mapping, settings: CompositionConfig, present: Iterable[str] = ()) -> dict:
     """What the UI shows for ``settings``: the selection, slider views, methods, params, generation (by name)."""
-    out: dict[str, object] = {SELECTED: list(settings.selected)}
+    selected = list(settings.experts if settings.experts is not None else experts)
+    out: dict[str, object] = {SELECTED: selected}
     for group, choices in method_groups().items():
         names = {n for _, n in choices}
         out[methods_name(group)] = [m for m in settings.methods if m in names]
-    lams = lambda_views(experts, settings.selected, settings.lambdas, present)
+    lams = lambda_views(experts, selected, settings.lambdas, present, settings.merge_all_experts)
     out.update(zip(lambda_names_all(), lams))
-    out.update(zip(mu_names_all(), mu_views(experts, settings.selected, settings.mus, present)))
+    out.update(zip(lambda_auto_names_all(), (v.auto for v in lams)))
+    out.update(zip(mu_names_all(), mu_views(experts, selected, settings.mus, present)))
+    out[MERGE_ALL] = settings.merge_all_experts
     for method, name in param_keys():
         out[param_name(method, name)] = settings.hyper(method)[name]
     out.update({"max_new_tokens": settings.max_new_tokens, "temperature": settings.temperature, "top_p": settings.top_p})

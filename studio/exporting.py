@@ -7,19 +7,16 @@ import time
 import zipfile
 from pathlib import Path
 
+from composition.config import CompositionConfig
 from composition.export import export_composition
-from composition.variants import VariantKind, VariantSpec
 
 from .session import Studio
-from .settings import StudioSettings
 
 
-def export_zip(studio: Studio, settings: StudioSettings, variant: str = "DAMC") -> tuple[str, str]:
+def export_zip(studio: Studio, settings: CompositionConfig, variant: str = "DAMC") -> tuple[str, str]:
     """Returns (zip path, one-line summary). The folder is removed once zipped."""
-    view = studio.cm.subset(settings.selected)
-    spec = VariantSpec.parse(variant)
-    if spec.kind is VariantKind.METHOD:
-        spec = VariantSpec.parse(variant, settings.hyper(variant))
+    view = studio.cm.subset(settings.experts)
+    (spec,) = settings.replace(variants=[variant]).variant_specs()
     modalities = {e.modality for e in view.experts.values()}
     work = Path(tempfile.mkdtemp(prefix="composition-export-"))
     name = f"{spec.name.replace(':', '-')}-composition"

@@ -9,28 +9,27 @@ from __future__ import annotations
 import tempfile
 from typing import Iterator, Mapping
 
+from composition.config import CompositionConfig
+
 from . import run
 from .cards import cards_html, stopped_html
-from .config_io import settings_from_yaml, settings_to_yaml
-from .controls import NO_INPUT, QUESTION, SELECTED, lambda_views, media_of, mu_views, settings_from_values, values_from_settings
+from .controls import QUESTION, SELECTED, lambda_views, media_of, mu_views, settings_from_values, values_from_settings
 from .errors import StudioError
 from .inputs import collect_files, load_user_inputs
 from .learn import formulas_markdown, routing_html
 from .session import NO_EXPERTS_HELP, Studio
-from .settings import StudioSettings
 
 
-def settings_of(studio: Studio, values: Mapping) -> StudioSettings:
-    """The named control values -> validated settings."""
+def settings_of(studio: Studio, values: Mapping) -> CompositionConfig:
+    """The named control values -> a validated composition config."""
     return settings_from_values(studio.cm.experts, values)
 
 
-def default_settings(studio: Studio) -> StudioSettings:
-    """Every loaded expert, with the λ and μ the expert folders ship with (else the paper's defaults)."""
+def default_settings(studio: Studio) -> CompositionConfig:
+    """Every loaded expert, with the λ, μ and merge rule the expert folders ship with (else the paper's defaults)."""
     known = set(studio.cm.experts)
-    return StudioSettings(selected=list(studio.cm.experts),
-                          lambdas={n: v for n, v in studio.defaults.lambdas.items() if n in known},
-                          mus=dict(studio.defaults.mus))
+    shipped = studio.defaults
+    return shipped.replace(experts=list(studio.cm.experts), lambdas={n: v for n, v in shipped.lambdas.items() if n in known})
 
 
 def present_modalities(values: Mapping) -> set[str]:
@@ -68,7 +67,7 @@ def slider_views(studio: Studio, values: Mapping, *, reset: bool = False):
     selected = values.get(SELECTED) or []
     present = present_modalities(values)
     settings = default_settings(studio) if reset else settings_of(studio, values)
-    return (lambda_views(studio.cm.experts, selected, settings.lambdas, present),
+    return (lambda_views(studio.cm.experts, selected, settings.lambdas, present, settings.merge_all_experts),
             mu_views(studio.cm.experts, selected, settings.mus, present))
 
 
@@ -95,10 +94,10 @@ def recompose(studio: Studio, values: Mapping, answered_with: str = "") -> tuple
     """
     settings = settings_of(studio, values)
     present = present_modalities(values)
-    if not settings.selected:
+    if not settings.experts:
         return "select experts to compose them", formulas_markdown(studio, settings, present)
     timing = run.compose_timing(studio, settings, present)
-    now = run.plan_line(run.plan_request(studio, settings, present))
+    now = run.plan_line(settings.plan(studio.cm, present))
     if answered_with and answered_with != now:
         timing += (f"  \n⚠️ The answers shown (or still generating) use **{answered_with}**; a running generation keeps "
                    "the coefficients it started with. Press **Compare** to answer with these.")
@@ -108,21 +107,20 @@ def recompose(studio: Studio, values: Mapping, answered_with: str = "") -> tuple
 def answered_with(studio: Studio, values: Mapping) -> str:
     """The coefficients a Compare with these controls and inputs applies, in words (kept next to the answers)."""
     present = present_modalities(values)
-    return run.plan_line(run.plan_request(studio, settings_of(studio, values), present))
+    return run.plan_line(settings_of(studio, values).plan(studio.cm, present))
 
 
 def token_routing(studio: Studio, variant: str, values: Mapping) -> str:
     settings = settings_of(studio, values)
     experts = studio.cm.experts
-    inputs = load_user_inputs(collect_files(media_of(values)), [experts[n] for n in settings.selected if n in experts])
+    inputs = load_user_inputs(collect_files(media_of(values)), settings.selection(experts))
     return routing_html(studio, values.get(QUESTION) or "What do these inputs have in common?", inputs, variant, settings)
 
 
 # --- compare --------------------------------------------------------------------------
 def compare_stream(studio: Studio, values: Mapping) -> Iterator[str]:
     settings = settings_of(studio, values)
-    req = run.prepare(studio, settings, values.get(QUESTION) or "", collect_files(media_of(values)),
-                      experts_without_input=bool(values.get(NO_INPUT)))
+    req = run.prepare(studio, settings, values.get(QUESTION) or "", collect_files(media_of(values)))
     yield from run.stream(req)
 
 
@@ -144,7 +142,7 @@ def stopped_cards(page: str | None) -> str:
 # --- config ---------------------------------------------------------------------------
 def save_config(studio: Studio, values: Mapping) -> str:
     """Path of a YAML file with the current composition."""
-    text = settings_to_yaml(studio, settings_of(studio, values))
+    text = settings_of(studio, values).to_yaml(studio.cm.experts, base_name=studio.cm.base.name)
     handle = tempfile.NamedTemporaryFile("w", prefix="composition-", suffix=".yaml", delete=False, encoding="utf-8")
     with handle:
         handle.write(text)
@@ -159,6 +157,6 @@ def load_config(studio: Studio, path: str, values: Mapping | None = None) -> tup
         text = open(path, encoding="utf-8").read()
     except UnicodeDecodeError:
         raise StudioError("the uploaded config is not a text (YAML) file; upload the .yaml the Export tab saved.") from None
-    settings, notes = settings_from_yaml(studio, text)
+    settings, notes = CompositionConfig.from_yaml(text, studio.cm.experts, base_name=studio.cm.base.name)
     present = present_modalities(values or {})
     return values_from_settings(studio.cm.experts, settings, present), "config loaded." + "".join(f" Note: {n}" for n in notes)

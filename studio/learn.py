@@ -6,12 +6,12 @@ import html
 from typing import Sequence
 
 from composition.composer import ComposedModel
+from composition.config import CompositionConfig
 from composition.inputs import ModalInput
 from composition.errors import CompositionError
 from composition.prompt import placeholder_pattern, tokenize_segments
-from composition.variants import DAMC, NAIVE, TEXT_ROUTE, VariantKind, VariantSpec
+from composition.variants import DAMC, NAIVE, TEXT_ROUTE
 
-from .settings import StudioSettings
 
 ROUTE_COLOURS = {"text": "#e0e7ff", "image": "#fde68a", "audio": "#bbf7d0", "video": "#fbcfe8", "point": "#bae6fd"}
 
@@ -24,13 +24,11 @@ def _sub(name: str) -> str:
     return "\\text{" + name.replace("_", "\\_") + "}"
 
 
-def formulas_markdown(studio, settings: StudioSettings, present: set[str] = frozenset()) -> str:
+def formulas_markdown(studio, settings: CompositionConfig, present: set[str] = frozenset()) -> str:
     """Markdown with $$…$$ formulas, filled in with the coefficients the engine's plan applies for these inputs."""
-    from .run import plan_request
-
-    experts = {n: e for n, e in studio.cm.experts.items() if n in set(settings.selected)}
+    experts = settings.selection(studio.cm.experts)
     try:
-        plan = plan_request(studio, settings, set(present)) if experts else None
+        plan = settings.plan(studio.cm, set(present)) if experts else None
     except CompositionError:
         plan = None  # the compare button says why; the formulas still show their general form
     naive = plan.variant(NAIVE) if plan else None
@@ -75,14 +73,11 @@ def route_formula(routes: dict[int, float], names: dict[int, str]) -> str:
     return "W + " + " + ".join(terms) if terms else "W (no delta)"
 
 
-def routing_html(studio, question: str, inputs: Sequence[ModalInput], variant: str, settings: StudioSettings) -> str:
+def routing_html(studio, question: str, inputs: Sequence[ModalInput], variant: str, settings: CompositionConfig) -> str:
     """Coloured spans: each text token (hover: its weights) and one span per modality block."""
     view = studio.cm
-    spec = VariantSpec.parse(variant)
-    if spec.kind is VariantKind.METHOD:
-        spec = VariantSpec.parse(variant, settings.hyper(variant))
     present = {i.modality for i in inputs}
-    rv = view.plan(present, [spec], settings.coefficients(view.experts, present), selection=settings.selected).variants[0]
+    rv = settings.replace(variants=[variant]).plan(view, present).variants[0]
     view.prepare_dense([rv])
     row = view.prompt_rows(question, inputs, [rv])[0]
     names = _slot_names(view)

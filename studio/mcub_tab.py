@@ -1,14 +1,14 @@
 """The Benchmark tab (MCUB accuracy; the speed figures are `python -m composition bench`): accuracy by variant, a DAMC sweep.
 
-Both run ``composition.mcub.evaluate`` on the per-request model view; ``progress`` is any
+Both run ``composition.evaluation.evaluate`` on the per-request model view; ``progress`` is any
 ``callable(fraction, desc)`` (the app passes gr.Progress).
 """
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Callable
 
+from composition.config import CompositionConfig
 from composition.errors import CompositionError
 from composition.evaluation import ALL_FOUR, RULES, McubResult, evaluate, load_mcub, synth_sets
 from composition.evaluation.tune import parse_grid, split_items, tune_coefficients  # noqa: F401 (parse_grid: the app's grids)
@@ -16,8 +16,7 @@ from composition.variants import Coefficients, VariantSpec
 
 from .session import Studio
 from .cards import KIND_COLOURS
-from .run import plan_request
-from .settings import StudioSettings, lambda_names
+from .controls import lambda_names
 
 REPO = Path(__file__).resolve().parent.parent
 BUNDLED_MCUB = REPO / "examples" / "manifest.json"
@@ -51,9 +50,9 @@ def load_items(source: str, uploaded: str | None, n_items: int, progress: Progre
     return load_mcub(path)[:n_items]
 
 
-def _evaluate(studio: Studio, settings: StudioSettings, items: list, variants, coefficients, progress: Progress | None,
+def _evaluate(studio: Studio, settings: CompositionConfig, items: list, variants, coefficients, progress: Progress | None,
               label: str) -> McubResult:
-    view = studio.cm.subset(settings.selected)
+    view = studio.cm.subset(settings.experts)
 
     def report(done: int, total: int) -> None:
         if progress:
@@ -66,10 +65,10 @@ def _evaluate(studio: Studio, settings: StudioSettings, items: list, variants, c
     return evaluate(view, items, variants, coefficients, config, batch_items=4, progress=report)
 
 
-def run_mcub(studio: Studio, settings: StudioSettings, items: list, progress: Progress | None = None):
+def run_mcub(studio: Studio, settings: CompositionConfig, items: list, progress: Progress | None = None):
     """(plotly bar chart, markdown summary, result JSON) of accuracy by variant."""
     present = {m for item in items for m in item.modalities}
-    plan = plan_request(studio, settings, present)
+    plan = settings.plan(studio.cm, present)
     result = _evaluate(studio, settings, items, plan.specs, settings.coefficients(studio.cm.experts, present), progress,
                        "benchmark")
     acc = result.accuracy()
@@ -92,15 +91,15 @@ def accuracy_chart(acc: dict[str, float], n_items: int):
     return fig
 
 
-def run_sweep(studio: Studio, settings: StudioSettings, items: list, scales: list[float], mus: list[float],
+def run_sweep(studio: Studio, settings: CompositionConfig, items: list, scales: list[float], mus: list[float],
               progress: Progress | None = None):
     """DAMC accuracy over λ scale (λ_i = scale/K) × μ (same μ for every modality): a heat map."""
     import plotly.graph_objects as go
 
     if len(scales) * len(mus) > 36:
         raise CompositionError(f"the sweep grid has {len(scales)}×{len(mus)} cells; keep it at most 36 (each cell runs every item).")
-    view = studio.cm.subset(settings.selected)
-    names = lambda_names(view.experts, settings.selected)
+    view = studio.cm.subset(settings.experts)
+    names = lambda_names(view.experts, settings.experts)
     if not any(view.experts[n].training == "decoupled" for n in names):
         raise CompositionError("the sweep varies DAMC's λ and μ, which needs decoupled experts; select some in the Experts tab.")
     modalities = sorted({view.experts[n].modality for n in names})
@@ -136,15 +135,15 @@ def tune_items(source: str, uploaded: str | None, n_items: int, fraction: float 
     return split_items(load_items(source, uploaded, n_items), fraction)
 
 
-def run_tune(studio: Studio, settings: StudioSettings, validation: list, test: list, scales: list[float], mus: list[float],
-             progress: Progress | None = None) -> tuple[str, dict, StudioSettings]:
+def run_tune(studio: Studio, settings: CompositionConfig, validation: list, test: list, scales: list[float], mus: list[float],
+             progress: Progress | None = None) -> tuple[str, dict, CompositionConfig]:
     """DAMC's coefficient choice: the best λ scale × μ on ``validation``, reported on the disjoint ``test`` items.
 
     Returns (markdown summary, result JSON, the settings with the chosen λ and μ applied: the sliders show them).
     """
     from composition.generate import GenerationConfig
 
-    view = studio.cm.subset(settings.selected)
+    view = studio.cm.subset(settings.experts)
 
     def report(done: int, total: int, label: str) -> None:
         if progress:
@@ -155,7 +154,7 @@ def run_tune(studio: Studio, settings: StudioSettings, validation: list, test: l
     modalities = sorted({m for item in test for m in item.modalities})
     chosen = result.coefficients(view, modalities)
     mus = {e.modality: result.best_mu for e in view.experts.values() if e.training == "decoupled"}
-    applied = dataclasses.replace(settings, lambdas=dict(chosen.lambdas), mus=mus)
+    applied = settings.replace(lambdas=dict(chosen.lambdas), mus=mus)
     summary = (f"**Chosen on {result.n_validation} validation items:** λ scale {result.best_scale:g} (λ_i = scale/K), "
                f"μ {result.best_mu:g} — validation accuracy {100 * result.validation_accuracy:.1f} %. "
                f"**On {result.n_test} disjoint test items:** {100 * result.test_accuracy:.1f} % "

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator, Mapping
 
 from composition.composer import VariantAnswer
+from composition.config import CompositionConfig
 from composition.inputs import ModalInput
 from composition.errors import CompositionError
 from composition.plan import Plan, describe_coefficients
@@ -30,7 +31,6 @@ from composition.plan import Plan, describe_coefficients
 from .cards import Card, cards_html
 from .inputs import load_user_inputs, outside_world_notes
 from .session import Studio
-from .settings import StudioSettings
 
 OOM_RETRY_NOTE = ("the GPU ran out of memory running all {n} variants in one batch; they ran one at a time instead "
                   "(same answers, slower)")
@@ -53,34 +53,26 @@ class Request:
     question: str
     inputs: list[ModalInput]
     plan: Plan
-    settings: StudioSettings
+    settings: CompositionConfig
     warnings: list[str] = field(default_factory=list)
     used: str = ""
     world_notes: dict[str, str] = field(default_factory=dict)
 
 
-def prepare(studio: Studio, settings: StudioSettings, question: str, files: Mapping[str, list[str]], *,
-            experts_without_input: bool = False) -> Request:
+def prepare(studio: Studio, settings: CompositionConfig, question: str, files: Mapping[str, list[str]]) -> Request:
     """Every cheap check before generation: question, files (decoded), selection, variants."""
     if not isinstance(question, str) or not question.strip():
         raise CompositionError("the question is empty; type a question for the models to answer.")
     if not studio.cm.experts:
         raise CompositionError("no experts are loaded; add an expert folder in the Experts tab "
                                "(or start the app with --experts DIR).")
-    if not settings.selected:
+    if not settings.experts:
         raise CompositionError("no expert is selected; tick at least one expert in the Experts tab.")
     experts = studio.cm.experts
-    inputs = load_user_inputs(files, [experts[n] for n in settings.selected if n in experts])
-    plan = plan_request(studio, settings, {i.modality for i in inputs}, experts_without_input=experts_without_input)
-    return Request(studio, question, inputs, plan, settings, studio.folder_warnings(settings.selected), plan_line(plan),
+    inputs = load_user_inputs(files, settings.selection(experts))
+    plan = settings.plan(studio.cm, {i.modality for i in inputs})
+    return Request(studio, question, inputs, plan, settings, studio.folder_warnings(settings.experts), plan_line(plan),
                    outside_world_notes(experts, plan, inputs))
-
-
-def plan_request(studio: Studio, settings: StudioSettings, present: set[str], *, experts_without_input: bool = False) -> Plan:
-    """The engine's plan for these settings and inputs: who takes part, with which coefficients."""
-    return studio.cm.plan(present, None, settings.coefficients(studio.cm.experts, present), selection=settings.selected,
-                          methods=settings.methods, hyper={m: settings.hyper(m) for m in settings.methods},
-                          experts_without_input=experts_without_input)
 
 
 def plan_line(plan: Plan) -> str:
@@ -256,10 +248,10 @@ def _apply(cards: list[Card], notices: list[str], item) -> None:
             card.answer = text
 
 
-def compose_timing(studio: Studio, settings: StudioSettings, present: set[str]) -> str:
+def compose_timing(studio: Studio, settings: CompositionConfig, present: set[str]) -> str:
     """Online composition = resolving the variants and building the coefficient table; time it."""
     start = time.perf_counter()
-    plan = plan_request(studio, settings, present)
+    plan = settings.plan(studio.cm, present)
     try:
         table = studio.cm.compose(plan)  # takes the lock only to compute a missing dense merge
     except Exception as exc:  # noqa: BLE001 - a merge method's dense result may not fit on the GPU

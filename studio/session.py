@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from composition.discovery import BUNDLED_EXPERTS, default_coefficients, expert_folders
+from composition.config import CompositionConfig, shipped_config
+from composition.discovery import BUNDLED_EXPERTS, expert_folders
 from composition.composer import ComposedModel
 from composition.errors import ExpertError
 from composition.expert import EXPERT_JSON
-from composition.variants import Coefficients
 
 EXPERTS_ENV = "STUDIO_EXPERTS"
 BASE_ENV = "STUDIO_BASE"
@@ -32,7 +32,7 @@ class Studio:
     device: str = "cpu"
     base_seconds: float = 0.0
     load_problems: list[str] = field(default_factory=list)  # experts that failed to load (startup or added), with why
-    defaults: Coefficients = field(default_factory=Coefficients)  # λ, μ the expert folders ship with (composition.json)
+    defaults: CompositionConfig = field(default_factory=CompositionConfig)  # what the expert folders ship with (composition.json)
 
     @property
     def expert_names(self) -> list[str]:
@@ -157,7 +157,7 @@ def load_studio(expert_dirs: Sequence[Path], base: str | None = None, device: st
     cm = ComposedModel(load_base_llm(base or os.environ.get(BASE_ENV) or None, device=device, cache_dir=cache_dir, **kwargs))
     studio = Studio(cm, device, time.perf_counter() - start)
     try:
-        studio.defaults = default_coefficients(expert_dirs)
+        studio.defaults = shipped_config(expert_dirs)
     except ValueError as exc:  # a broken composition.json: the paper's defaults, and the catalog says why
         studio.load_problems.append(str(exc))
     for d in expert_dirs:

@@ -107,11 +107,11 @@ class Outcome:
 def controls_for(experts: dict, selected: list[str], lambdas: dict, mus: dict, methods: list[str],
                  params: dict, max_new_tokens: int) -> dict:
     """The named control values the UI sends (studio/controls.py names them)."""
+    from composition.config import CompositionConfig
     from studio.controls import SliderView, values_from_settings
-    from studio.settings import StudioSettings
 
-    settings = StudioSettings(selected=selected, lambdas=lambdas, mus=mus, methods=methods, method_params=params,
-                              max_new_tokens=max_new_tokens)
+    settings = CompositionConfig(experts=selected, lambdas=lambdas, mus=mus, methods=methods, method_params=params,
+                                 max_new_tokens=max_new_tokens)
     shown = values_from_settings(experts, settings)
     return {name: v.value if isinstance(v, SliderView) else v for name, v in shown.items()}
 
@@ -126,7 +126,7 @@ def ui_kwargs(question: str, media: list, controls: dict) -> dict:
 
 def session_profile(i: int, experts: dict, max_new_tokens: int) -> dict:
     """Client i's own composition: a selection, λ, μ, maybe a merge method, a question, and its inputs."""
-    from studio.settings import lambda_names
+    from studio.controls import lambda_names
 
     names = list(experts)
     subsets = (1 << len(names)) - 1
@@ -491,7 +491,7 @@ class SliderSession:
         self.timed_out = False
 
     def run(self, done: threading.Event) -> None:
-        from studio.settings import lambda_names
+        from studio.controls import lambda_names
 
         names = list(self.experts)
         merged = lambda_names(self.experts, names)

@@ -35,6 +35,24 @@ def test_compare_json_contract(random_experts_dir, base_cache_dir):
 
 
 @pytest.mark.slow
+def test_compare_reads_a_config_and_its_flags_override_it(random_experts_dir, tmp_path, base_cache_dir):
+    """The app's saved config runs as is from the CLI; --lambda over the file; λ set by hand stays with a new input."""
+    config = tmp_path / "composition.yaml"
+    config.write_text("format: mllm-composition-studio/1\nexperts: [image, audio]\nvariants: [DAMC]\n"
+                      "coefficients: {lambdas: {image: 0.5, audio: auto}, mus: {audio: 0.8}}\n"
+                      "generation: {max_new_tokens: 4}\n")
+    result = run_cli("compare", "--question", "What is it?", "--image", MEDIA / "images" / "cheetah.jpg", "--audio",
+                     MEDIA / "audio" / "cantina.wav", "--experts", random_experts_dir, "--config", config,
+                     "--lambda", "audio=0.3", "--json", cache=base_cache_dir)
+    assert result.returncode == 0, result.stderr
+    (damc,) = json.loads(result.stdout)["variants"]
+    assert damc["coefficients"] == {"lambdas": {"image": 0.5, "audio": 0.3}, "mus": {"image": 1.0, "audio": 0.8}}
+    assert 0 < damc["new_tokens"] <= 4
+    bad = run_cli("compare", "--question", "?", "--experts", random_experts_dir, "--config", tmp_path / "missing.yaml")
+    assert bad.returncode == 2 and "config 'missing.yaml' could not be read" in bad.stderr
+
+
+@pytest.mark.slow
 def test_export_then_list_the_exported_experts(random_experts_dir, tmp_path, base_cache_dir):
     out = tmp_path / "exported"
     result = run_cli("export", "--variant", "DAMC", "--out", out, "--experts", random_experts_dir, "--lambda", "image=0.7", cache=base_cache_dir)

@@ -18,7 +18,7 @@ from composition.expert import save_expert
 from studio import handlers, run
 from studio.cards import STOPPED
 from studio.session import Studio
-from studio.settings import StudioSettings
+from composition.config import CompositionConfig
 from tests.test_studio_handlers import CHEETAH, MEDIA, ask, controls, file_features, make_studio, short
 from composition.random_models import random_expert, tiny_base
 
@@ -72,7 +72,7 @@ def test_a_removed_expert_folder_is_reported_and_its_expert_keeps_answering(tmp_
     page = list(handlers.compare_stream(studio, ask("hi", IMAGE_ONLY, False, short(studio))))[-1]
     assert "was removed or moved while the app runs" in page
     # The selection decides which warnings a request gets: audio alone does not mention image.
-    audio_only = handlers.settings_of(studio, short(studio, selected=["audio"]))
+    audio_only = handlers.settings_of(studio, short(studio, experts=["audio"]))
     req = run.prepare(studio, audio_only, "hi", {})
     assert req.warnings == []
     # Adding it again from the removed place says why it cannot.
@@ -345,7 +345,7 @@ def live(smollm2, base_cache_dir, tmp_path_factory):
 
 def ui_args(studio: Studio, question: str, image=None, max_new_tokens: int = 8, **settings) -> dict:
     """The named inputs of /compare_ui: the question, the media, 'also run experts without input', the controls."""
-    values = controls(studio, StudioSettings(selected=studio.expert_names, max_new_tokens=max_new_tokens, **settings))
+    values = controls(studio, CompositionConfig(experts=studio.expert_names, max_new_tokens=max_new_tokens, **settings))
     return ask(question, [image, None, None, None], False, values)
 
 

@@ -18,8 +18,12 @@ from composition.generate import GenerationConfig
 from composition.variants import TEXT_ROUTE, Coefficients, VariantKind, VariantSpec
 from studio import handlers
 from studio.cards import Card, card_html
-from studio.controls import lambda_views, mu_views
+from pathlib import Path
+
+from studio.controls import lambda_auto_name, lambda_name, lambda_views, mu_views
 from tests.test_studio_handlers import CHEETAH, MEDIA, ask, controls, make_studio
+
+AUDIO = str(MEDIA / "audio" / "cantina.wav")
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +113,7 @@ def test_api_cards_and_sliders_show_the_coefficients_the_engine_applied():
 def test_sliders_follow_the_inputs_until_the_user_moves_one():
     studio = make_studio()
     names = studio.expert_names
-    stale = {"image": 1 / 3, "audio": 1 / 3, "point": 1 / 3}  # the default made for no inputs
+    stale = {"image": None, "audio": None, "point": None}  # never moved: auto (they showed 1/3 with no inputs)
     assert [v.value for v in lambda_views(studio.cm.experts, names, stale, {"image", "audio"})][:2] == [0.5, 0.5]
     # Adding an input again and again: untouched sliders keep following the default 1/K.
     shown = {}
@@ -117,8 +121,30 @@ def test_sliders_follow_the_inputs_until_the_user_moves_one():
         views = lambda_views(studio.cm.experts, names, shown, present)
         shown = dict(zip(names, (v.value for v in views)))
         assert [shown[n] for n in names if n in present] == [1 / len(present)] * len(present)
+        shown = {n: None if v.auto else v.value for n, v in zip(names, views)}  # what the page sends back: still auto
     moved = {"image": 0.8, "audio": 1 / 3, "point": 1 / 3}
     assert [v.value for v in lambda_views(studio.cm.experts, names, moved, {"image", "audio"})][:2] == [0.8, pytest.approx(1 / 3)]
+
+
+def test_lambdas_set_by_hand_survive_a_new_input_and_the_card_reports_them():
+    """λ image = audio = 0.5 on purpose is not "the default for two inputs": a third input leaves both at 0.5
+    (the third gets its own auto 1/3), and the card and the plan say so."""
+    studio = make_studio()
+    values = controls(studio)
+    for i, name in enumerate(["image", "audio"]):  # the first two sliders, moved by the user to 0.5
+        values[lambda_name(i)], values[lambda_auto_name(i)] = 0.5, False
+    two = {"image": 0.5, "audio": 0.5}
+    point = str(Path(__file__).resolve().parent.parent / "examples" / "point-example.npy")
+    views = handlers.slider_views(studio, ask("", [CHEETAH, AUDIO, None, point], False, values))[0]
+    assert [(v.value, v.auto) for v in views if v.visible] == [(0.5, False), (0.5, False), (pytest.approx(1 / 3), True)]
+    cards = list(handlers.compare_stream(studio, ask("hi", [CHEETAH, AUDIO, None, point], False, values)))[-1]
+    assert "λ image 0.50, audio 0.50, point 0.33" in cards
+    settings = handlers.settings_of(studio, values)
+    assert settings.lambdas == two
+    damc = settings.plan(studio.cm, {"image", "audio", "point"}).variant("DAMC")
+    assert {k: round(v, 4) for k, v in damc.lambdas.items()} == {**two, "point": 0.3333}
+    again, _ = type(settings).from_yaml(settings.to_yaml(studio.cm.experts), studio.cm.experts)
+    assert again.lambdas == two  # a saved config keeps them too (the point λ is saved as auto)
 
 
 # --- user errors and internal errors --------------------------------------------------------------
@@ -269,7 +295,9 @@ def test_a_folder_of_experts_ships_its_coefficients(tmp_path):
     with pytest.raises(CompositionError, match="λ for 'image' is 0.6 in one composition.json and 0.5"):
         default_coefficients([one, two])
     studio = make_studio(modalities=("image", "point"))
-    studio.defaults = shipped
+    from composition.config import shipped_config
+
+    studio.defaults = shipped_config([one, other, tmp_path / "nothing-here"])
     settings = handlers.default_settings(studio)
     assert settings.lambdas == {"image": 0.6, "point": 0.4} and settings.mus["point"] == 0.8
     damc = next(v for v in handlers.compare_api(studio, "hi")["variants"] if v["name"] == "DAMC")

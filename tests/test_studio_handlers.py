@@ -14,13 +14,12 @@ from composition.errors import CompositionError
 from modalities import MODALITY_NAMES
 from studio import handlers
 from studio.mcub_tab import load_items, parse_grid, run_mcub, run_sweep
-from studio.config_io import CONFIG_FORMAT, settings_from_yaml, settings_to_yaml
-from studio.controls import (NO_INPUT, QUESTION, SliderView, lambda_name, lambda_names_all, lambda_views, media_name, method_names_all,
-                             mu_name, mu_views, param_name, values_from_settings)
+from composition.config import CONFIG_FORMAT, CompositionConfig
+from studio.controls import (MAX_LAMBDA_SLOTS, NO_INPUT, QUESTION, SliderView, lambda_auto_name, lambda_name, lambda_names_all,
+                             lambda_views, media_name, method_names_all, mu_name, mu_views, param_name, values_from_settings)
 from studio.examples import example_rows
 from studio.exporting import export_zip
 from studio.session import NO_EXPERTS_HELP, Studio
-from studio.settings import MAX_LAMBDA_SLOTS, StudioSettings
 from composition.random_models import FEATURE_DIM, random_expert, tiny_base
 
 MEDIA = Path(importlib.util.find_spec("gradio").submodule_search_locations[0]) / "media_assets"
@@ -45,7 +44,7 @@ def make_studio(kinds=("decoupled",), modalities=("image", "audio", "point")) ->
     return Studio(ComposedModel(base, experts, feature_fn=file_features))
 
 
-def controls(studio: Studio, settings: StudioSettings | None = None) -> dict:
+def controls(studio: Studio, settings: CompositionConfig | None = None) -> dict:
     """The named control values the UI sends, from settings (default: every expert, paper defaults)."""
     settings = settings or handlers.default_settings(studio)
     shown = values_from_settings(studio.cm.experts, settings)
@@ -60,13 +59,13 @@ def ask(question: str, media, experts_without_input: bool, values: dict) -> dict
     return sent
 
 
-SHORT = StudioSettings(max_new_tokens=3)
+SHORT = CompositionConfig(max_new_tokens=3)
 
 
 def short(studio, **changes) -> dict:
-    values = dict(selected=list(studio.cm.experts), max_new_tokens=3)
+    values = dict(experts=list(studio.cm.experts), max_new_tokens=3)
     values.update(changes)
-    return controls(studio, StudioSettings(**values))
+    return controls(studio, CompositionConfig(**values))
 
 
 # --- sliders and settings ------------------------------------------------------------
@@ -88,7 +87,8 @@ def test_default_lambdas_defer_to_the_engine_and_changed_ones_pass_through():
     experts = studio.cm.experts
     assert handlers.settings_of(studio, controls(studio)).coefficients(experts).lambdas == {}
     values = controls(studio)
-    values[lambda_name(0)] = 0.8  # first λ slider: image
+    values[lambda_name(0)] = 0.8  # first λ slider: image, moved by the user
+    values[lambda_auto_name(0)] = False
     coef = handlers.settings_of(studio, values).coefficients(experts)
     assert coef.lambdas["image"] == 0.8 and coef.lambdas["audio"] == pytest.approx(1 / 3)
 
@@ -102,7 +102,7 @@ def test_default_lambdas_defer_to_the_engine_and_changed_ones_pass_through():
 ])
 def test_bad_settings_name_the_value(changes, message):
     with pytest.raises(CompositionError, match=message):
-        StudioSettings(**changes)
+        CompositionConfig(**changes)
 
 
 # --- compare -----------------------------------------------------------------------------
@@ -178,7 +178,7 @@ def test_adding_an_invalid_expert_folder_says_why(tmp_path):
 def test_selection_is_per_request_and_does_not_touch_the_shared_model():
     studio = make_studio()
     payload = handlers.compare_api(studio, "hi", image=CHEETAH)
-    only_audio = handlers.settings_of(studio, short(studio, selected=["audio"]))
+    only_audio = handlers.settings_of(studio, short(studio, experts=["audio"]))
     with pytest.raises(CompositionError, match="none is selected for the given inputs"):
         list(handlers.compare_stream(studio, ask("hi", [CHEETAH, None, None, None], False, controls(studio, only_audio))))
     assert studio.expert_names == ["image", "audio", "point"]
@@ -191,6 +191,7 @@ def test_recompose_reports_time_and_fills_the_formulas():
     studio = make_studio(kinds=("decoupled", "shared"))
     values = controls(studio)
     values[lambda_name(0)] = 0.5
+    values[lambda_auto_name(0)] = False
     timing, formulas = handlers.recompose(studio, ask("", [CHEETAH, None, None, None], False, values))
     assert timing.startswith("composed ") and " ms** on **cpu**" in timing
     assert "0.5\\,T_{\\text{image}}" in formulas and "D_{\\text{image-shared}}" in formulas
@@ -205,7 +206,7 @@ def test_token_routing_shows_text_tokens_and_modality_blocks():
 # --- config -------------------------------------------------------------------------------
 def test_yaml_config_round_trip():
     studio = make_studio()
-    settings = StudioSettings(selected=["image", "audio"], lambdas={"image": 0.7, "audio": 0.2}, mus={"audio": 0.6},
+    settings = CompositionConfig(experts=["image", "audio"], lambdas={"image": 0.7, "audio": 0.2}, mus={"audio": 0.6},
                               methods=["ties"], method_params={"ties": {"density": 0.3}}, max_new_tokens=20, top_p=0.9)
     path = handlers.save_config(studio, controls(studio, settings))
     data = yaml.safe_load(Path(path).read_text())
@@ -230,20 +231,22 @@ def test_yaml_config_round_trip():
 ])
 def test_bad_configs_are_refused_clearly(text, message):
     with pytest.raises(CompositionError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        settings_from_yaml(make_studio(), text)
+        studio = make_studio()
+        CompositionConfig.from_yaml(text, studio.cm.experts, base_name=studio.cm.base.name)
 
 
 def test_config_text_reloads_to_equal_settings():
     studio = make_studio()
-    settings = StudioSettings(selected=["point"], mus={"point": 1.5}, temperature=0.7, seed=3)
-    again, notes = settings_from_yaml(studio, settings_to_yaml(studio, settings))
+    settings = CompositionConfig(experts=["point"], mus={"point": 1.5}, temperature=0.7, seed=3)
+    again, notes = CompositionConfig.from_yaml(settings.to_yaml(studio.cm.experts, studio.cm.base.name), studio.cm.experts,
+                                               base_name=studio.cm.base.name)
     assert again == settings and notes == []
 
 
 # --- export, benchmark, examples ------------------------------------------------------------
 def test_export_zip_holds_a_reloadable_checkpoint():
     studio = make_studio()
-    path, message = export_zip(studio, StudioSettings(selected=["image", "audio"]), "DAMC")
+    path, message = export_zip(studio, CompositionConfig(experts=["image", "audio"]), "DAMC")
     with zipfile.ZipFile(path) as zf:
         names = zf.namelist()
     assert any(n.endswith("/config.json") for n in names) and any(n.endswith("experts/audio/expert.json") for n in names)
@@ -255,11 +258,11 @@ def test_benchmark_and_sweep_on_the_bundled_items():
     studio = make_studio(modalities=("image", "audio", "video", "point"))
     items = load_items("bundled examples", None, 2)
     seen = []
-    fig, summary, result = run_mcub(studio, StudioSettings(selected=studio.expert_names), items,
+    fig, summary, result = run_mcub(studio, CompositionConfig(experts=studio.expert_names), items,
                                          lambda f, desc="": seen.append(f))
     assert result["items"] == 2 and "DAMC" in result["accuracy"] and seen[-1] == 1.0
     assert [t.type for t in fig.data] == ["bar"] and "2 items" in summary
-    heat = run_sweep(studio, StudioSettings(selected=studio.expert_names), items[:1], [0.5, 1.0], [1.0])
+    heat = run_sweep(studio, CompositionConfig(experts=studio.expert_names), items[:1], [0.5, 1.0], [1.0])
     assert heat.data[0].type == "heatmap" and len(heat.data[0].z[0]) == 2
     with pytest.raises(CompositionError, match="numbers separated by commas"):
         parse_grid("1, x", "λ scales")

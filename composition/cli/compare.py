@@ -5,22 +5,19 @@ import argparse
 import json
 import sys
 
-from .common import add_composition_args, add_input_args, build_model, check_coefficient_names, coefficients_from_args, input_files, variant_specs
+from .common import add_composition_args, add_generation_args, add_input_args, build_model, composition_config, input_files
 from .registry import command
 
 
-# --- compare ------------------------------------------------------------------------
 @command("compare", "answer a question with several compositions and experts side by side")
 def build_compare(p: argparse.ArgumentParser):
     p.add_argument("--question", required=True, help="the question (text)")
     add_input_args(p)
     add_composition_args(p)
     p.add_argument("--variants", nargs="+", default=None, metavar="NAMES",
-                   help="NaiveMC, DAMC, expert:<name>, or a merge method; default: NaiveMC, DAMC and every expert with an input")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
+                   help="NaiveMC, DAMC, expert:<name>, base, or a merge method; default: NaiveMC, DAMC and every expert "
+                        "with an input")
+    add_generation_args(p)
     p.add_argument("--sequential", action="store_true", help="run variants one by one instead of in one batch")
     p.add_argument("--json", action="store_true", help="print JSON: {\"variants\": [{name, kind, answer, seconds, new_tokens, "
                    "experts, coefficients: {lambdas, mus[, hyper]}, notes}, ...], \"skipped\": [{name, reason}]}")
@@ -30,22 +27,19 @@ def build_compare(p: argparse.ArgumentParser):
 def run_compare(args: argparse.Namespace) -> int:
     from ..discovery import scan_experts
     from ..errors import CompositionError
-    from ..generate import GenerationConfig
     from ..inputs import decoder_needs, load_inputs
     from ..plan import describe_coefficients
     from ..world_notes import world_notes
 
     if not args.question.strip():
         raise CompositionError("--question is empty; give the question to answer.")
-    config = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
-    coefficients = coefficients_from_args(args)
-    specs = variant_specs(args.variants, args.method_params) if args.variants else None
     entries = scan_experts(args.experts)
-    inputs = load_inputs(input_files(args), decoder_needs(e.config for e in entries))
-    check_coefficient_names(coefficients, entries)
+    config = composition_config(args, entries)  # every name checked before any model loads
+    chosen = [e.config for e in entries if config.experts is None or e.config.name in config.experts]
+    inputs = load_inputs(input_files(args), decoder_needs(chosen))
     cm = build_model(args, entries)
-    plan = cm.plan({i.modality for i in inputs}, specs, coefficients)  # the engine decides who takes part, and with what
-    answers = cm.compare(args.question, inputs, plan, config=config, batched=not args.sequential)
+    plan = config.plan(cm, {i.modality for i in inputs})  # the engine decides who takes part, and with what
+    answers = cm.compare(args.question, inputs, plan, config=config.generation(), batched=not args.sequential)
     notes = world_notes(cm.experts.values(), inputs)
     for a in answers:
         a.notes += [notes[n] for n in a.experts if n in notes]

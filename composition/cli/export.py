@@ -5,7 +5,7 @@ import argparse
 import time
 from pathlib import Path
 
-from .common import add_composition_args, build_model, check_coefficient_names, coefficients_from_args, variant_specs
+from .common import add_composition_args, build_model, composition_config
 from .registry import command
 
 
@@ -27,14 +27,15 @@ def run_export(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise CompositionError(f"--out {out.name!r} exists and is not an empty folder; choose a new folder.")
-    coefficients = coefficients_from_args(args)
-    specs = variant_specs([args.variant], args.method_params)
     entries = scan_experts(args.experts)
-    check_coefficient_names(coefficients, entries)
+    args.variants = [args.variant]
+    config = composition_config(args, entries)
+    (spec,) = config.variant_specs()
     cm = build_model(args, entries)
     start = time.perf_counter()
-    export_composition(cm, specs[0], out, coefficients=coefficients, modalities=set(args.modalities) if args.modalities else None)
-    print(f"exported {specs[0].name} to {out} in {time.perf_counter() - start:.1f} s")
+    export_composition(cm, spec, out, coefficients=config.coefficients(),
+                       modalities=set(args.modalities) if args.modalities else None)
+    print(f"exported {spec.name} to {out} in {time.perf_counter() - start:.1f} s")
     return 0
 
 

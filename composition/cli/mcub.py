@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from .common import add_composition_args, build_model, check_coefficient_names, coefficients_from_args, variant_specs
+from .common import add_composition_args, build_model, composition_config
 from .registry import command
 
 
@@ -127,8 +127,6 @@ def run_mcub(args: argparse.Namespace) -> int:
         raise CompositionError("--tune runs in one process and does not resume; drop torchrun / --resume for it.")
     default_tokens = (PAPER_CONFIG if args.prompt == "paper" else DEFAULT_CONFIG).max_new_tokens
     config = GenerationConfig(max_new_tokens=args.max_new_tokens or default_tokens, temperature=0.0)
-    coefficients = coefficients_from_args(args)
-    specs = variant_specs(args.variants, args.method_params) if args.variants else None
     # Every cheap check first: files, answers, paths, gold answers, prompts; then experts; then the model.
     sets, items, stem = _load_sets(args)
     family, detected_by = _task(args, sets)
@@ -137,23 +135,28 @@ def run_mcub(args: argparse.Namespace) -> int:
     for item in items:
         rule.check_gold(item.answer, f"item {item.id!r}")
     entries = scan_experts(args.experts)
-    check_coefficient_names(coefficients, entries)
+    composition = composition_config(args, entries)
+    coefficients = composition.coefficients()  # the user's λ; the engine gives each item set's auto λ its 1/K
+    # The paper's prompt reproduces the original, whose merged model adds every expert's text delta.
+    merge_all = composition.merge_all_experts or args.prompt == "paper"
     task = {"family": family, "detected_by": detected_by, "scoring": scoring, "rule": rule.name,
             "rule_description": rule.description}
     if args.tune:
         val_items = _validation_items(args, items)
-        cm = build_model(args, entries)
+        cm = _selected(build_model(args, entries), composition)
         return _run_tune(args, cm, val_items, items, rule, config, task)
 
     ctx = init_distributed(args.device) if distributed else None
     try:
-        cm = build_model(args, entries)
-        names = [s.name for s in specs] if specs else cm.default_variants({m for item in items for m in item.modalities})
+        cm = _selected(build_model(args, entries), composition)
+        specs = composition.variant_specs() or composition.plan(cm, {m for item in items for m in item.modalities}).specs
+        names = [s.name for s in specs]
         settings = files.run_settings(
             experts={e.config.name: folder_digest(e.folder) for e in entries}, base_sha256=getattr(cm.base, "sha256", None),
             prompt=args.prompt, config=config, template=cm.base.template.name, scoring=rule.name,
             batch_items=args.batch_items, variants=names, coefficients=coefficients, method_params=args.method_params,
-            processes=ctx.world_size if ctx else 1, labels=PAPER_LABELS if args.prompt == "paper" else None)
+            processes=ctx.world_size if ctx else 1, labels=PAPER_LABELS if args.prompt == "paper" else None,
+            merge_all_experts=merge_all)
         pred, paper_dir = files.output_paths(sets[0].path, stem, predictions=args.predictions, skip=args.skip, limit=args.limit)
         previous = files.read_previous(pred, settings, {item.id for item in items}) if args.resume else {}
         if ctx is not None:
@@ -168,8 +171,8 @@ def run_mcub(args: argparse.Namespace) -> int:
         try:
             with _progress_bar(len(mine), disable=ctx is not None and not ctx.is_main) as bar:
                 if mine:
-                    evaluate(cm, mine, specs or names, coefficients, config, batch_items=args.batch_items, rule=rule,
-                             prompt=args.prompt, previous=previous, on_chunk=log,
+                    evaluate(cm, mine, specs, coefficients, config, batch_items=args.batch_items, rule=rule,
+                             prompt=args.prompt, previous=previous, on_chunk=log, merge_all_experts=merge_all,
                              progress=lambda done, total: bar.update(done - bar.n))
         finally:
             log.close()
@@ -182,8 +185,8 @@ def run_mcub(args: argparse.Namespace) -> int:
             answers.update(new)
         if ctx is not None and not ctx.is_main:
             return 0
-        result = evaluate(cm, items, specs or names, coefficients, config, batch_items=args.batch_items, rule=rule,
-                          prompt=args.prompt, previous=answers)
+        result = evaluate(cm, items, specs, coefficients, config, batch_items=args.batch_items, rule=rule,
+                          prompt=args.prompt, previous=answers, merge_all_experts=merge_all)
         result.seconds = time.perf_counter() - start
         written = files.write_lines(pred, (p.to_json() for p in result.predictions))
         for part in files.part_paths(pred):
@@ -205,6 +208,11 @@ def run_mcub(args: argparse.Namespace) -> int:
     finally:
         if ctx is not None:
             ctx.close()
+
+
+def _selected(cm, composition):
+    """The loaded model composing only the config's experts (all of them when it names none)."""
+    return cm if composition.experts is None else cm.subset(composition.experts)
 
 
 # --- tuning -------------------------------------------------------------------------

@@ -39,7 +39,7 @@ def write_lines(path: str | Path, rows: Iterable[dict]) -> Path:
 
 def run_settings(*, experts: Mapping[str, str], base_sha256: str | None, prompt: str, config, template: str, scoring: str,
                  batch_items: int, variants: Sequence[str], coefficients, method_params: Sequence[str], processes: int,
-                 labels: Mapping[str, str] | None = None) -> dict:
+                 labels: Mapping[str, str] | None = None, merge_all_experts: bool = False) -> dict:
     """What makes two runs' answers comparable (``experts``: name -> folder digest); ``--resume`` compares it."""
     settings = {"experts": dict(experts), "base": base_sha256, "prompt": prompt, "max_new_tokens": config.max_new_tokens,
                 "temperature": config.temperature, "template": template, "scoring": scoring, "batch_items": batch_items,
@@ -47,6 +47,8 @@ def run_settings(*, experts: Mapping[str, str], base_sha256: str | None, prompt:
                 "processes": processes}
     if labels:
         settings["labels"] = dict(labels)
+    if merge_all_experts:  # only when set, so the files of runs before this option still resume
+        settings["merge_all_experts"] = True
     return settings
 
 

@@ -157,7 +157,8 @@ def _variant_name(variant) -> str:
 def evaluate(cm, items: Sequence[McubItem], variants: Sequence | None = None, coefficients=None,
              config: GenerationConfig | None = None, *, batch_items: int = 8, progress: Progress | None = None,
              rule: ScoringRule | None = None, prompt: str = "studio", previous: Mapping[tuple[str, str], str] | None = None,
-             on_chunk: ChunkDone | None = None, coefficients_for: Callable[[tuple[str, ...]], object] | None = None) -> McubResult:
+             on_chunk: ChunkDone | None = None, coefficients_for: Callable[[tuple[str, ...]], object] | None = None,
+             merge_all_experts: bool = False) -> McubResult:
     """Answer every item with every variant and score the answers.
 
     Args:
@@ -177,6 +178,8 @@ def evaluate(cm, items: Sequence[McubItem], variants: Sequence | None = None, co
         on_chunk: called with the new predictions of each generated chunk (to save progress).
         coefficients_for: per modality set, the coefficients to use (overrides ``coefficients``;
             the λ search gives each set its own ``1/K`` scale).
+        merge_all_experts: compositions merge every loaded expert, whatever inputs an item has
+            (the original's merged model; ``--prompt paper`` runs use it).
     Returns:
         a McubResult; predictions in the items' order, then the variants' order.
     """
@@ -220,7 +223,7 @@ def evaluate(cm, items: Sequence[McubItem], variants: Sequence | None = None, co
         chunk = [todo[k] for k in chunk]
         modalities = items[chunk[0]].modalities
         coef = coefficients_for(modalities) if coefficients_for is not None else coefficients
-        answers = _run_chunk(cm, [items[i] for i in chunk], names, coef, config, prompt)
+        answers = _run_chunk(cm, [items[i] for i in chunk], names, coef, config, prompt, merge_all_experts)
         chunk_names = tuple(name for name, _ in answers[0])
         variant_names = variant_names or chunk_names
         new = []
@@ -264,7 +267,7 @@ def _load_item_inputs(item: McubItem, needs: Mapping[str, list] | None = None) -
 
 
 def _run_chunk(cm, chunk: list[McubItem], names: Sequence, coefficients, config: GenerationConfig,
-               prompt: str = "studio") -> list[list[tuple[str, str]]]:
+               prompt: str = "studio", merge_all_experts: bool = False) -> list[list[tuple[str, str]]]:
     """Every (item, variant) of a chunk in one batch of the engine's batch entry.
 
     Prompt lengths differ (a single expert sees one input, a composition all of them); the
@@ -276,7 +279,7 @@ def _run_chunk(cm, chunk: list[McubItem], names: Sequence, coefficients, config:
 
     needs = decoder_needs(cm.experts.values())
     inputs = [_load_item_inputs(item, needs) for item in chunk]  # file decoding outside the model's lock
-    plan = cm.plan(set(chunk[0].modalities), names, coefficients)
+    plan = cm.plan(set(chunk[0].modalities), names, coefficients, merge_all_experts=merge_all_experts)
     requests = [RowRequest(item.prompt, item_inputs, message_fn=paper_message) if prompt == "paper"
                 else RowRequest(item.question, item_inputs) for item, item_inputs in zip(chunk, inputs)]
     answers = cm.generate_rows(requests, plan, config)
