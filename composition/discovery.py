@@ -19,8 +19,8 @@ REPO_ROOT = PACKAGE_ROOT.parent
 
 
 def _bundled_experts() -> Path:
-    """The bundled experts: ``assets/experts`` of the repository, or the copy an installed package carries."""
-    for folder in (REPO_ROOT / "assets" / "experts", PACKAGE_ROOT / "assets" / "experts"):
+    """The bundled experts: ``assets/experts`` of the repository, or the copy an installed library carries."""
+    for folder in (REPO_ROOT / "assets" / "experts", PACKAGE_ROOT / "bundled" / "experts"):
         if folder.is_dir():
             return folder
     return REPO_ROOT / "assets" / "experts"

@@ -175,6 +175,9 @@ def _pickled_checkpoint(path: Path) -> str | None:
 def load_lora(folder: Path, *, what: str) -> LoraDelta:
     """Read a peft LoRA adapter folder with strict checks.
 
+    peft's ``rank_pattern`` and ``alpha_pattern`` (a rank and alpha per module) are honoured:
+    the result is exactly the delta peft computes for every module.
+
     Raises:
         ExpertError: missing files, bad JSON, unsupported options (DoRA, rsLoRA, bias),
             keys that are not LoRA factors, unpaired factors or inconsistent ranks.
@@ -193,6 +196,8 @@ def load_lora(folder: Path, *, what: str) -> LoraDelta:
         raise ExpertError(f"{what}: only adapter_model.bin is there, a pickled PyTorch file, which is never loaded "
                           "(unpickling can run code). Save the adapter as adapter_model.safetensors (peft: "
                           "save_pretrained(..., safe_serialization=True)).")
+    rank_pattern = _pattern(config, "rank_pattern", what, integer=True)
+    alpha_pattern = _pattern(config, "alpha_pattern", what, integer=False)
     tensors = read_safetensors(folder / ADAPTER_WEIGHTS, what)
     a: dict[str, torch.Tensor] = {}
     b: dict[str, torch.Tensor] = {}
@@ -211,9 +216,63 @@ def load_lora(folder: Path, *, what: str) -> LoraDelta:
     check_finite({**{f"{m}.lora_A": t for m, t in a.items()}, **{f"{m}.lora_B": t for m, t in b.items()}},
                  f"{what}: {ADAPTER_WEIGHTS}")
     try:
+        if rank_pattern or alpha_pattern:
+            return _with_patterns(a, b, int(r), float(alpha), rank_pattern, alpha_pattern, what)
         return LoraDelta(r, float(alpha), a, b)
     except ExpertError as exc:
         raise ExpertError(f"{what}: {exc}") from None
+
+
+def _pattern(config: dict, field_name: str, what: str, *, integer: bool) -> dict[str, float]:
+    """peft's ``rank_pattern`` / ``alpha_pattern``: module-name pattern -> that module's r / lora_alpha."""
+    pattern = config.get(field_name) or {}
+    if not isinstance(pattern, dict):
+        raise ExpertError(f"{what}: adapter_config.json {field_name} must be a mapping of module pattern to value, "
+                          f"got {type(pattern).__name__}.")
+    for key, value in pattern.items():
+        try:
+            re.compile(key)
+        except (re.error, TypeError):
+            raise ExpertError(f"{what}: adapter_config.json {field_name} key {key!r} is not a valid pattern.") from None
+        if integer:
+            check_int(value, f"{field_name}[{key!r}]", 1, error=ExpertError, owner=f"{what}: adapter_config.json")
+        else:
+            check_float(value, f"{field_name}[{key!r}]", 0, open_min=True, error=ExpertError, owner=f"{what}: adapter_config.json")
+    return dict(pattern)
+
+
+def pattern_value(pattern: dict[str, float], module: str, default: float) -> float:
+    """The value of the first pattern that matches ``module`` as a whole or as its dotted suffix, else ``default``
+    (peft's rule: a key matches the whole name or a dotted suffix of it, ``peft.utils.other.get_pattern_key``)."""
+    for key, value in pattern.items():
+        if re.match(rf"(.*\.)?({key})$", module):
+            return value
+    return default
+
+
+def _with_patterns(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], r: int, alpha: float,
+                   rank_pattern: dict, alpha_pattern: dict, what: str) -> LoraDelta:
+    """One uniform-rank delta equal to an adapter whose modules have their own rank and alpha.
+
+    Each module's factors are zero-padded to the largest rank (B @ A is unchanged) and its scale
+    ``alpha_m / r_m`` is folded into B, so the delta's own scale is 1: ``ΔW_m = (alpha_m / r_m) B_m A_m``
+    exactly, as peft computes it.
+    """
+    ranks = {m: int(pattern_value(rank_pattern, m, r)) for m in a}
+    for m, r_m in ranks.items():
+        if a[m].ndim != 2 or a[m].shape[0] != r_m or b[m].ndim != 2 or b[m].shape[1] != r_m:
+            source = "rank_pattern" if r_m != r else "r"
+            raise ExpertError(f"LoRA factors of {m} have shapes A{tuple(a[m].shape)} B{tuple(b[m].shape)}; its rank from "
+                              f"adapter_config.json ({source}) is {r_m}.")
+    top = max(ranks.values())
+    padded_a, padded_b = {}, {}
+    for m, r_m in ranks.items():
+        scale = float(pattern_value(alpha_pattern, m, alpha)) / r_m
+        padded_a[m] = torch.zeros(top, a[m].shape[1])
+        padded_a[m][:r_m] = a[m].float()
+        padded_b[m] = torch.zeros(b[m].shape[0], top)
+        padded_b[m][:, :r_m] = b[m].float() * scale
+    return LoraDelta(top, float(top), padded_a, padded_b)
 
 
 def check_finite(tensors: dict[str, torch.Tensor], what: str) -> None:

@@ -9,10 +9,11 @@ import functools
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from .discovery import BUNDLED_EXPERTS, REPO_ROOT
+from .discovery import BUNDLED_EXPERTS, PACKAGE_ROOT, REPO_ROOT
 from .inputs import ModalInput, file_digest
 
-EXAMPLES = REPO_ROOT / "examples"
+# The example inputs: the repository's, or the copy an installed library carries.
+EXAMPLES = next((p for p in (REPO_ROOT / "examples", PACKAGE_ROOT / "examples") if p.is_dir()), REPO_ROOT / "examples")
 
 
 @functools.cache

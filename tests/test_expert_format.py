@@ -158,3 +158,51 @@ def test_fetch_expert_local_and_offline_hub(saved, monkeypatch, tmp_path):
         fetch_expert("nobody-xyz/no-such-expert", cache_dir=tmp_path / "hub")
     with pytest.raises(ExpertError, match="neither an existing folder nor a hub id"):
         fetch_expert("justaname")
+
+
+@pytest.mark.parametrize("patterns", [{"rank_pattern": {"q_proj": 2, r"layers\.1\.mlp\.down_proj": 6}},
+                                      {"alpha_pattern": {"v_proj": 32.0, "o_proj": 1.0}},
+                                      {"rank_pattern": {"k_proj": 3}, "alpha_pattern": {"k_proj": 9.0, "up_proj": 2.5}}])
+def test_rank_and_alpha_patterns_give_the_delta_peft_computes(base, tmp_path, patterns):
+    """An adapter saved by peft with per-module ranks or alphas loads to exactly peft's ΔW of every module."""
+    from peft import LoraConfig, get_peft_model
+
+    from composition.lora import load_lora
+
+    torch.manual_seed(0)
+    model = get_peft_model(copy_of(base.model), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj",
+                                                                                            "o_proj", "up_proj", "down_proj"],
+                                                           **patterns))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_()
+    model.save_pretrained(tmp_path / "adapter")
+    delta = load_lora(tmp_path / "adapter", what="adapter")
+    peft_layers = {n.removeprefix("base_model.model."): m for n, m in model.named_modules() if hasattr(m, "get_delta_weight")}
+    assert set(delta.modules) == set(peft_layers)
+    ranks = {m: layer.r["default"] for m, layer in peft_layers.items()}
+    assert len(set(ranks.values())) > 1 or len({layer.scaling["default"] for layer in peft_layers.values()}) > 1
+    for module, layer in peft_layers.items():
+        torch.testing.assert_close(delta.dense(module), layer.get_delta_weight("default").float(), rtol=1e-5, atol=1e-6)
+
+
+def copy_of(model):
+    import copy
+
+    return copy.deepcopy(model)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("rank_pattern", {"q_proj": 0}, r"rank_pattern\['q_proj'\]"),
+    ("alpha_pattern", ["v_proj"], "alpha_pattern must be a mapping"),
+    ("rank_pattern", {"q_proj": 3}, r"rank from adapter_config.json \(rank_pattern\) is 3"),
+])
+def test_bad_patterns_are_refused_naming_the_field(base, saved, field, value, message):
+    _, folder = saved
+    config_path = folder / "text" / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config[field] = value
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(ExpertError, match=message):
+        load(base, folder)

@@ -176,3 +176,35 @@ def test_a_synth_set_not_built_names_the_command(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().endswith("build it with: python -m training.mcub_synth --kind synth-3 --subset all "
                                           "--seed 97 --n-items 3 --out .cache/mcub-synth/seed97-n3"), result.stderr
+
+
+RANK_SCRIPT = """
+import os, sys
+sys.path.insert(0, {repo!r})
+from composition.evaluation.distributed import all_gather_json, init_distributed
+from composition.base_llm import load_base_llm
+
+def native_threads():
+    return sorted(open(f"/proc/self/task/{{t}}/comm").read().strip() for t in os.listdir("/proc/self/task"))
+
+ctx = init_distributed("cpu")
+load_base_llm({base!r}, device="cpu")  # what the CLI does next: transformers imports torch.distributed.nn
+assert all_gather_json(ctx.rank, ctx) == [0, 1]
+ctx.close()
+print("RANK", ctx.rank, "threads after teardown:", native_threads(), flush=True)
+"""
+
+
+def test_tearing_down_the_process_group_ends_its_threads(tiny_world, tmp_path):
+    """The cause of the rare abort at exit: after the CLI's teardown no gloo thread may be left for the
+    interpreter's own teardown to destroy (a model load imported torch.distributed.nn after the group
+    existed, whose default arguments kept the group alive)."""
+    script = tmp_path / "rank.py"
+    script.write_text(RANK_SCRIPT.format(repo=str(REPO), base=str(tiny_world / "base")))
+    torchrun = Path(sys.executable).with_name("torchrun")
+    result = run([str(torchrun), "--standalone", "--nproc-per-node", "2", str(script)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [line for line in result.stdout.splitlines() if line.startswith("RANK")]
+    assert len(lines) == 2, result.stdout
+    for line in lines:
+        assert "gloo" not in line, line

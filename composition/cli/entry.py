@@ -34,7 +34,9 @@ def load_commands() -> None:
 def make_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
     load_commands()
 
-    parser = argparse.ArgumentParser(prog="python -m composition", description="MLLM Composition Studio command line")
+    invoked = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    prog = invoked if invoked == "mcstudio" else "python -m composition"  # the console command, or the module
+    parser = argparse.ArgumentParser(prog=prog, description="MLLM Composition Studio command line")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for internal errors")
     sub = parser.add_subparsers(dest="command", required=True)
     handlers = {}

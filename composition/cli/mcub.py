@@ -156,7 +156,7 @@ def run_mcub(args: argparse.Namespace) -> int:
             prompt=args.prompt, config=config, template=cm.base.template.name, scoring=rule.name,
             batch_items=args.batch_items, variants=names, coefficients=coefficients, method_params=args.method_params,
             processes=ctx.world_size if ctx else 1, labels=PAPER_LABELS if args.prompt == "paper" else None,
-            merge_all_experts=merge_all)
+            merge_all_experts=composition.merge_all_experts)  # the paper prompt's own rule is in "prompt"
         pred, paper_dir = files.output_paths(sets[0].path, stem, predictions=args.predictions, skip=args.skip, limit=args.limit)
         previous = files.read_previous(pred, settings, {item.id for item in items}) if args.resume else {}
         if ctx is not None:

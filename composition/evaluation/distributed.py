@@ -41,6 +41,7 @@ class DistContext:
         dist.barrier()
 
     def close(self) -> None:
+        """Destroy the process group: its worker threads end here, not during interpreter teardown."""
         import torch.distributed as dist
 
         if dist.is_initialized():
@@ -77,6 +78,12 @@ def init_distributed(device: str | None) -> DistContext:
                                    "visible); use --nproc-per-node at most the number of GPUs.")
         torch.cuda.set_device(local)
     backend = "nccl" if use_cuda else "gloo"
+    # torch.distributed.nn's functions take `group=group.WORLD` as a default argument, evaluated when the
+    # module is imported. Imported after the group exists (transformers imports it while a model loads),
+    # they keep the default group alive for good: destroy_process_group cannot free it, gloo's worker
+    # threads outlive it and die during interpreter teardown, which aborted a rank now and then
+    # ("terminate called without an active exception"). Imported first, their default is None.
+    import torch.distributed.nn  # noqa: F401
     if not dist.is_initialized():
         dist.init_process_group(backend=backend)
     return DistContext(rank, world, local, backend)
