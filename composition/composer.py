@@ -13,16 +13,18 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 
 from .errors import CompositionError
 from .expert import Expert, load_expert
 from .inputs import ModalInput
-from .generate import GenerationConfig, RoutedBatch, generate_batch, pad_rows, prefill_logits
+from .generate import (GenerationConfig, RoutedBatch, RowInput, generate_batch, generate_continuing, pad_rows,
+                       prefill_logits, row_cache)
+from .kv_cache import KVCacheStore
 from .lora import LLAMA_TARGETS
-from .prompt import PromptRow, build_prompt_row, user_message
+from .prompt import PromptRow, build_conversation_row, user_message
 from .routing import RoutedLinear, Router, attach_routed_linears
 from .plan import Plan, make_plan
 from .variants import TEXT_ROUTE, Coefficients, ResolvedVariant, SlotTable, VariantKind, VariantSpec, route_names
@@ -31,22 +33,39 @@ from .variants import TEXT_ROUTE, Coefficients, ResolvedVariant, SlotTable, Vari
 # result is a low-rank slot (rank <= K·r), a few percent of that: keep more.
 MAX_DENSE_RESULTS = 2
 MAX_CORE_RESULTS = 8
+DEFAULT_KV_CACHE_BYTES = 1 << 30
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One user turn of a conversation: its text and the files given with it (any modality, any turn)."""
+
+    text: str
+    inputs: tuple[ModalInput, ...] = ()
 
 
 @dataclass(frozen=True)
 class RowRequest:
-    """One prompt for the batch entry: the user's text and its inputs.
+    """One prompt for the batch entry: the user's text and its inputs, after any earlier turns.
 
-    ``message_fn(question, modalities read)`` writes the user turn (default: one
-    ``label: <placeholder>`` line per input, then the question; the paper-fidelity
-    prompt passes the human turn verbatim); ``answer_prefix`` is text the answer is made
-    to start with (a scoring tool forcing "cone (" to read the next token).
+    ``message_fn(question, modalities read)`` writes each user turn (default: one
+    ``label: <placeholder>`` line per input, then the text; the paper-fidelity prompt passes
+    the human turn verbatim); ``answer_prefix`` is text the answer is made to start with (a
+    scoring tool forcing "cone (" to read the next token). A conversation gives its earlier
+    turns in ``history`` and, per variant, that variant's own answers to them (token ids, as
+    it generated them) in ``answers``.
     """
 
     question: str
     inputs: tuple[ModalInput, ...] = ()
     message_fn: Callable[[str, list[str]], str] = user_message
     answer_prefix: str = ""
+    history: tuple[Turn, ...] = ()
+    answers: Mapping[str, Sequence[Sequence[int]]] = field(default_factory=dict)
+
+    @property
+    def all_inputs(self) -> list[ModalInput]:
+        return [item for turn in self.history for item in turn.inputs] + list(self.inputs)
 
 
 @dataclass
@@ -59,6 +78,9 @@ class RowAnswer:
     prompt_tokens: int
     seconds: float  # the whole batch's wall time
     first_logits: torch.Tensor | None = None  # (vocab,) at the first generated position, with keep_logits
+    notes: list[str] = field(default_factory=list)  # about the prompt (turns left out to fit the context)
+    reused_tokens: int = 0  # prompt tokens whose KV cache came from an earlier turn (not prefilled again)
+    earlier: list[list[int]] = field(default_factory=list)  # chat: its answers to turns it joined after, made first
 
 
 @dataclass
@@ -104,10 +126,11 @@ class ComposedModel:
         experts: experts to attach now.
         feature_fn: turns (expert, input) into encoder features; defaults to the encoder registry.
         targets: the linear layer names (last component) that may carry deltas.
+        kv_cache_bytes: memory for conversations' KV caches (least recently used conversation out first).
     """
 
     def __init__(self, base, experts: Iterable[Expert] = (), *, feature_fn: FeatureFn | None = None,
-                 targets: Sequence[str] = LLAMA_TARGETS) -> None:
+                 targets: Sequence[str] = LLAMA_TARGETS, kv_cache_bytes: int = DEFAULT_KV_CACHE_BYTES) -> None:
         self.base = base
         self.model = base.model
         self.router = Router()
@@ -126,6 +149,8 @@ class ComposedModel:
         self.materialized_variant: str | None = None
         # One forward pass at a time: the router is per-model state during a pass.
         self.lock = threading.RLock()
+        # Conversations' KV caches, by their tokens and coefficients (see generate_rows(session=...)).
+        self.kv_cache = KVCacheStore(kv_cache_bytes)
         for expert in experts:
             self.add_expert(expert)
 
@@ -318,18 +343,65 @@ class ComposedModel:
         """One prompt row per variant; ``message_fn(question, modalities it reads)`` writes the user turn
         (default: the studio's one line per input; the MCUB runner passes the paper's verbatim turn);
         ``answer_prefix`` is text the answer is made to start with."""
-        blocks = self.encode_inputs(variants, inputs)
-        rows = []
+        request = RowRequest(question, tuple(inputs), message_fn, answer_prefix)
+        return [row for row, _ in self._request_rows(request, variants)]
+
+    @property
+    def context_window(self) -> int | None:
+        """The base's context length in tokens (None when its config does not say)."""
+        return getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
+
+    def _request_rows(self, request: "RowRequest", variants: Sequence[ResolvedVariant],
+                      reserve: int = 0) -> list[tuple[PromptRow, list[str]]]:
+        """Per variant: the request's row (every turn, its own earlier answers), and notes about it.
+
+        A conversation longer than the base's context (with ``reserve`` tokens left for the answer)
+        drops its oldest turns, and the note names them; when the last turn alone does not fit the
+        context, it is an error that says so.
+        """
+        turns = [*request.history, Turn(request.question, tuple(request.inputs))]
+        items = [item for turn in turns for item in turn.inputs]
+        blocks = self.encode_inputs(variants, items)
         embed = self.model.get_input_embeddings()
+        window = self.context_window
+        out = []
         for rv in variants:
-            taken = [(i, item) for i, item in enumerate(inputs) if item.modality in rv.block_experts]
-            message = message_fn(question, [item.modality for _, item in taken])
-            prompt = self.base.template.format_prompt(message) + answer_prefix
-            per_modality: dict[str, list[torch.Tensor]] = {}
-            for i, item in taken:
-                per_modality.setdefault(item.modality, []).append(blocks[(rv.block_experts[item.modality].name, i)])
-            rows.append(build_prompt_row(prompt, per_modality, self.base.tokenizer, embed))
-        return rows
+            answers = [list(a) for a in request.answers.get(rv.name, ())]
+            if len(answers) != len(turns) - 1:
+                raise CompositionError(f"variant {rv.name!r} has {len(answers)} earlier answer(s) for a conversation of "
+                                       f"{len(turns)} turns; every earlier turn needs its answer.")
+            for first in range(len(turns)):
+                row = self._turns_row(turns, first, answers, rv, blocks, request, embed)
+                if window is None or row.length + reserve <= window or first == len(turns) - 1:
+                    break
+            if window is not None and row.length > window:
+                raise CompositionError(f"the last turn alone takes {row.length} tokens with its inputs: over the base's "
+                                       f"context of {window} tokens. Shorten the question or give fewer inputs.")
+            notes = []
+            if first:
+                dropped = f"turn 1" if first == 1 else f"turns 1–{first}"
+                notes.append(f"{dropped} of the conversation were left out: with them it outgrew the base's context of "
+                             f"{window} tokens.")
+            out.append((row, notes))
+        return out
+
+    def _turns_row(self, turns: list["Turn"], first: int, answers: list[list[int]], rv: ResolvedVariant, blocks: dict,
+                   request: "RowRequest", embed) -> PromptRow:
+        """The row of ``turns[first:]`` for one variant: its messages, its answers, its modality blocks."""
+        messages, per_modality, keys = [], {}, {}
+        offset = sum(len(t.inputs) for t in turns[:first])
+        for turn in turns[first:]:
+            taken = [(offset + k, item) for k, item in enumerate(turn.inputs) if item.modality in rv.block_experts]
+            offset += len(turn.inputs)
+            messages.append(request.message_fn(turn.text, [item.modality for _, item in taken]))
+            for modality in dict.fromkeys(item.modality for _, item in taken):  # message order: by modality, then given order
+                for i, item in ((i, it) for i, it in taken if it.modality == modality):
+                    expert = rv.block_experts[modality]
+                    per_modality.setdefault(modality, []).append(blocks[(expert.name, i)])
+                    keys.setdefault(modality, []).append((item.digest or id(item), expert.name))
+        pieces = self.base.template.conversation_pieces(messages)
+        pieces[-1] += request.answer_prefix
+        return build_conversation_row(pieces, answers[first:], per_modality, self.base.tokenizer, embed, keys)
 
     def routed_batch(self, rows: Sequence[PromptRow]) -> RoutedBatch:
         names = route_names()
@@ -351,54 +423,138 @@ class ComposedModel:
 
     def generate_rows(self, requests: Sequence[RowRequest], plan: Plan, generation: GenerationConfig | None = None, *,
                       on_step: Callable[[list[list[str]]], None] | None = None, should_stop: Callable[[], bool] | None = None,
-                      keep_logits: bool = False) -> list[list[RowAnswer]]:
+                      keep_logits: bool = False, session: str | None = None) -> list[list[RowAnswer]]:
         """The batch entry: every request answered by every variant of ``plan``, in one batch.
 
-        Compare (one request), the evaluation runner (a chunk of items), the benchmarks and the
-        training tools all come through here; nothing outside the engine assembles a batch.
+        Compare (one request), conversations, the evaluation runner (a chunk of items), the
+        benchmarks and the training tools all come through here; nothing outside the engine
+        assembles a batch.
 
         Args:
-            requests: the prompts (each with its own inputs, of the modalities ``plan`` was made for).
+            requests: the prompts (each with its own inputs, of the modalities ``plan`` was made for;
+                a conversation's inputs are those of all its turns).
             plan: the variants and their coefficients (``plan()``).
             generation: decoding settings (default greedy, 64 new tokens).
             on_step: after each decoding step, the texts so far, ``[request][variant]`` (streaming).
             should_stop: returning True ends generation after the current step (a user cancelling).
             keep_logits: each answer keeps the logits of its first generated position (scoring tools).
+            session: reuse KV caches (``self.kv_cache``): a row continues the longest stored cache of
+                its own tokens and coefficients, and its cache after this answer is kept under
+                ``session`` (a conversation's id) for the next turn. None: no reuse.
         Returns:
             ``answers[request][variant]``, variants in plan order.
         """
-        generation = generation or GenerationConfig()
         requests = list(requests)
-        resolved = plan.variants
-        if not requests or not resolved:
-            raise CompositionError("nothing to generate: a batch needs at least one request and one variant.")
         for request in requests:
-            present = {item.modality for item in request.inputs}
+            present = {item.modality for item in request.all_inputs}
             if set(plan.present) != present:
                 raise CompositionError(f"the plan was made for inputs {sorted(plan.present)} but a request has "
                                        f"{sorted(present)}; plan again with these inputs.")
+        return self._generate(requests, plan, generation, on_step=on_step, should_stop=should_stop,
+                              keep_logits=keep_logits, session=session)
+
+    def chat(self, turns: Sequence[Turn], plan: Plan, generation: GenerationConfig | None = None,
+             answers: Mapping[str, Sequence[Sequence[int]]] | None = None, *, session: str | None = None,
+             on_step: Callable[[list[str]], None] | None = None,
+             should_stop: Callable[[], bool] | None = None) -> list[RowAnswer]:
+        """The last of ``turns`` answered by every variant of ``plan``, each after its own earlier answers.
+
+        Args:
+            turns: the conversation's user turns, oldest first; files may come in any turn.
+            plan: planned for the modalities of all the turns' inputs.
+            answers: per variant, its answers (token ids) to the earlier turns. A variant with fewer
+                (one that joined the conversation later) first answers the turns it missed, on its own.
+            session: the conversation's id: each variant continues its KV cache from the last turn
+                (see ``generate_rows``); None prefills every turn again.
+            on_step: the texts so far, one per variant, after each decoding step.
+        Returns:
+            one answer per variant, in plan order; ``notes`` say when old turns were left out, and
+            ``earlier`` holds the answers a variant gave now to the turns it had missed.
+        """
+        turns = list(turns)
+        if not turns:
+            raise CompositionError("a conversation needs at least one turn; type a message.")
+        present = {item.modality for turn in turns for item in turn.inputs}
+        if set(plan.present) != present:
+            raise CompositionError(f"the plan was made for inputs {sorted(plan.present)} but the conversation has "
+                                   f"{sorted(present)}; plan again with these inputs.")
+        histories = {rv.name: [list(a) for a in (answers or {}).get(rv.name, ())][: len(turns) - 1] for rv in plan.variants}
+        given = {name: len(h) for name, h in histories.items()}
+        for index, rv in enumerate(plan.variants):  # a variant that joined later answers what it missed first
+            for k in range(len(histories[rv.name]), len(turns) - 1):
+                request = RowRequest(turns[k].text, turns[k].inputs, history=tuple(turns[:k]),
+                                     answers={rv.name: histories[rv.name]})
+                (missed,) = self._generate([request], plan.only([index]), generation, session=session)[0]
+                histories[rv.name].append(missed.token_ids)
+        request = RowRequest(turns[-1].text, turns[-1].inputs, history=tuple(turns[:-1]), answers=histories)
+        step_cb = (lambda texts: on_step(texts[0])) if on_step is not None else None  # noqa: E731
+        answered = self._generate([request], plan, generation, on_step=step_cb, should_stop=should_stop, session=session)[0]
+        for answer in answered:
+            answer.earlier = histories[answer.variant.name][given[answer.variant.name]:]
+        return answered
+
+    def _generate(self, requests: list[RowRequest], plan: Plan, generation: GenerationConfig | None, *,
+                  on_step=None, should_stop=None, keep_logits: bool = False, session: str | None = None) -> list[list[RowAnswer]]:
+        generation = generation or GenerationConfig()
+        resolved = plan.variants
+        if not requests or not resolved:
+            raise CompositionError("nothing to generate: a batch needs at least one request and one variant.")
         v = len(resolved)
         with self.lock:
             start = time.perf_counter()
             self.prepare_dense(resolved)
-            rows = [row for request in requests for row in self._request_rows(request, resolved)]
+            built = [pair for request in requests for pair in self._request_rows(request, resolved, generation.max_new_tokens)]
+            rows = [row for row, _ in built]
             table = self.coef_table(list(resolved) * len(requests))
             step_cb = None
             if on_step is not None:
                 step_cb = lambda toks: on_step([[self.decode(toks[k * v + j]) for j in range(v)]  # noqa: E731
                                                 for k in range(len(requests))])
             first: list[torch.Tensor] = []
-            scoring = {"on_first_logits": first.append} if keep_logits else {}
-            tokens = generate_batch(self.model, self.router, self.routed_batch(rows), table, generation,
-                                    self.base.eos_token_ids, step_cb, should_stop, **scoring)
+            reused = [0] * len(rows)
+            if session is None:
+                scoring = {"on_first_logits": first.append} if keep_logits else {}
+                tokens = generate_batch(self.model, self.router, self.routed_batch(rows), table, generation,
+                                        self.base.eos_token_ids, step_cb, should_stop, **scoring)
+            else:
+                tokens, reused = self._generate_reusing(rows, [resolved[i % v] for i in range(len(rows))], table, generation,
+                                                        session, step_cb, should_stop)
             seconds = time.perf_counter() - start
         return [[RowAnswer(rv, self.decode(tokens[k * v + j]), tokens[k * v + j], rows[k * v + j].length, seconds,
-                           first[0][k * v + j].float() if first else None)
+                           first[0][k * v + j].float() if first else None, built[k * v + j][1], reused[k * v + j])
                  for j, rv in enumerate(resolved)] for k in range(len(requests))]
 
-    def _request_rows(self, request: RowRequest, resolved: Sequence[ResolvedVariant]) -> list[PromptRow]:
-        return self.prompt_rows(request.question, request.inputs, resolved, message_fn=request.message_fn,
-                                answer_prefix=request.answer_prefix)
+    def _generate_reusing(self, rows: list[PromptRow], variants: list[ResolvedVariant], table: torch.Tensor,
+                          generation: GenerationConfig, session: str, step_cb, should_stop) -> tuple[list[list[int]], list[int]]:
+        """Generate, each row continuing the longest stored KV cache of its tokens and coefficients; then store
+        every row's cache (prompt and answer) under ``session``."""
+        names = route_names()
+        index = {r: i for i, r in enumerate(names)}
+        signatures = [self._cache_signature(rv) for rv in variants]
+        inputs, reused = [], []
+        for v, (row, signature) in enumerate(zip(rows, signatures)):
+            route_ids = torch.tensor([v * len(names) + index[r] for r in row.routes])
+            past = self.kv_cache.lookup(signature, row.keys) if all(k is not None for k in row.keys) else None
+            start = 0 if past is None else past.length
+            reused.append(start)
+            inputs.append(RowInput(row.embeds[start:], route_ids[start:], v * len(names),
+                                   None if past is None else past.cache, start))
+        decoded = generate_continuing(self.model, self.router, inputs, table, generation, self.base.eos_token_ids,
+                                      step_cb, should_stop)
+        for i, (row, signature) in enumerate(zip(rows, signatures)):
+            if not all(k is not None for k in row.keys):
+                continue
+            fed = decoded.fed[i]
+            cache = row_cache(decoded.cache, i, decoded.width - row.length, decoded.width + fed)
+            self.kv_cache.store(signature, tuple(row.keys) + tuple(decoded.tokens[i][:fed]), cache, session)
+        return decoded.tokens, reused
+
+    def _cache_signature(self, rv: ResolvedVariant) -> tuple:
+        """What a KV cache was computed with besides its tokens: the variant's coefficients on every route
+        (dense merges by slot) and what is written into the weights."""
+        routes = tuple(sorted((route, tuple(sorted(coefs.items()))) for route, coefs in rv.routes.items()))
+        baseline = None if self._baseline is None else tuple(self._baseline.tolist())
+        return rv.name, routes, baseline
 
     def compare(self, question: str, inputs: Sequence[ModalInput] = (), variants: Sequence[str | VariantSpec] | Plan | None = None,
                 coefficients: Coefficients | None = None, config: GenerationConfig | None = None, *, batched: bool = True,

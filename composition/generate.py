@@ -201,19 +201,47 @@ def generate_batch(model, router: Router, batch: RoutedBatch, coef_table: torch.
     returning True ends generation early (a user cancelling); ``on_first_logits`` sees the
     ``(B, vocab)`` logits of the first generated position (for scoring tools).
     """
-    generator = torch.Generator().manual_seed(config.seed) if config.temperature > 0 else None
-    eos = torch.tensor(sorted(set(eos_token_ids)), device=batch.embeds.device)
-    b = batch.embeds.shape[0]
-    tokens: list[list[int]] = [[] for _ in range(b)]
-    done = torch.zeros(b, dtype=torch.bool, device=batch.embeds.device)
-    text_coef = coef_table[batch.text_route_ids][:, None, :]
-    mask = batch.attention_mask
-    position = batch.position_ids[:, -1:]
-    cache_keyword = _cache_keyword(model)
     try:
         logits, cache = prefill(model, router, batch, coef_table)
         if on_first_logits is not None:
             on_first_logits(logits)
+        return decode(model, router, logits, cache, batch.attention_mask, batch.position_ids[:, -1:],
+                      coef_table[batch.text_route_ids][:, None, :], config, eos_token_ids, on_step, should_stop).tokens
+    finally:
+        router.set(None)
+
+
+@dataclass
+class Decoded:
+    """What a decode loop produced: the new tokens of every row (EOS excluded), the KV cache at its end,
+    and per row how many of its tokens went through the model (the last one picked never does)."""
+
+    tokens: list[list[int]]
+    cache: object
+    fed: list[int]
+    width: int  # the cache's length before decoding (rows right-aligned in it)
+
+
+def decode(model, router: Router, logits: torch.Tensor, cache, mask: torch.Tensor, position: torch.Tensor,
+           text_coef: torch.Tensor, config: GenerationConfig, eos_token_ids: list[int],
+           on_step: Callable[[list[list[int]]], None] | None = None,
+           should_stop: Callable[[], bool] | None = None) -> Decoded:
+    """The decoding loop after a prefill: pick, feed, repeat (generated tokens take each row's text route).
+
+    Args:
+        logits: ``(B, vocab)`` of every row's last prompt position; ``cache`` the prompts' KV cache.
+        mask: ``(B, T)`` attention mask of the cache (0 at padding); ``position``: ``(B, 1)`` each row's last position.
+        text_coef: ``(B, 1, slots)`` every row's text-route coefficients.
+    """
+    generator = torch.Generator().manual_seed(config.seed) if config.temperature > 0 else None
+    eos = torch.tensor(sorted(set(eos_token_ids)), device=logits.device)
+    b = logits.shape[0]
+    width = mask.shape[1]
+    tokens: list[list[int]] = [[] for _ in range(b)]
+    fed = [0] * b
+    done = torch.zeros(b, dtype=torch.bool, device=logits.device)
+    cache_keyword = _cache_keyword(model)
+    try:
         for step in range(config.max_new_tokens):
             next_tokens = _pick(logits, config, generator)
             finished_now = torch.isin(next_tokens, eos) if eos.numel() else torch.zeros_like(done)
@@ -225,6 +253,7 @@ def generate_batch(model, router: Router, batch: RoutedBatch, coef_table: torch.
                 on_step(tokens)
             if bool(done.all()) or step == config.max_new_tokens - 1 or (should_stop is not None and should_stop()):
                 break
+            fed = [len(t) for t in tokens]  # everything picked so far goes through the model now
             mask = torch.cat([mask, mask.new_ones(b, 1)], dim=1)
             position = position + 1
             router.set(text_coef)
@@ -233,4 +262,115 @@ def generate_batch(model, router: Router, batch: RoutedBatch, coef_table: torch.
             logits, cache = out.logits[:, -1], _cache_of(out)
     finally:
         router.set(None)
-    return tokens
+    return Decoded(tokens, cache, fed, width)
+
+
+@dataclass
+class RowInput:
+    """One row for ``generate_continuing``: the positions still to prefill, and the KV cache of those before.
+
+    ``past`` is a batch-of-one cache of the row's first ``past_length`` positions (None: no cache,
+    the row is prefilled whole); it is read, never changed.
+    """
+
+    embeds: torch.Tensor  # (T_new, hidden)
+    route_ids: torch.Tensor  # (T_new,) into the coefficient table
+    text_route_id: int
+    past: object = None
+    past_length: int = 0
+
+
+@torch.no_grad()
+def generate_continuing(model, router: Router, rows: Sequence[RowInput], coef_table: torch.Tensor, config: GenerationConfig,
+                        eos_token_ids: list[int], on_step: Callable[[list[list[int]]], None] | None = None,
+                        should_stop: Callable[[], bool] | None = None) -> Decoded:
+    """``generate_batch`` for rows that may continue a KV cache: each such row prefills only its new
+    positions on a copy of its cache; rows without one are prefilled together (length buckets);
+    then every row's cache is right-aligned in one and all rows decode together.
+
+    The returned ``Decoded.cache`` holds row ``i`` at ``[width - length_i, width + fed_i)``, where
+    ``length_i`` is its whole prompt (past + new).
+    """
+    if not _joinable_model(model):
+        raise CompositionError("this base model's KV cache cannot be continued (not a plain full-attention cache); "
+                               "answer without reuse.")
+    device = coef_table.device
+    fresh = [i for i, r in enumerate(rows) if r.past is None]
+    lengths = [r.past_length + r.embeds.shape[0] for r in rows]
+    parts: list[tuple[int, object, int]] = []  # (row, batch-of-rows cache, its row index) with the row right-aligned
+    logits = None
+    keep = _last_logits_only(model)
+    cache_keyword = _cache_keyword(model)
+    try:
+        if fresh:
+            batch = pad_rows([rows[i].embeds for i in fresh], [rows[i].route_ids for i in fresh],
+                             torch.tensor([rows[i].text_route_id for i in fresh]))
+            fresh_logits, fresh_cache = prefill(model, router, batch, coef_table)
+            if not _joinable(fresh_cache):
+                raise CompositionError("this base model's KV cache cannot be continued; answer without reuse.")
+            logits = fresh_logits.new_empty(len(rows), fresh_logits.shape[-1])
+            for j, i in enumerate(fresh):
+                logits[i] = fresh_logits[j]
+                parts.append((i, fresh_cache, j))
+        for i, row in enumerate(rows):
+            if row.past is None:
+                continue
+            router.set(coef_table[row.route_ids.to(device)][None])
+            out = model(inputs_embeds=row.embeds[None], attention_mask=torch.ones(1, lengths[i], dtype=torch.long, device=device),
+                        position_ids=torch.arange(row.past_length, lengths[i], device=device)[None], use_cache=True,
+                        **{cache_keyword: copy_cache(row.past)}, **keep)
+            last = out.logits[:, -1]
+            logits = last.new_empty(len(rows), last.shape[-1]) if logits is None else logits
+            logits[i] = last[0]
+            parts.append((i, _cache_of(out), 0))
+        router.set(None)
+        width = max(lengths)
+        cache = _align_rows(parts, lengths, width)
+        mask = torch.zeros(len(rows), width, dtype=torch.long, device=device)
+        for i, length in enumerate(lengths):
+            mask[i, width - length:] = 1
+        position = torch.tensor(lengths, device=device)[:, None] - 1
+        text_coef = coef_table[torch.tensor([r.text_route_id for r in rows], device=device)][:, None, :]
+        return decode(model, router, logits, cache, mask, position, text_coef, config, eos_token_ids, on_step, should_stop)
+    finally:
+        router.set(None)
+
+
+def _joinable_model(model) -> bool:
+    """Whether the model's KV cache is a plain DynamicCache of full-attention layers (what can be continued)."""
+    config = getattr(model, "config", None)
+    layer_types = getattr(config, "layer_types", None) or []
+    return not any(t != "full_attention" for t in layer_types) and not getattr(config, "sliding_window", None)
+
+
+def copy_cache(cache):
+    """A new DynamicCache holding copies of ``cache``'s keys and values (the stored one stays as it is)."""
+    from transformers.cache_utils import DynamicCache
+
+    return DynamicCache([(layer.keys.clone(), layer.values.clone()) for layer in cache.layers])
+
+
+def row_cache(cache, row: int, start: int, stop: int):
+    """Row ``row``'s positions ``[start, stop)`` of a batch cache, as a batch-of-one DynamicCache (copied)."""
+    from transformers.cache_utils import DynamicCache
+
+    return DynamicCache([(layer.keys[row:row + 1, :, start:stop].clone(), layer.values[row:row + 1, :, start:stop].clone())
+                         for layer in cache.layers])
+
+
+def _align_rows(parts: list[tuple[int, object, int]], lengths: list[int], width: int):
+    """One cache of ``len(lengths)`` rows, each row's ``lengths[i]`` last positions of its part, right-aligned."""
+    from transformers.cache_utils import DynamicCache
+
+    layers = []
+    first = parts[0][1]
+    for index, ref in enumerate(first.layers):
+        joined_k = ref.keys.new_zeros(len(lengths), ref.keys.shape[1], width, ref.keys.shape[3])
+        joined_v = ref.values.new_zeros(len(lengths), ref.values.shape[1], width, ref.values.shape[3])
+        for row, cache, j in parts:
+            k, v = cache.layers[index].keys[j], cache.layers[index].values[j]
+            n = lengths[row]
+            joined_k[row, :, width - n:] = k[:, k.shape[1] - n:]
+            joined_v[row, :, width - n:] = v[:, v.shape[1] - n:]
+        layers.append((joined_k, joined_v))
+    return DynamicCache(layers)

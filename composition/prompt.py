@@ -9,7 +9,7 @@ Every position carries a route: text, or the modality of its block.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -38,11 +38,17 @@ def placeholder_pattern() -> re.Pattern:
 
 @dataclass
 class PromptRow:
-    """One batch row's prompt as embeddings with a route name per position."""
+    """One batch row's prompt as embeddings with a route name per position.
+
+    ``keys`` name what each position holds: a token id, or ``(modality, input key, offset)`` in
+    a modality block; two rows whose keys (and coefficients) agree up to a point computed the
+    same KV cache up to it.
+    """
 
     embeds: torch.Tensor  # (T, hidden)
     routes: list[str]  # len T: "text" or a modality name
     text: str  # the templated prompt, placeholders kept (for display)
+    keys: list = field(default_factory=list)
 
     @property
     def length(self) -> int:
@@ -63,7 +69,8 @@ def tokenize_segments(tokenizer, segments: list[str]) -> list[list[int]]:
     return ids
 
 
-def build_prompt_row(prompt_text: str, blocks: dict[str, list[torch.Tensor]], tokenizer, embed) -> PromptRow:
+def build_prompt_row(prompt_text: str, blocks: dict[str, list[torch.Tensor]], tokenizer, embed,
+                     block_keys: dict[str, list] | None = None) -> PromptRow:
     """Splice modality blocks into the tokenized prompt.
 
     Args:
@@ -71,34 +78,70 @@ def build_prompt_row(prompt_text: str, blocks: dict[str, list[torch.Tensor]], to
         blocks: modality -> one ``(tokens, hidden)`` block per placeholder of that modality, in order.
         tokenizer: the base tokenizer.
         embed: the base's input embedding module.
+        block_keys: modality -> a key per block (what input and expert made it), for ``PromptRow.keys``.
     """
+    return build_conversation_row([prompt_text], [], blocks, tokenizer, embed, block_keys)
+
+
+def build_conversation_row(pieces: list[str], answers: list[list[int]], blocks: dict[str, list[torch.Tensor]], tokenizer,
+                           embed, block_keys: dict[str, list] | None = None) -> PromptRow:
+    """A conversation's row: the template's pieces with the earlier answers' own token ids between them
+    (``answers[k]`` after ``pieces[k]``) and each placeholder replaced by its modality block.
+
+    Blocks are taken in order of appearance per modality across all turns, so an input keeps its
+    place (and its tokens their route) in every later turn.
+    """
+    if len(answers) != len(pieces) - 1:
+        raise CompositionError(f"a conversation of {len(pieces)} turns has {len(pieces) - 1} earlier answer(s); "
+                               f"got {len(answers)}.")
     pattern = placeholder_pattern()
     placeholder_to_modality = {p: n for n, _, p in _modality_info()}
-    pieces = pattern.split(prompt_text)
-    segments, found = pieces[0::2], pieces[1::2]
-    counts = {m: 0 for m in blocks}
-    for p in found:
-        m = placeholder_to_modality[p]
-        counts[m] = counts.get(m, 0) + 1
+    # The row as parts: ("text", str) | ("ids", [int]) | ("block", modality); text parts are tokenized together.
+    parts: list[tuple] = []
+    for k, piece in enumerate(pieces):
+        split = pattern.split(piece)
+        for j, segment in enumerate(split):
+            parts.append(("text", segment) if j % 2 == 0 else ("block", placeholder_to_modality[segment]))
+        if k < len(answers):
+            parts.append(("ids", list(answers[k])))
+    found = [p[1] for p in parts if p[0] == "block"]
+    counts = {m: found.count(m) for m in set(found) | set(blocks)}
     for m, n in counts.items():
         have = len(blocks.get(m, []))
         if have != n:
             raise CompositionError(f"the prompt has {n} {m} placeholder(s) but {have} {m} input(s) were encoded; "
                                    "give one input per placeholder.")
     weight = embed.weight
-    token_ids = tokenize_segments(tokenizer, segments)
-    parts: list[torch.Tensor] = []
+    texts = tokenize_segments(tokenizer, [p[1] for p in parts if p[0] == "text"])
+    chunks: list[torch.Tensor] = []
     routes: list[str] = []
+    keys: list = []
+    shown: list[str] = []
     used = {m: 0 for m in blocks}
-    for i, ids in enumerate(token_ids):
+    text_index = 0
+
+    def add_ids(ids: list[int]) -> None:
         if ids:
             with torch.no_grad():
-                parts.append(embed(torch.tensor(ids, device=weight.device)))
-            routes += [TEXT_ROUTE] * len(ids)
-        if i < len(found):
-            m = placeholder_to_modality[found[i]]
+                chunks.append(embed(torch.tensor(ids, device=weight.device)))
+            routes.extend([TEXT_ROUTE] * len(ids))
+            keys.extend(ids)
+
+    for part in parts:
+        if part[0] == "text":
+            add_ids(texts[text_index])
+            text_index += 1
+            shown.append(part[1])
+        elif part[0] == "ids":
+            add_ids(part[1])
+            shown.append(tokenizer.decode(part[1]))
+        else:
+            m = part[1]
             block = blocks[m][used[m]]
+            key = (block_keys or {}).get(m, [None] * len(blocks[m]))[used[m]]
             used[m] += 1
-            parts.append(block.to(weight.device, weight.dtype))
-            routes += [m] * block.shape[0]
-    return PromptRow(torch.cat(parts, dim=0), routes, prompt_text)
+            chunks.append(block.to(weight.device, weight.dtype))
+            routes.extend([m] * block.shape[0])
+            keys.extend((m, key, j) for j in range(block.shape[0]))
+            shown.append(next(p for n, _, p in _modality_info() if n == m))
+    return PromptRow(torch.cat(chunks, dim=0), routes, "".join(shown), keys)

@@ -11,6 +11,11 @@ A template is chosen by name from a small registry (``list_templates()``):
 
 Every template produces the full prompt up to and including the opening of the assistant
 turn, so generation continues with the answer; ``stop_strings`` end that answer.
+
+A conversation is rendered in pieces around the assistant's earlier answers
+(``conversation_pieces``): the engine puts each answer's own generated token ids between the
+pieces, so a later turn's prompt starts with exactly the tokens of the earlier ones (what
+lets a turn reuse the previous turn's KV cache), never with a re-tokenised answer.
 """
 from __future__ import annotations
 
@@ -26,6 +31,8 @@ class TemplateError(CompositionError):
 
 # Formatter signature: (user_message, system or None) -> prompt text.
 Formatter = Callable[[str, "str | None"], str]
+# Conversation formatter: (user messages, oldest first; system or None) -> pieces (see conversation_pieces).
+ConversationFormatter = Callable[[list, "str | None"], list]
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,27 @@ class ChatTemplate:
     # modality -> the label its placeholder line carries in this template's prompts, where it
     # differs from the modality registry's (the paper's prompt writes "point: <point>").
     modality_labels: tuple[tuple[str, str], ...] = ()
+    conversation: ConversationFormatter | None = None
+
+    def conversation_pieces(self, user_messages: list[str], system: str | None = None) -> list[str]:
+        """A conversation's prompt, split where the assistant's earlier answers go.
+
+        Args:
+            user_messages: the user's turns, oldest first (the last one is being answered).
+            system: a system message; None keeps the template's default.
+        Returns:
+            ``len(user_messages)`` pieces: piece 0 is the prompt up to the first answer; piece k
+            is what follows answer k (the end of that answer's turn, the next user turn) up to
+            where answer k + 1 begins. One message gives ``[format_prompt(message)]``.
+        """
+        if not user_messages or not all(isinstance(m, str) for m in user_messages):
+            raise TemplateError("a conversation needs at least one user message, each a str; pass the turns' texts.")
+        messages = [self._relabel(m) for m in user_messages]
+        if self.conversation is None:  # a single-turn template: only one message
+            if len(messages) > 1:
+                raise TemplateError(f"template {self.name!r} renders single questions only; it has no multi-turn format.")
+            return [self.formatter(messages[0], system)]
+        return self.conversation(messages, system)
 
     def format_prompt(self, user_message: str, system: str | None = None) -> str:
         """The prompt text up to and including the start of the assistant turn.
@@ -101,11 +129,31 @@ class ChatTemplate:
                 messages, tokenize=False, add_generation_prompt=True
             )
 
+        def conversation(user_messages: list[str], system: str | None) -> list[str]:
+            # Each earlier answer is rendered as a sentinel, then the text is cut there: the template's
+            # own markup between turns, whatever it is, lands in the pieces.
+            sentinels = [f"\x00answer{k}\x00" for k in range(len(user_messages) - 1)]
+            messages = [] if system is None else [{"role": "system", "content": system}]
+            for k, message in enumerate(user_messages):
+                messages.append({"role": "user", "content": message})
+                if k < len(sentinels):
+                    messages.append({"role": "assistant", "content": sentinels[k]})
+            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            pieces = []
+            for sentinel in sentinels:
+                head, found, text = text.partition(sentinel)
+                if not found:
+                    raise TemplateError(f"the tokenizer's chat template changes the assistant's earlier answers "
+                                        f"({getattr(tokenizer, 'name_or_path', '?')!r}); it cannot hold a conversation here.")
+                pieces.append(head)
+            return pieces + [text]
+
         return cls(
             name="tokenizer",
             formatter=formatter,
             stop_strings=_tokenizer_stop_strings(tokenizer, jinja),
             description="the tokenizer's own chat template",
+            conversation=conversation,
         )
 
 
@@ -138,15 +186,24 @@ VICUNA_V1_SEP2 = "</s>"
 
 
 def _format_vicuna_v1(user_message: str, system: str | None) -> str:
+    return _vicuna_v1_conversation([user_message], system)[0]
+
+
+def _vicuna_v1_conversation(user_messages: list[str], system: str | None) -> list[str]:
+    """FastChat's SeparatorStyle.TWO: an answered turn is ``"ASSISTANT: " + answer + "</s>"``, so what
+    follows an answer is ``"</s>USER: " + message + " ASSISTANT:"`` (the model writes the space before
+    its answer itself; ModelCompose ``modelcompose/conversation.py``, LLaVA ``llava/conversation.py``)."""
     system = VICUNA_V1_SYSTEM if system is None else system
     # FastChat would start an empty system with a stray space; we drop the separator.
     head = system + VICUNA_V1_SEP if system else ""
-    return f"{head}USER: {user_message}{VICUNA_V1_SEP}ASSISTANT:"
+    first = f"{head}USER: {user_messages[0]}{VICUNA_V1_SEP}ASSISTANT:"
+    return [first] + [f"{VICUNA_V1_SEP2}USER: {m}{VICUNA_V1_SEP}ASSISTANT:" for m in user_messages[1:]]
 
 
 VICUNA_V1 = ChatTemplate(
     name="vicuna_v1",
     formatter=_format_vicuna_v1,
+    conversation=_vicuna_v1_conversation,
     stop_strings=(VICUNA_V1_SEP2,),
     description="Vicuna v1.1 (FastChat/LLaVA): 'SYSTEM USER: ... ASSISTANT:'",
     # THUNLP-MT/ModelCompose demo_app.py: "image: <image>\n", "audio: <audio>\n", "video: <video>\n", "point: <point>\n".
