@@ -25,10 +25,12 @@ from modalities.checks import UserError
 from composition.methods import list_methods
 from composition.methods.registry import GROUPS
 from modalities import MODALITY_NAMES, get_modality
-from studio import controls, exporting, handlers, mcub_tab, presets
+from studio import arena, chat, controls, exporting, handlers, mcub_tab, presets
+from studio import votes as votes_mod
 from studio.cards import CARD_CSS
 from studio.examples import example_rows
 from studio.inputs import point_views
+from studio.errors import StudioError
 from studio.session import Studio, expert_dirs_from, load_studio
 
 try:  # On a ZeroGPU Space, spaces.GPU asks for a GPU per call; elsewhere it is a no-op.
@@ -168,7 +170,7 @@ def experts_tab(ui: Ui) -> None:
 def coefficients_block(ui: Ui) -> None:
     s = ui.studio
     lam_views, mu_views = handlers.slider_views(s, {controls.SELECTED: s.expert_names}, reset=True)
-    with gr.Accordion("Coefficients and merge methods", open=True):
+    with gr.Group():
         gr.Markdown("λ weighs each expert's **text** delta (DAMC text merge); while **auto** is ticked it is the "
                     "paper's 1/K over the experts that get an input, and follows the inputs. Moving a slider makes "
                     "that λ yours: it stays as you set it. μ scales each **modality** delta (default 1). Answers "
@@ -227,13 +229,74 @@ def compare_tab(ui: Ui) -> None:
                 ui.go = gr.Button("Compare all variants", variant="primary", scale=3)
                 ui.stop = gr.Button("Stop", variant="stop", scale=1)
         with gr.Column(scale=3, min_width=420):
-            coefficients_block(ui)
             ui.cards = gr.HTML(handlers.empty_cards(), label="Answers")
             ui.answered_with = gr.State("")  # the coefficients of the answers on screen (see handlers.recompose)
     rows = example_rows()
     if rows:
         gr.Examples(rows, [ui.question, *ui.media.values()], label="Examples: each modality alone, mixed, and MCUB-synth items",
                     examples_per_page=12)
+
+
+def chat_content(content):
+    """A chat message's content as the Chatbot shows it: text, or a preview of a file (image, audio, video, 3-D)."""
+    if not isinstance(content, dict):
+        return content
+    path, modality = content["path"], content.get("modality")
+    preview = {"image": gr.Image, "audio": gr.Audio, "video": gr.Video, "point": gr.Model3D}.get(modality)
+    if preview is None:
+        return {"path": path}
+    return preview(value=path, label=content.get("name"), **({"display_mode": "point_cloud"} if modality == "point" and
+                                                              path.endswith(".ply") else {}))
+
+
+def chatbot_updates(columns):
+    return [gr.update(value=[{"role": m["role"], "content": chat_content(m["content"])} for m in c.messages],
+                      label=c.label, visible=c.visible) for c in columns]
+
+
+def chat_box(label: str, elem_id: str):
+    """A message box for text and files of every registered modality (the handler refuses those no selected expert reads)."""
+    extensions = [ext for m in MODALITY_NAMES for ext in get_modality(m).extensions]
+    return gr.MultimodalTextbox(label=label, file_types=extensions, file_count="multiple", elem_id=elem_id,
+                                placeholder="Ask something; attach files with the clip (image, audio, video, point cloud)")
+
+
+def chat_tab(ui: Ui) -> None:
+    gr.Markdown("Talk with every composition and expert at once: each column keeps its own conversation. Files may "
+                "come in any turn; follow-up questions are answered in context. The experts, λ, μ and merge methods "
+                "above apply from the next turn.")
+    ui.chat_state = gr.State(None)
+    ui.chatbots = []
+    for start in range(0, chat.MAX_COLUMNS, 4):
+        with gr.Row(equal_height=True):
+            for i in range(start, min(start + 4, chat.MAX_COLUMNS)):
+                ui.chatbots.append(gr.Chatbot(label=f"variant {i + 1}", visible=False, height=420, min_width=260,
+                                              elem_id=f"chat-column-{i}", feedback_options=None))
+    ui.chat_box = chat_box("Message", "chat-box")
+    with gr.Row():
+        ui.chat_regenerate = gr.Button("Regenerate", size="sm")
+        ui.chat_undo = gr.Button("Undo", size="sm")
+        ui.chat_clear = gr.Button("Clear", size="sm")
+        ui.chat_stop = gr.Button("Stop", variant="stop", size="sm")
+
+
+def arena_tab(ui: Ui) -> None:
+    gr.Markdown("**Blind vote.** Two variants drawn at random from the current selection answer as **A** and **B**. "
+                "Chat, then vote: the names are shown after the vote. " + votes_mod.PRIVACY_NOTE)
+    ui.arena_state = gr.State(None)
+    with gr.Row(equal_height=True):
+        ui.arena_bots = [gr.Chatbot(label=label, height=380, elem_id=f"arena-{label}", feedback_options=None)
+                         for label in arena.BLIND]
+    ui.arena_box = chat_box("Message to A and B", "arena-box")
+    with gr.Row():
+        ui.arena_votes = [gr.Button(text, size="sm") for text in ("A is better", "B is better", "Tie", "Both bad")]
+        ui.arena_new = gr.Button("New round", size="sm", variant="secondary")
+    ui.arena_msg = gr.Markdown()
+    gr.Markdown("### Leaderboard")
+    ui.board = gr.Dataframe(headers=["variant", "rating", "95 % interval", "votes", "wins", "ties", "losses"],
+                            interactive=False, label="Leaderboard")
+    ui.board_msg = gr.Markdown()
+    ui.board_refresh = gr.Button("Refresh the leaderboard", size="sm")
 
 
 def mcub_accuracy_tab(ui: Ui) -> None:
@@ -313,6 +376,49 @@ def api_block(ui: Ui) -> None:
         + [inspect.Parameter(m, inspect.Parameter.KEYWORD_ONLY, default=None) for m in MODALITY_NAMES])
 
     trigger.click(compare, outputs=out, inputs_kwargs={"question": question, **files}, api_name="compare")
+
+    # /chat, /arena_round, /vote: stateless, JSON in and out (files inside messages with gradio_client.handle_file).
+    with gr.Group(visible=False):
+        messages, experts, variants = gr.JSON(label="messages"), gr.JSON(label="experts"), gr.JSON(label="variants")
+        lambdas, mus = gr.JSON(label="lambdas"), gr.JSON(label="mus")
+        max_new = gr.Number(label="max_new_tokens", precision=0)
+        battle, choice = gr.Textbox(label="battle_id"), gr.Textbox(label="choice")
+        chat_out, round_out, vote_out = gr.JSON(), gr.JSON(), gr.JSON()
+        chat_trigger, round_trigger, vote_trigger = gr.Button("chat"), gr.Button("round"), gr.Button("vote")
+    uploads = [Path(gr.utils.get_upload_folder()).resolve()]
+
+    def settings(experts=None, variants=None, lambdas=None, mus=None, max_new_tokens=None):
+        chosen = handlers.default_settings(ui.studio)
+        changes = {k: v for k, v in dict(experts=experts, variants=variants, lambdas=lambdas, mus=mus).items() if v}
+        if max_new_tokens:
+            changes["max_new_tokens"] = int(max_new_tokens)
+        return chosen.replace(**changes)
+
+    @gpu
+    @user_errors
+    def chat_api(messages, experts=None, variants=None, lambdas=None, mus=None, max_new_tokens=None):
+        return chat.chat_api(ui.studio, messages, settings(experts, variants, lambdas, mus, max_new_tokens), allowed=uploads)
+
+    @gpu
+    @user_errors
+    def round_api(messages, experts=None, max_new_tokens=None):
+        session = chat.session_from_messages(ui.studio, messages, uploads)
+        if len(session.turns) != 1:
+            raise StudioError("a blind round over the API is one user message (text and files); vote with /vote.")
+        turn = session.turns[0]
+        return arena.round_api(ui.studio, ui.studio.vote_store(), {"text": turn.text, "files": [p for _, p in turn.files]},
+                               settings(experts, None, None, None, max_new_tokens))
+
+    @user_errors
+    def vote_api(battle_id, choice):
+        return arena.vote_api(ui.studio.vote_store(), battle_id, choice)
+
+    chat_trigger.click(chat_api, outputs=chat_out, inputs_kwargs={"messages": messages, "experts": experts, "variants": variants,
+                                                                 "lambdas": lambdas, "mus": mus, "max_new_tokens": max_new},
+                       api_name="chat")
+    round_trigger.click(round_api, outputs=round_out, inputs_kwargs={"messages": messages, "experts": experts,
+                                                                   "max_new_tokens": max_new}, api_name="arena_round")
+    vote_trigger.click(vote_api, outputs=vote_out, inputs_kwargs={"battle_id": battle, "choice": choice}, api_name="vote")
 
 
 # --- wiring ---------------------------------------------------------------------------
@@ -448,9 +554,83 @@ def wire(ui: Ui) -> None:
 
     ui.x_btn.click(gpu(user_errors(on_export)), [ui.x_variant], [ui.x_file, ui.x_msg], inputs_kwargs=ui.controls,
                    api_name="export_model")
+    wire_chat(ui, composition)
+    wire_arena(ui, composition)
     ui.demo.load(recompose, outputs=compose_out, inputs_kwargs=compose_kw, api_name="initial_compose")
     # A page load shows the catalog as it is now (an expert folder removed since startup is flagged).
     ui.demo.load(lambda: handlers.catalog_status(s), None, [ui.catalog, ui.catalog_msg], api_name="catalog_status")
+
+
+def wire_chat(ui: Ui, composition: dict) -> None:
+    s = ui.studio
+    outputs = [ui.chat_state, *ui.chatbots, ui.chat_box]
+
+    def answer(turns, session, **values):
+        """Stream the columns; the box is emptied once the answer is complete (on an error the message stays)."""
+        session = session or chat.ChatSession()
+        for cols in turns(session, handlers.settings_of(s, values)):
+            yield [session, *chatbot_updates(cols), gr.update()]
+        yield [session, *chatbot_updates(chat.columns(session)), gr.update(value=None)]
+
+    def on_send(message, session, **values):
+        yield from answer(lambda sess, settings: chat.send(s, sess, message, settings), session, **values)
+
+    def on_regenerate(session, **values):
+        yield from answer(lambda sess, settings: chat.regenerate(s, sess, settings), session, **values)
+
+    def on_undo(session):
+        session = session or chat.ChatSession()
+        cols, message = chat.undo(session)
+        return [session, *chatbot_updates(cols), gr.update(value=message)]
+
+    def on_clear(session):
+        session = chat.clear(s, session)
+        return [session, *chatbot_updates(chat.columns(session)), gr.update(value=None)]
+
+    ui.chat_box.submit(gpu(user_errors(on_send)), [ui.chat_box, ui.chat_state], outputs, inputs_kwargs=composition,
+                       api_name="chat_send")
+    ui.chat_regenerate.click(gpu(user_errors(on_regenerate)), [ui.chat_state], outputs, inputs_kwargs=composition,
+                             api_name="chat_regenerate")
+    ui.chat_undo.click(user_errors(on_undo), [ui.chat_state], outputs, api_name="chat_undo")
+    ui.chat_clear.click(user_errors(on_clear), [ui.chat_state], outputs, api_name="chat_clear")
+    # Stop ends the answer at its next token (the turn keeps what was said); it runs at once, outside the queue.
+    ui.chat_stop.click(chat.request_stop, [ui.chat_state], None, queue=False, api_name="chat_stop")
+
+
+def wire_arena(ui: Ui, composition: dict) -> None:
+    s = ui.studio
+    outputs = [ui.arena_state, *ui.arena_bots, ui.arena_box, ui.arena_msg]
+
+    def two(cols):
+        return chatbot_updates(cols[:2])
+
+    def on_send(message, round_, **values):
+        round_ = round_ or arena.ArenaRound()
+        for cols in arena.send(s, s.vote_store(), round_, message, handlers.settings_of(s, values)):
+            yield [round_, *two(cols), gr.update(), gr.update()]
+        yield [round_, *two(chat.columns(round_.session)), gr.update(value=None),
+               "Vote for the better answer, or keep chatting first."]
+
+    def on_vote(choice):
+        def vote(round_):
+            if round_ is None:
+                raise StudioError("ask something first: the vote is about the two answers.")
+            cols, message = arena.vote(s.vote_store(), round_, choice)
+            return [round_, *two(cols), gr.update(), message]
+        return vote
+
+    def on_new(round_):
+        round_ = arena.new_round(s, round_)
+        return [round_, *two(chat.columns(round_.session)), gr.update(value=None), "A new round: two variants drawn anew."]
+
+    ui.arena_box.submit(gpu(user_errors(on_send)), [ui.arena_box, ui.arena_state], outputs, inputs_kwargs=composition,
+                        api_name="arena_send")
+    for button, choice in zip(ui.arena_votes, votes_mod.CHOICES):
+        button.click(user_errors(on_vote(choice)), [ui.arena_state], outputs, api_name=f"arena_vote_{choice.replace(' ', '_')}")
+    ui.arena_new.click(user_errors(on_new), [ui.arena_state], outputs, api_name="arena_new_round")
+    ui.board_refresh.click(lambda: arena.leaderboard_rows(s.vote_store()), None, [ui.board, ui.board_msg],
+                           api_name="leaderboard")
+    ui.demo.load(lambda: arena.leaderboard_rows(s.vote_store()), None, [ui.board, ui.board_msg], api_name="leaderboard_on_load")
 
 
 def build_demo(studio: Studio) -> gr.Blocks:
@@ -461,9 +641,15 @@ def build_demo(studio: Studio) -> gr.Blocks:
                     "**NaiveMC** and **DAMC** (Chen et al., ACL 2024) and other merge methods, and compare every "
                     "variant's answer side by side.")
         ui.header = gr.Markdown(studio.header())
+        with gr.Accordion("Composition: λ, μ and merge methods (for Chat, Compare and Blind vote)", open=False):
+            coefficients_block(ui)
         with gr.Tabs():
+            with gr.Tab("Chat"):
+                chat_tab(ui)
             with gr.Tab("Compare"):
                 compare_tab(ui)
+            with gr.Tab("Blind vote"):
+                arena_tab(ui)
             with gr.Tab("Experts"):
                 experts_tab(ui)
             with gr.Tab("Benchmark"):

@@ -33,6 +33,16 @@ class Studio:
     base_seconds: float = 0.0
     load_problems: list[str] = field(default_factory=list)  # experts that failed to load (startup or added), with why
     defaults: CompositionConfig = field(default_factory=CompositionConfig)  # what the expert folders ship with (composition.json)
+    votes_path: Path | None = None  # the blind votes' database (None: $STUDIO_VOTES_DB, else .cache/votes.sqlite3)
+    _votes: object = field(default=None, repr=False)
+
+    def vote_store(self):
+        """The blind votes' database, opened on first use."""
+        if self._votes is None:
+            from .votes import VoteStore
+
+            self._votes = VoteStore(self.votes_path)
+        return self._votes
 
     @property
     def expert_names(self) -> list[str]:

@@ -9,10 +9,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-def run_cli(*args, cache=None, timeout=300) -> subprocess.CompletedProcess:
-    """``python -m composition *args``; ``cache`` is the base-model cache (MLLM_STUDIO_CACHE)."""
+def run_cli(*args, cache=None, timeout=300, stdin: str | None = None) -> subprocess.CompletedProcess:
+    """``python -m composition *args``; ``cache`` is the base-model cache (MLLM_STUDIO_CACHE); ``stdin``: piped input."""
     env = dict(os.environ)
     if cache is not None:
         env["MLLM_STUDIO_CACHE"] = str(cache)
     return subprocess.run([sys.executable, "-m", "composition", *map(str, args)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, input=stdin)

@@ -53,6 +53,24 @@ def test_compare_reads_a_config_and_its_flags_override_it(random_experts_dir, tm
 
 
 @pytest.mark.slow
+def test_chat_reads_a_piped_three_turn_script(random_experts_dir, base_cache_dir):
+    """Turns on stdin, a file attached before turns 1 and 3: each turn answered by every variant, in context."""
+    script = (f":image {MEDIA / 'images' / 'cheetah.jpg'}\nWhat is it?\nWhat colour is it?\n"
+              f":audio {MEDIA / 'audio' / 'cantina.wav'}\nAnd what do you hear?\n")
+    result = run_cli("chat", "--experts", random_experts_dir, "--max-new-tokens", 5, "--json", cache=base_cache_dir,
+                     stdin=script)
+    assert result.returncode == 0, result.stderr
+    turns = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [t["turn"] for t in turns] == [1, 2, 3]
+    assert [v["name"] for v in turns[0]["variants"]] == ["DAMC", "expert:image"]
+    assert [v["name"] for v in turns[2]["variants"]] == ["DAMC", "expert:image", "expert:audio"]
+    assert turns[2]["variants"][0]["coefficients"]["lambdas"] == {"image": 0.5, "audio": 0.5}
+    assert "attached cheetah.jpg to the next turn" in result.stderr and "Traceback" not in result.stderr
+    bad = run_cli("chat", "--experts", random_experts_dir, cache=base_cache_dir, stdin=":smell nose.txt\nhi\n")
+    assert bad.returncode == 2 and "unknown command ':smell nose.txt'" in bad.stderr
+
+
+@pytest.mark.slow
 def test_export_then_list_the_exported_experts(random_experts_dir, tmp_path, base_cache_dir):
     out = tmp_path / "exported"
     result = run_cli("export", "--variant", "DAMC", "--out", out, "--experts", random_experts_dir, "--lambda", "image=0.7", cache=base_cache_dir)
