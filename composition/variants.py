@@ -6,8 +6,15 @@ tokens (generated tokens are text too) and its tokens of each modality block.
 - ``expert:<name>``: its own deltas (shared D, or text T / modality M), only its own inputs.
 - ``base``: the base LLM alone, no delta on any token and no input (the reference for what a
   composition keeps of the base).
-- ``NaiveMC`` (shared experts): every token uses ``Σ_i D_i / K``, the exact mean of the deltas.
+- ``NaiveMC`` (shared experts): every token uses ``Σ_i λ_i D_i``; at the default λ_i = 1/K that is
+  the exact mean of the deltas, the paper's NaiveMC. ``LambdaRoutes.TEXT_ONLY`` (the variant
+  ``NaiveMC-text-lambda``) weights only its text tokens by λ, its modality tokens keep the mean;
+  ``LambdaRoutes.MODALITY_ONLY`` (``NaiveMC-modality-lambda``) the other way round.
 - ``DAMC`` (decoupled experts): text uses ``Σ_i λ_i T_i``; tokens of modality m_i use ``μ_i M_i``.
+
+λ left unset is auto: ``lambda_scale``·(1/K) over the K experts taking part (scale 1: the paper's
+1/K). The scale moves the shared composition and DAMC together, so "shared at s" and "DAMC at s"
+run side by side in one request; a λ the user set is never scaled.
 - a registry method on the text deltas (decoupled experts; modality deltas kept as in
   DAMC), or on the shared deltas for every token when only shared experts take part.
 """
@@ -27,7 +34,10 @@ DAMC = "DAMC"
 BASE = "base"
 EXPERT_PREFIX = "expert:"
 TEXT_ROUTE = "text"
+NAIVE_TEXT_LAMBDA = "NaiveMC-text-lambda"  # NaiveMC with λ on its text tokens only (LambdaRoutes.TEXT_ONLY)
+NAIVE_MODALITY_LAMBDA = "NaiveMC-modality-lambda"  # NaiveMC with λ on its modality tokens only (MODALITY_ONLY)
 COEF_RANGE = (-4.0, 4.0)
+SCALE_RANGE = (0.0, 4.0)  # lambda_scale: auto λ = scale/K; 4 keeps every auto λ inside COEF_RANGE
 
 
 def route_names() -> tuple[str, ...]:
@@ -41,12 +51,21 @@ class Coefficients:
     """The app's sliders. λ per expert name (text merge), μ per modality (modality deltas).
 
     Missing entries take the paper's defaults: λ = 1/K over the experts taking part, μ = 1.
+    ``lambda_scale`` s scales those defaults: an auto λ is s·(1/K) per expert (s = 1, the
+    paper's; a λ given in ``lambdas`` is the user's and is never scaled). It applies to every
+    composition of the request alike, the shared one (NaiveMC) and DAMC.
     """
 
     lambdas: Mapping[str, float] = field(default_factory=dict)
     mus: Mapping[str, float] = field(default_factory=dict)
+    lambda_scale: float = 1.0
 
     def __post_init__(self) -> None:
+        scale = self.lambda_scale
+        if (isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale)
+                or not SCALE_RANGE[0] <= scale <= SCALE_RANGE[1]):
+            raise CompositionError(f"lambda_scale is {scale!r}; expected a finite number in [{SCALE_RANGE[0]:g}, "
+                                   f"{SCALE_RANGE[1]:g}] (auto λ = scale·1/K; 1 is the paper's 1/K).")
         for label, mapping in (("λ", self.lambdas), ("μ", self.mus)):
             for key, value in mapping.items():
                 if not isinstance(value, (int, float)) or not math.isfinite(value) or not COEF_RANGE[0] <= value <= COEF_RANGE[1]:
@@ -57,7 +76,12 @@ class Coefficients:
             raise CompositionError(f"μ given for unknown modality {unknown[0]!r}; expected one of {sorted(known)}.")
 
     def lam(self, expert: str, k: int) -> float:
-        return float(self.lambdas.get(expert, 1.0 / k))
+        """λ of ``expert`` in a merge of ``k`` experts: the user's value, else lambda_scale/k."""
+        return float(self.lambdas.get(expert, self.lambda_scale / k))
+
+    def scales(self, experts) -> bool:
+        """Whether lambda_scale changes any of these experts' λ (some is auto and the scale is not 1)."""
+        return self.lambda_scale != 1.0 and any(name not in self.lambdas for name in experts)
 
     def mu(self, modality: str) -> float:
         return float(self.mus.get(modality, 1.0))
@@ -78,9 +102,32 @@ class VariantKind(str, Enum):
         return self not in (VariantKind.EXPERT, VariantKind.BASE)
 
 
+class LambdaRoutes(str, Enum):
+    """Which token routes of the shared composition (NaiveMC) λ weights.
+
+    DAMC's λ weights only its text tokens by construction (its modality tokens use μ_i·M_i);
+    the shared composition has one delta per expert for every token, so λ reaches the
+    modality tokens too. ``TEXT_ONLY`` and ``MODALITY_ONLY`` separate the two: one kind of token
+    uses Σ λ_i·D_i, the other keeps the paper's mean Σ D_i/K, which measures through which
+    tokens the shared merge loses at a large λ (docs/interference.md).
+    """
+
+    EVERY_TOKEN = "every-token"  # the shared composition as defined: one Σ λ_i D_i for every token
+    TEXT_ONLY = "text-only"  # λ on text tokens; modality tokens keep Σ D_i / K
+    MODALITY_ONLY = "modality-only"  # λ on modality tokens; text tokens keep Σ D_i / K
+
+    @property
+    def variant_name(self) -> str:
+        return {LambdaRoutes.EVERY_TOKEN: NAIVE, LambdaRoutes.TEXT_ONLY: NAIVE_TEXT_LAMBDA,
+                LambdaRoutes.MODALITY_ONLY: NAIVE_MODALITY_LAMBDA}[self]
+
+
 @dataclass(frozen=True)
 class VariantSpec:
-    """What a user asks for by name: ``NaiveMC``, ``DAMC``, ``expert:<name>`` or a method name."""
+    """What a user asks for by name: ``NaiveMC``, ``DAMC``, ``expert:<name>`` or a method name.
+
+    ``lambda_routes`` (NaiveMC only) is set by ``VariantSpec.naive``, never read from a name.
+    """
 
     name: str
     kind: VariantKind
@@ -88,6 +135,22 @@ class VariantSpec:
     method: str | None = None
     hyper: tuple[tuple[str, float], ...] = ()
     space: str = "dense"  # a method's: "dense" (the reference) or "core" (low-rank, routed online); name suffix @core
+    lambda_routes: LambdaRoutes = LambdaRoutes.EVERY_TOKEN
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.lambda_routes, LambdaRoutes):
+            raise CompositionError(f"lambda_routes is {self.lambda_routes!r}; expected one of "
+                                   f"{[r.value for r in LambdaRoutes]} (a LambdaRoutes).")
+        if self.lambda_routes is not LambdaRoutes.EVERY_TOKEN and self.kind is not VariantKind.NAIVE:
+            raise CompositionError(f"variant {self.name!r}: lambda_routes {self.lambda_routes.value!r} applies to {NAIVE} "
+                                   f"only (DAMC's λ weights only text tokens already); use VariantSpec.naive(...).")
+
+    @staticmethod
+    def naive(lambda_routes: LambdaRoutes = LambdaRoutes.EVERY_TOKEN) -> "VariantSpec":
+        """The shared composition (``NaiveMC``; ``NaiveMC-text-lambda`` / ``NaiveMC-modality-lambda`` with λ on
+        one kind of token only)."""
+        name = lambda_routes.variant_name if isinstance(lambda_routes, LambdaRoutes) else NAIVE
+        return VariantSpec(name, VariantKind.NAIVE, lambda_routes=lambda_routes)  # anything else is refused there
 
     @staticmethod
     def parse(name: str, hyper: Mapping[str, float] | None = None) -> "VariantSpec":
@@ -97,6 +160,10 @@ class VariantSpec:
         name = name.strip()
         if name == NAIVE:
             return VariantSpec(NAIVE, VariantKind.NAIVE)
+        if name == NAIVE_TEXT_LAMBDA:
+            return VariantSpec.naive(LambdaRoutes.TEXT_ONLY)
+        if name == NAIVE_MODALITY_LAMBDA:
+            return VariantSpec.naive(LambdaRoutes.MODALITY_ONLY)
         if name == DAMC:
             return VariantSpec(DAMC, VariantKind.DAMC)
         if name == BASE:
@@ -110,7 +177,9 @@ class VariantSpec:
                 warnings.warn(note, RenamedParameterWarning, stacklevel=2)
             return VariantSpec(name, VariantKind.METHOD, method=method_name, hyper=tuple(sorted(values.items())), space=space)
         methods = ", ".join(m.name for m in list_methods())
-        raise CompositionError(f"unknown variant {name!r}; expected {NAIVE}, {DAMC}, expert:<name>, {BASE} or a merge method ({methods}; "
+        raise CompositionError(f"unknown variant {name!r}; expected {NAIVE} (or {NAIVE_TEXT_LAMBDA}, {NAIVE_MODALITY_LAMBDA}), "
+                               f"{DAMC}, expert:<name>, {BASE} "
+                               f"or a merge method ({methods}; "
                                f"<method>{SPACE_SEPARATOR}core runs it in the experts' low-rank core space).")
 
     @staticmethod
@@ -138,6 +207,9 @@ class ResolvedVariant:
     ``lambdas`` maps each expert taking part to the weight of its text-side delta (its
     shared delta for NaiveMC and shared-only merges), ``mus`` each modality to the scale
     of its modality delta; both are the values applied, after the paper's defaults.
+    ``modality_lambdas``: NaiveMC with λ on one kind of token only, the weight of each shared
+    delta on the modality tokens (``lambdas`` holds the text tokens'). ``lambda_scale``: the
+    scale its auto λ took.
     """
 
     spec: VariantSpec
@@ -147,6 +219,8 @@ class ResolvedVariant:
     mus: dict[str, float] = field(default_factory=dict)
     dense: DenseRequest | None = None  # filled into routes[...] under a slot the engine allocates
     dense_routes: tuple[str, ...] = ()
+    modality_lambdas: dict[str, float] = field(default_factory=dict)
+    lambda_scale: float = 1.0
 
     @property
     def name(self) -> str:
@@ -166,9 +240,17 @@ class ResolvedVariant:
         return [e.name for e in in_prompt_order(self.block_experts.values())]
 
     def coefficients_json(self) -> dict:
-        """``{"lambdas": {expert: λ}, "mus": {modality: μ}}`` (+ ``"hyper"`` for merge methods): the values applied."""
+        """``{"lambdas": {expert: λ}, "mus": {modality: μ}}`` (+ ``"hyper"`` for merge methods): the values applied.
+
+        Only when they apply: ``"lambda_scale"`` (auto λ = scale/K with a scale other than 1) and
+        ``"modality_lambdas"`` (NaiveMC with λ on one kind of token only: the weights on modality tokens).
+        """
         data: dict = {"lambdas": {n: round(v, 6) for n, v in self.lambdas.items()},
                       "mus": {m: round(v, 6) for m, v in self.mus.items()}}
+        if self.lambda_scale != 1.0:
+            data["lambda_scale"] = round(self.lambda_scale, 6)
+        if self.modality_lambdas:
+            data["modality_lambdas"] = {n: round(v, 6) for n, v in self.modality_lambdas.items()}
         if self.kind is VariantKind.METHOD:
             data["hyper"] = dict(self.spec.hyper)
         return data
@@ -205,7 +287,8 @@ def _one_per_modality(experts: list[Expert], kind: str) -> dict[str, Expert]:
                 f"a composition takes one expert per modality. Deselect one of them."
             )
         by_modality[expert.modality] = expert
-    return by_modality
+    order = {m: i for i, m in enumerate(route_names())}  # prompt order, whatever order the experts were loaded in
+    return dict(sorted(by_modality.items(), key=lambda item: order.get(item[0], len(order))))
 
 
 def participants(experts: list[Expert], kind: str, input_modalities: set[str], merge_all: bool = False) -> dict[str, Expert]:
@@ -277,9 +360,17 @@ def resolve_variant(spec: VariantSpec, experts: list[Expert], slots: SlotTable, 
             raise CompositionError(f"{NAIVE} merges experts trained with shared deltas, and none is selected"
                                    f"{' for the given inputs' if input_modalities else ''}. Select shared experts or use {DAMC}.")
         _check_covers(spec, set(pool), input_modalities)
-        mean = {slots.slot((e.name, "shared")): 1.0 / len(pool) for e in pool.values()}
-        lambdas = {e.name: 1.0 / len(pool) for e in pool.values()}
-        return ResolvedVariant(spec, {r: dict(mean) for r in (TEXT_ROUTE, *pool)}, pool, lambdas)
+        k = len(pool)
+        lambdas = {e.name: coefficients.lam(e.name, k) for e in pool.values()}
+        scale = coefficients.lambda_scale if coefficients.scales(lambdas) else 1.0
+        mean = {e.name: 1.0 / k for e in pool.values()}  # the paper's, kept by the route λ does not reach
+        text, modality = {LambdaRoutes.EVERY_TOKEN: (lambdas, lambdas), LambdaRoutes.TEXT_ONLY: (lambdas, mean),
+                          LambdaRoutes.MODALITY_ONLY: (mean, lambdas)}[spec.lambda_routes]
+        routes = {TEXT_ROUTE: {slots.slot((n, "shared")): w for n, w in text.items()},
+                  **{m: {slots.slot((e.name, "shared")): modality[e.name] for e in pool.values()} for m in pool}}
+        split = spec.lambda_routes is not LambdaRoutes.EVERY_TOKEN
+        return ResolvedVariant(spec, routes, pool, dict(text), modality_lambdas=dict(modality) if split else {},
+                               lambda_scale=scale)
 
     # DAMC and the registry methods: decoupled experts when there are any, else shared ones.
     pool, decoupled = text_merge_pool(experts, input_modalities, merge_all)
@@ -292,6 +383,7 @@ def resolve_variant(spec: VariantSpec, experts: list[Expert], slots: SlotTable, 
     text_delta = "text" if decoupled else "shared"
     k = len(pool)
     lambdas = {e.name: coefficients.lam(e.name, k) for e in pool.values()}
+    scale = coefficients.lambda_scale if coefficients.scales(lambdas) else 1.0
     weights = {slots.slot((e.name, text_delta)): lambdas[e.name] for e in pool.values()}
     mus = {m: coefficients.mu(m) for m in pool} if decoupled else {}
     modality_routes = {m: {slots.slot((e.name, "modality")): mus[m]} for m, e in pool.items()} if decoupled else {}
@@ -306,8 +398,8 @@ def resolve_variant(spec: VariantSpec, experts: list[Expert], slots: SlotTable, 
         text = dict(weights)
         if not decoupled:
             modality_routes = {m: dict(weights) for m in pool}
-        return ResolvedVariant(spec, {TEXT_ROUTE: text, **modality_routes}, pool, lambdas, mus)
+        return ResolvedVariant(spec, {TEXT_ROUTE: text, **modality_routes}, pool, lambdas, mus, lambda_scale=scale)
     request = DenseRequest(spec.method, dict(spec.hyper), list(weights), list(weights.values()), space=spec.space)
     dense_routes = (TEXT_ROUTE,) if decoupled else (TEXT_ROUTE, *pool)
     routes = {TEXT_ROUTE: {}, **modality_routes, **{m: {} for m in pool if not decoupled}}
-    return ResolvedVariant(spec, routes, pool, lambdas, mus, dense=request, dense_routes=dense_routes)
+    return ResolvedVariant(spec, routes, pool, lambdas, mus, dense=request, dense_routes=dense_routes, lambda_scale=scale)

@@ -67,3 +67,58 @@ def test_a_user_sees_the_inputs_compares_and_gets_answer_cards(app_url):  # noqa
             browser.close()
     # One image: DAMC (over the image expert alone: the others got no input) and the image expert, each a card.
     assert names == ["DAMC", "expert:image"], names
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (apt-get install chromium; "
+                                             "./studio.sh test installs packages-test.txt)")
+def test_a_three_turn_chat_with_files_in_turns_1_and_3_keeps_every_columns_history(app_url):  # noqa: F811
+    """In a real browser: the image example with the first question, two follow-ups, the audio example in turn 3;
+    every column shows the whole conversation, and each answer's footer the coefficients it was made with."""
+    from playwright.sync_api import sync_playwright
+
+    audio = Path(__file__).resolve().parent.parent / "examples" / "audio-example.wav"
+    turns = [("What is in the image?", EXAMPLE_IMAGE), ("What colour is it?", None), ("And what do you hear?", audio)]
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=BROWSER_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1600, "height": 2000})
+            page.goto(app_url, wait_until="load", timeout=120_000)
+            box = page.locator("#chat-box")
+            box.wait_for(timeout=120_000)
+            for k, (text, file) in enumerate(turns, start=1):
+                if file is not None:
+                    box.locator('input[type="file"]').set_input_files(str(file))
+                    page.wait_for_function("() => document.querySelectorAll('#chat-box [class*=thumbnail-item]').length > 0",
+                                           timeout=60_000)  # the upload is shown in the box
+                box.locator("textarea").fill(text)
+                box.locator("textarea").press("Enter")
+                # Done when every visible column holds k answers, each with its footer (seconds).
+                # (The box empties itself once the answers are complete; on an error the message stays in it.)
+                page.wait_for_function(
+                    """k => {
+                        if (document.querySelector('#chat-box textarea').value !== '') return false;
+                        const cols = [...document.querySelectorAll('[id^="chat-column-"]')].filter(c => c.offsetParent !== null);
+                        return cols.length > 0 && cols.every(c => {
+                            const bots = [...c.querySelectorAll('[data-testid="bot"]')];
+                            return bots.length === k && bots.every(b => / s|joined/.test(b.innerText));
+                        });
+                    }""", arg=k, timeout=300_000)
+            columns = page.evaluate("""() => [...document.querySelectorAll('[id^="chat-column-"]')]
+                .filter(c => c.offsetParent !== null)
+                .map(c => ({label: (c.querySelector('[data-testid="block-label"]') || {}).innerText || '',
+                            user: [...c.querySelectorAll('[data-testid="user"]')].map(u => u.innerText.trim()),
+                            images: c.querySelectorAll('[data-testid="user"] img').length,
+                            bots: [...c.querySelectorAll('[data-testid="bot"]')].map(b => b.innerText)}))""")
+            page.screenshot(path=str(SHOTS / "chat.png"), full_page=True)
+        finally:
+            browser.close()
+    labels = [c["label"].strip() for c in columns]
+    assert labels == ["DAMC", "expert:image", "expert:audio"], labels
+    for column in columns:
+        said = [u for u in column["user"] if u]
+        assert [t for t, _ in turns] == [s for s in said if s in {t for t, _ in turns}], column  # every turn, in order
+        assert len(column["bots"]) == 3 and column["images"] >= 1, column  # the image preview
+        assert any(u.startswith("audio-example.wav") for u in said), column  # the audio player, named
+    damc = columns[0]["bots"]
+    assert "λ image 1.00" in damc[0] and "λ image 1.00" in damc[1] and "λ image 0.50, audio 0.50" in damc[2], damc

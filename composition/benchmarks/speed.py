@@ -64,7 +64,7 @@ PEAK_BANDWIDTH = (("H200", 4.8e12), ("H100 NVL", 3.9e12), ("H100 PCIe", 2.0e12),
                   ("A100-SXM4-80GB", 2.039e12), ("A100 80GB PCIe", 1.935e12), ("A100", 1.555e12), ("L40S", 0.864e12),
                   ("A10G", 0.6e12), ("L4", 0.3e12))
 SECTIONS = ("side_by_side_one_input", "side_by_side_all_inputs", "recompose_online", "recompose_materialized", "mcub",
-            "methods", "gpu")
+            "chat", "methods", "gpu")
 FIGURE_TARGETS = {"side_by_side_one_input": 1.5, "side_by_side_all_inputs": 2.5, "side_by_side_all_inputs_seconds": 5.0,
            "side_by_side_gpu": 1.15, "materialize_gpu_ms": 15.0, "decode_vs_floor": 2.0}
 
@@ -400,6 +400,58 @@ def decode_ms_per_token(setup: Setup, variants: Sequence[str], config: BenchConf
     return statistics.median(samples), prompt_tokens[0]
 
 
+# --- conversations ------------------------------------------------------------------
+CHAT_TURNS = ("What is in the image?", "What colour is it?", "Is there anything else?", "Describe it again.", "Thank you. Anything more?")
+
+
+def chat_history_reuse(setup: Setup, config: BenchConfig) -> dict:
+    """A five-turn conversation (the image in turn 1), each variant continuing its KV cache from the turn before,
+    against the same turns prefilled whole: seconds per turn, and the prompt tokens each prefills."""
+    import uuid
+
+    from ..composer import Turn
+
+    cm = setup.cm
+    image = [i for i in setup.inputs if i.modality == "image"]
+    variants = bench_variants(cm, ("image",))
+    plan = cm.plan({"image"}, variants, Coefficients())
+    generation = GenerationConfig(max_new_tokens=config.new_tokens)
+    turns = [Turn(text, tuple(image) if k == 0 else ()) for k, text in enumerate(CHAT_TURNS)]
+
+    def conversation(session: str | None) -> tuple[list[float], list[int], list[int]]:
+        cm.kv_cache.forget()  # each run starts cold: no cache from another run's identical turns
+        answers: dict[str, list[list[int]]] = {}
+        seconds, prompt, reused = [], [], []
+        for t in range(1, len(turns) + 1):
+            sync(setup.device)
+            start = time.perf_counter()
+            replies = cm.chat(turns[:t], plan, generation, answers, session=session)
+            sync(setup.device)
+            seconds.append(time.perf_counter() - start)
+            prompt.append(sum(r.prompt_tokens for r in replies))
+            reused.append(sum(r.reused_tokens for r in replies))
+            for r in replies:
+                answers.setdefault(r.variant.name, []).append(r.token_ids)
+        return seconds, prompt, reused
+
+    runs = {"reuse": [], "full": []}
+    for k in range(config.warmup + config.repeats):
+        for mode in ("reuse", "full"):
+            result = conversation(uuid.uuid4().hex if mode == "reuse" else None)
+            if k >= config.warmup:
+                runs[mode].append(result)
+    median = lambda mode, t: statistics.median(r[0][t] for r in runs[mode])  # noqa: E731
+    _, prompt, reused = runs["reuse"][-1]
+    return {"variants": variants, "turns": len(turns), "new_tokens": config.new_tokens,
+            "turn1_s": median("reuse", 0), "turn5_reuse_s": median("reuse", 4), "turn5_full_s": median("full", 4),
+            "turn5_full_vs_reuse": median("full", 4) / median("reuse", 4),
+            "turn5_reuse_vs_turn1": median("reuse", 4) / median("reuse", 0),
+            "turn5_prompt_tokens": prompt[4], "turn5_reused_tokens": reused[4],
+            "turn5_prefilled_tokens": prompt[4] - reused[4], "prefill_tokens_saved_share": reused[4] / prompt[4],
+            "per_turn_reuse_s": [median("reuse", t) for t in range(len(turns))],
+            "per_turn_full_s": [median("full", t) for t in range(len(turns))]}
+
+
 # --- MCUB ---------------------------------------------------------------------------
 def mcub_items(quick: bool, limit: int) -> tuple[list, str]:
     """MCUB-synth-4 items (a built set of seed 0, else the bundled examples' items) for the throughput figure."""
@@ -491,6 +543,7 @@ def run_benchmark(config: BenchConfig, emit: Callable[[str], None] = print) -> d
             "recompose_materialized": (lambda: recompose_materialized(setup, config, memory_bandwidth(config.device)[0]),
                                        format_materialized),
             "mcub": (lambda: mcub_throughput(setup, config), format_mcub),
+            "chat": (lambda: chat_history_reuse(setup, config), format_chat),
         }
         for name in engine:
             result[name] = run_section(name, *sections[name], emit)
@@ -534,6 +587,14 @@ def format_side_by_side(f: dict, gpu: bool = False) -> list[str]:
             f"padded to one length: {f['padded_prefill_ratio']:.2f}x)",
             f"  the variants one by one {f['sequential_s']:.3f} s: batch / one by one = {f['ratio_vs_sequential']:.2f}x "
             f"({f['generated_tokens']} new tokens per row, EOS ignored)"]
+
+
+def format_chat(f: dict) -> list[str]:
+    return [f"conversation, {f['turns']} turns ({', '.join(f['variants'])}), {f['new_tokens']} new tokens a turn:",
+            f"  turn 5 with the previous turn's KV cache {f['turn5_reuse_s']:.3f} s vs prefilled whole {f['turn5_full_s']:.3f} s "
+            f"({f['turn5_full_vs_reuse']:.2f}x); turn 1 {f['turn1_s']:.3f} s (turn 5 / turn 1 = {f['turn5_reuse_vs_turn1']:.2f}x)",
+            f"  turn 5 prefills {f['turn5_prefilled_tokens']} of {f['turn5_prompt_tokens']} prompt tokens "
+            f"({100 * f['prefill_tokens_saved_share']:.0f} % reused)"]
 
 
 def format_online(f: dict) -> list[str]:
