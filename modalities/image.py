@@ -4,6 +4,16 @@ Only a maximum side is enforced here (`max_side`, default 1024); encoders resize
 own input size. The square padding uses the ImageNet mean colour by default, which the
 encoders' normalisation maps to zero, as LLaVA's `expand2square` does with CLIP's mean:
 the padding then carries (almost) no signal.
+
+Those are the studio's defaults (the bundled experts and the previews read that form). An
+encoder that was trained on another decoding asks for it through its `input_limits`
+(`modalities/encoders/registry.py`), e.g. the paper's CLIP expert:
+`alpha="drop", max_side=None, pad_square=False` gives the file exactly as the original's
+`Image.open(path).convert("RGB")` (THUNLP-MT/ModelCompose `modelcompose/data/multimodal_dataset.py`,
+`get_modal_inputs`): every PIL mode through PIL's own RGB conversion (transparency dropped, the
+colours under it kept), full resolution, not padded; the encoder pads and resizes it itself.
+The one rule both forms share: an EXIF orientation is applied (the original reads the stored,
+unrotated pixels); the note says so.
 """
 from __future__ import annotations
 
@@ -19,24 +29,37 @@ from .registry import register_modality
 from .sniff import Sniffed
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
+ALPHA_RULES = ("white", "drop")
+DROPPED_ALPHA_NOTE = "transparency was dropped (the colours under it kept), as the original's convert('RGB') does"
 
 
 @dataclass(frozen=True)
 class ImageLimits(Limits):
     """max_pixels: refuse images with more pixels than this (checked from the header, before decoding);
-    max_side: downscale so the longest side is at most this; pad_color: RGB in [0, 1] for the square padding;
+    max_side: downscale so the longest side is at most this (None: never downscale);
+    pad_color: RGB in [0, 1] for the square padding; pad_square: False leaves the image its own shape;
+    alpha: "white" composites transparency on white, "drop" is PIL's convert("RGB") for every mode
+    (the original ModelCompose rule: transparency dropped, 16-bit greyscale clipped as PIL does);
     thumbnail_side: longest side of the preview thumbnail."""
 
     max_bytes: int = 20 * MB
     max_pixels: int = 40_000_000
-    max_side: int = 1024
+    max_side: int | None = 1024
     pad_color: tuple[float, float, float] = IMAGENET_MEAN
+    pad_square: bool = True
+    alpha: str = "white"
     thumbnail_side: int = 256
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("max_pixels", "max_side", "thumbnail_side"):
+        for name in ("max_pixels", "thumbnail_side"):
             check_positive(self, name, int)
+        if self.max_side is not None:
+            check_positive(self, "max_side", int)
+        if not isinstance(self.pad_square, bool):
+            raise ModalityError(f"ImageLimits.pad_square must be True or False, got {self.pad_square!r}")
+        if self.alpha not in ALPHA_RULES:
+            raise ModalityError(f"ImageLimits.alpha must be one of {ALPHA_RULES}, got {self.alpha!r}")
         pad = self.pad_color
         if not (isinstance(pad, tuple) and len(pad) == 3 and all(isinstance(c, (int, float)) and 0 <= c <= 1 for c in pad)):
             raise ModalityError(f"ImageLimits.pad_color must be an (r, g, b) tuple of numbers in [0, 1], got {pad!r}")
@@ -58,7 +81,7 @@ class ImageModality(Modality):
         notes: list[str] = []
         with self._open_checked(file) as im:
             meta, oriented = self._read_first_frame(im, notes)
-        rgb, alpha_note = _to_rgb_array(oriented)
+        rgb, alpha_note = _to_rgb_array(oriented) if limits.alpha == "white" else _pil_rgb_array(oriented)
         if alpha_note:
             notes.append(alpha_note)
         tensor, scaled_size = _downscale(rgb, limits.max_side)
@@ -66,6 +89,8 @@ class ImageModality(Modality):
             notes.append(f"image downscaled from {meta['oriented_size'][0]}×{meta['oriented_size'][1]} to "
                          f"{scaled_size[0]}×{scaled_size[1]}")
         meta["size"] = scaled_size
+        if not limits.pad_square:
+            return LoadedInput(self.name, tensor, file.name, notes, meta)
         square = pad_to_square(tensor, limits.pad_color)
         meta["padded_side"] = square.shape[-1]
         meta["pad_color"] = limits.pad_color
@@ -107,7 +132,7 @@ class ImageModality(Modality):
             meta["frames"] = frames
             notes.append(f"animated image with {frames} frames: only the first frame is used")
             im.seek(0)
-        if im.format == "JPEG":
+        if im.format == "JPEG" and self.limits.max_side is not None:
             # Decode big JPEGs at a reduced DCT scale: much faster, and we downscale anyway.
             im.draft("RGB", (self.limits.max_side, self.limits.max_side))
         orientation = _exif_orientation(im)
@@ -117,7 +142,8 @@ class ImageModality(Modality):
         meta["exif_orientation"] = orientation or 1
         meta["oriented_size"] = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
         if orientation not in (None, 1):
-            notes.append(f"EXIF orientation {orientation} applied")
+            original = " (the original code reads the stored, unrotated pixels)" if self.limits.alpha == "drop" else ""
+            notes.append(f"EXIF orientation {orientation} applied{original}")
         return meta, oriented
 
     def preview(self, loaded: LoadedInput) -> dict[str, Any]:
@@ -165,12 +191,27 @@ def _to_rgb_array(im: Any) -> tuple[np.ndarray, str | None]:
     return np.asarray(rgb, dtype=np.float32) / 255.0, None
 
 
-def _downscale(rgb: np.ndarray, max_side: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """(H, W, 3) array -> (3, h, w) tensor with max(h, w) <= max_side (antialiased, deterministic)."""
+def _pil_rgb_array(im: Any) -> tuple[np.ndarray, str | None]:
+    """The original's rule: PIL's own convert("RGB") whatever the mode -> float32 (H, W, 3) in [0, 1].
+
+    Transparency is dropped (the stored colours under it are kept); the note says so when some
+    pixel was actually transparent, so an imported expert's card can tell the user.
+    """
+    note = None
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
+        alpha = np.asarray(im.convert("RGBA").getchannel("A"))
+        if alpha.size and alpha.min() < 255:
+            note = DROPPED_ALPHA_NOTE
+    rgb = im if im.mode == "RGB" else im.convert("RGB")
+    return np.asarray(rgb, dtype=np.uint8).astype(np.float32) / 255.0, note
+
+
+def _downscale(rgb: np.ndarray, max_side: int | None) -> tuple[torch.Tensor, tuple[int, int]]:
+    """(H, W, 3) array -> (3, h, w) tensor with max(h, w) <= max_side (antialiased, deterministic; None: as is)."""
     tensor = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).contiguous()
     height, width = tensor.shape[1:]
     longest = max(height, width)
-    if longest > max_side:
+    if max_side is not None and longest > max_side:
         scale = max_side / longest
         size = (max(1, round(height * scale)), max(1, round(width * scale)))
         tensor = torch.nn.functional.interpolate(tensor[None], size=size, mode="bilinear",

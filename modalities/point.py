@@ -33,6 +33,8 @@ class PointLimits(Limits):
     sampling: "fps" or "random"; seed: for every random choice; fps_candidates: clouds bigger than this
     are first thinned at random to this many points (keeps FPS well under a second);
     mesh_samples: points sampled on a mesh surface before `sampling` picks num_points;
+    keep_exact: a cloud of exactly num_points points is kept as stored, in the file's order (how the
+    original reads its 8192-point .npy files; sampling would reorder them);
     preview_points: points drawn in the 3-D scatter."""
 
     max_bytes: int = 100 * MB
@@ -42,12 +44,15 @@ class PointLimits(Limits):
     seed: int = 0
     fps_candidates: int = 32_768
     mesh_samples: int = 16_384
+    keep_exact: bool = False
     preview_points: int = 2048
 
     def __post_init__(self) -> None:
         super().__post_init__()
         for name in ("num_points", "min_points", "fps_candidates", "mesh_samples", "preview_points"):
             check_positive(self, name, int)
+        if not isinstance(self.keep_exact, bool):
+            raise ModalityError(f"PointLimits.keep_exact must be True or False, got {self.keep_exact!r}")
         if self.sampling not in SAMPLING_METHODS:
             raise ModalityError(f"PointLimits.sampling must be one of {SAMPLING_METHODS}, got {self.sampling!r}")
         check_int(self.seed, "seed", 0, error=ModalityError, owner="PointLimits")
@@ -104,6 +109,8 @@ class PointModality(Modality):
         if count < wanted:
             notes.append(f"only {count} points: all are used and {wanted - count} are repeated to reach {wanted}")
             return pad_indices(count, wanted, limits.seed), "all + repeats"
+        if count == wanted and limits.keep_exact:
+            return np.arange(count), "as stored"
         if limits.sampling == "random":
             return random_indices(count, wanted, limits.seed), "random"
         candidates = np.arange(count)

@@ -58,7 +58,9 @@ def send(studio: Studio, store: VoteStore, round_: ArenaRound, message, settings
             from .chat import turns_of
 
             present = {i.modality for t in turns_of(session, studio, settings) for i in t.inputs}
-            round_.pair = draw_pair(settings.plan(studio.cm, present).names, random.Random(round_.id))
+            # Any selected variant may be drawn, also an expert whose modality this round has no file of.
+            candidates = settings.replace(experts_without_input=True).plan(studio.cm, present).names
+            round_.pair = draw_pair(candidates, random.Random(round_.id))
             session.labels = dict(zip(round_.pair, BLIND))
         yield from reply_stream(studio, session, settings, variants=list(round_.pair),
                                 stop=stop if stop is not None else stop_flag(session))

@@ -23,6 +23,7 @@ def app_url(smollm2, base_cache_dir, tmp_path_factory):
     folder = save_random_experts(smollm2, tmp_path_factory.mktemp("app-experts"), ("image", "audio", "video", "point"))
     # A base of its own: the composed model wraps the base's layers, the session's smollm2 stays plain.
     studio = load_studio([folder], cache_dir=base_cache_dir, device="cpu")
+    studio.votes_path = tmp_path_factory.mktemp("votes") / "votes.sqlite3"  # never the workspace's own database
     assert studio.cm.experts and not studio.load_problems, f"test experts did not load: {studio.load_problems}"
     demo = app.build_demo(studio)
     _, url, _ = app.launch(demo, server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)

@@ -62,3 +62,36 @@ def test_a_bad_file_is_a_readable_error_and_the_app_keeps_serving(client, tmp_pa
         client.predict(question="What is it?", image=handle_file(str(bad)), api_name="/compare")
     ok = client.predict(question="What is it?", image=handle_file(str(MEDIA / "images" / "cheetah.jpg")), api_name="/compare")
     assert [v["name"] for v in ok["variants"]] == ["DAMC", "expert:image"]
+
+
+def test_chat_is_stateless_and_takes_files_in_any_turn(client):
+    """/chat: the caller sends the whole conversation (each variant's earlier answers included) and gets every
+    variant's answer to the last turn; files travel inside the messages with handle_file."""
+    from gradio_client import handle_file
+
+    first = [{"role": "user", "content": [{"type": "text", "text": "What is it?"},
+                                          handle_file(str(MEDIA / "images" / "cheetah.jpg"))]}]
+    one = client.predict(messages=first, experts=None, variants=None, lambdas=None, mus=None, max_new_tokens=4,
+                         api_name="/chat")
+    assert [v["name"] for v in one["variants"]] == ["DAMC", "expert:image"] and one["turns"] == 1
+    history = first + [{"role": "assistant", "content": {v["name"]: v["answer"] for v in one["variants"]}},
+                       {"role": "user", "content": [{"type": "text", "text": "And this sound?"},
+                                                    handle_file(str(MEDIA / "audio" / "cantina.wav"))]}]
+    two = client.predict(messages=history, experts=None, variants=None, lambdas={"image": 0.7}, mus=None, max_new_tokens=4,
+                         api_name="/chat")
+    assert [v["name"] for v in two["variants"]] == ["DAMC", "expert:image", "expert:audio"] and two["turns"] == 2
+    assert two["variants"][0]["coefficients"]["lambdas"] == {"image": 0.7, "audio": 0.5}
+    with pytest.raises(Exception, match="is not a file uploaded to this server"):
+        client.predict(messages=[{"role": "user", "content": [{"type": "text", "text": "hi"}, "/etc/hostname.png"]}],
+                       experts=None, variants=None, lambdas=None, mus=None, max_new_tokens=4, api_name="/chat")
+
+
+def test_a_blind_round_and_its_vote_over_the_api(client):
+    round_ = client.predict(messages=[{"role": "user", "content": "Which shape is best?"}], experts=None, max_new_tokens=4,
+                            api_name="/arena_round")
+    assert set(round_) == {"battle_id", "A", "B"}
+    voted = client.predict(battle_id=round_["battle_id"], choice="B", api_name="/vote")
+    again = client.predict(battle_id=round_["battle_id"], choice="A", api_name="/vote")
+    assert voted["stored"] and not again["stored"] and voted["A"] != voted["B"]
+    with pytest.raises(Exception, match="vote 'maybe' is not one of A, B, tie, both bad"):
+        client.predict(battle_id=round_["battle_id"], choice="maybe", api_name="/vote")

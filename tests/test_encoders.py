@@ -87,11 +87,15 @@ def test_clip_from_local_folder_follows_llava_convention(tmp_path):
     model.save_pretrained(tmp_path)
     enc = get_encoder("clip", str(tmp_path))
     assert (enc.num_tokens, enc.feature_dim) == (16, 32)
-    image = torch.rand(3, 80, 80)
+    image = torch.randint(0, 256, (3, 80, 80)).float() / 255  # what a decoded 8-bit file holds
     feats = enc.encode(image)
     assert feats.shape == (16, 32) and feats.dtype == torch.float32
-    x = torch.nn.functional.interpolate(image[None], size=(56, 56), mode="bicubic", antialias=True)
-    x = (x.clamp(0, 1) - enc.mean) / enc.std  # bicubic overshoots; the encoder clamps like a uint8 image
+    # Without a preprocessor_config.json: OpenAI CLIP's processor at the model's size (PIL bicubic on 8 bits).
+    from PIL import Image
+    from transformers import CLIPImageProcessorPil
+
+    pil = Image.fromarray((image * 255).round().byte().permute(1, 2, 0).numpy())
+    x = CLIPImageProcessorPil(size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56})(pil, return_tensors="pt")["pixel_values"]
     with torch.no_grad():
         expected = model.eval()(pixel_values=x, output_hidden_states=True).hidden_states[-2][0, 1:]
     torch.testing.assert_close(feats, expected)

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -284,30 +285,61 @@ def test_preset_refuses_clearly_without_gpu_or_hub_and_plans_with_them():
 
     with pytest.raises(PresetError, match="needs a CUDA GPU"):
         resolve_preset("modelcompose", {}, cuda_available=lambda: False, hub_reachable=lambda: True)
-    with pytest.raises(PresetError, match="HF_HUB_OFFLINE"):
-        resolve_preset("modelcompose", {"HF_HUB_OFFLINE": "1"}, cuda_available=lambda: True)
     with pytest.raises(PresetError, match="cannot reach"):
         resolve_preset("modelcompose", {}, cuda_available=lambda: True, hub_reachable=lambda: False)
-    env = {"STUDIO_MODELCOMPOSE_EXPERTS": "vision-damc, audio-damc"}
-    plan = resolve_preset("modelcompose", env, cuda_available=lambda: True, hub_reachable=lambda: True)
-    assert plan.expert_sources == ("Adu2021/ModelCompose:vision-damc", "Adu2021/ModelCompose:audio-damc")
+    # No set-up: the four DAMC experts of the hub repository.
+    plan = resolve_preset("modelcompose", {}, cuda_available=lambda: True, hub_reachable=lambda: True)
+    assert plan.expert_sources == tuple(f"Adu2021/ModelCompose:multimodal-vicuna-7b-v1.5-{m}-damc"
+                                        for m in ("vision", "audio", "video", "point"))
     assert plan.dtype == "bfloat16" and plan.base == "lmsys/vicuna-7b-v1.5" and not plan.zero_gpu
-    zero = resolve_preset("modelcompose", {**env, "SPACES_ZERO_GPU": "1"}, cuda_available=lambda: False, hub_reachable=lambda: True)
+    # Offline the hub is not pinged: the files must be in its cache (tests/test_preset_hub_cache.py).
+    offline = resolve_preset("modelcompose", {"HF_HUB_OFFLINE": "1"}, cuda_available=lambda: True,
+                             hub_reachable=lambda: pytest.fail("pinged the hub while offline"))
+    assert offline.expert_sources == plan.expert_sources
+    env = {"STUDIO_MODELCOMPOSE_EXPERTS": "vision-damc, audio-naivemc,multimodal-vicuna-7b-v1.5-point-damc"}
+    chosen = resolve_preset("modelcompose", env, cuda_available=lambda: True, hub_reachable=lambda: True)
+    assert chosen.expert_sources == tuple(f"Adu2021/ModelCompose:multimodal-vicuna-7b-v1.5-{s}"
+                                          for s in ("vision-damc", "audio-naivemc", "point-damc"))
+    with pytest.raises(PresetError, match="vision-damc, vision-naivemc"):
+        resolve_preset("modelcompose", {"STUDIO_MODELCOMPOSE_EXPERTS": "image-damc"}, cuda_available=lambda: True,
+                       hub_reachable=lambda: True)
+    zero = resolve_preset("modelcompose", {"SPACES_ZERO_GPU": "1"}, cuda_available=lambda: False, hub_reachable=lambda: True)
     assert zero.zero_gpu
     assert preset_name(None, {"STUDIO_PRESET": "modelcompose"}) == "modelcompose" and preset_name(None, {}) is None
     with pytest.raises(PresetError, match="unknown preset"):
         preset_name("llava", {})
 
 
-def test_clip_pads_to_square_with_the_mean_colour():
-    from modalities.encoders.clip import CLIP_MEAN, pad_to_square
+def test_preset_names_every_encoders_weight_source():
+    """The encoder paths of the original's training scripts (run_finetune_<m>_damc.sh --mm_<m>_encoder) and where
+    each file is published; BEATs is not on the hub, STUDIO_BEATS_WEIGHTS gives it."""
+    from studio.presets import ENCODERS, encoder_sources
 
-    img = torch.rand(3, 4, 10)
-    sq = pad_to_square(img, torch.tensor(CLIP_MEAN))
-    assert sq.shape == (3, 10, 10)
-    assert torch.equal(sq[:, 3:7], img)
-    assert torch.allclose(sq[:, 0, 0] * 255, torch.tensor([122.0, 116.0, 104.0]))  # int(mean*255)
-    assert torch.equal(pad_to_square(sq, torch.tensor(CLIP_MEAN)), sq)
+    assert {m: (w.kind, w.original.rsplit("/", 1)[-1]) for m, w in ENCODERS.items()} == {
+        "image": ("clip", "clip-vit-large-patch14-336"), "audio": ("beats", "BEATs_iter3_plus_AS2M.pt"),
+        "video": ("languagebind-video", "LanguageBind_Video_merge"), "point": ("point-bert", "point_bert_v1.2.pt")}
+    assert ENCODERS["image"].source == "openai/clip-vit-large-patch14-336"
+    assert ENCODERS["video"].source == "LanguageBind/LanguageBind_Video_merge"
+    assert ENCODERS["point"].source == "RunsenXu/PointLLM_7B_v1.1_init:point_bert_v1.2.pt"
+    assert ENCODERS["audio"].source is None and "microsoft/unilm" in ENCODERS["audio"].where
+    assert encoder_sources({"STUDIO_BEATS_WEIGHTS": "/w/BEATs_iter3_plus_AS2M.pt"})["audio"].source == "/w/BEATs_iter3_plus_AS2M.pt"
+
+
+def test_clip_pads_to_square_with_the_mean_colour():
+    """mm_utils.expand2square with process_images' colour tuple(int(x * 255) for x in image_mean)."""
+    from PIL import Image
+
+    from modalities.encoders.clip import CLIP_MEAN, expand2square, pad_colour
+
+    assert pad_colour(CLIP_MEAN) == (122, 116, 104)
+    wide = Image.new("RGB", (10, 4), (255, 0, 0))
+    sq = np.asarray(expand2square(wide, pad_colour(CLIP_MEAN)))
+    assert sq.shape == (10, 10, 3)
+    assert (sq[3:7] == (255, 0, 0)).all() and (sq[:3] == (122, 116, 104)).all() and (sq[7:] == (122, 116, 104)).all()
+    tall = np.asarray(expand2square(Image.new("RGB", (3, 10), (0, 255, 0)), (1, 2, 3)))
+    assert (tall[:, 3:6] == (0, 255, 0)).all() and (tall[:, :3] == (1, 2, 3)).all() and (tall[:, 6:] == (1, 2, 3)).all()
+    square = Image.new("RGB", (5, 5))
+    assert expand2square(square, (0, 0, 0)) is square
 
 
 def test_vicuna_v1_prompt_is_the_originals():
@@ -447,3 +479,132 @@ def test_imported_experts_of_every_modality_compose_side_by_side(tmp_path, base)
     assert damc.experts == ["mc-image", "mc-audio", "mc-video", "mc-point"] and set(damc.coefficients["lambdas"].values()) == {0.25}
     logits = cm.logits("hi", inputs, ["DAMC", "NaiveMC", "expert:mc-audio"])
     assert all(torch.isfinite(x).all() for x in logits)
+
+
+# --- merged checkpoints exactly as the original merge script writes them ---------------------------
+def _expected_merged_keys(modalities, layers=2):
+    """merge_unimodal_modelcompose.py, online-merge: keys held by several inputs (each expert's text delta and
+    its prefix/suffix_tokens.default) get one copy per expert named default-<m>; the rest keep their names."""
+    keys = set()
+    for i in range(layers):
+        for block, proj in mc.TARGETS:
+            for m in modalities:
+                for factor in "AB":
+                    keys.add(f"model.layers.{i}.{block}.{proj}.lora_{factor}.default-{m}.weight")
+                    keys.add(f"model.layers.{i}.{block}.{proj}.lora_{factor}.{m}.weight")
+    for m in modalities:
+        for which in ("prefix", "suffix"):
+            keys |= {f"{which}_tokens.default-{m}", f"{which}_tokens.{m}"}
+    return keys
+
+
+@pytest.mark.parametrize("modalities", [["vision", "point"], ["video", "audio", "vision", "point"]])
+def test_the_merge_writer_produces_what_the_original_script_writes(tmp_path, modalities):
+    lambdas = {m: round(1 / len(modalities), 3) for m in modalities}
+    src = mc.merged(tmp_path / "merged", modalities, lambdas, {m: 1.0 for m in modalities}, seed=2)
+    tensors, cfg = load(src)
+    inputs = [load(p)[0] for p in sorted((tmp_path / "merged-inputs").iterdir())]
+    projector_keys = {k for t in inputs for k in t if ".modal_projectors." in k}
+    assert set(tensors) == _expected_merged_keys(modalities) | projector_keys
+    assert not any(".default." in k or k.endswith(".default") for k in tensors)  # no 'default' survives
+    singles = {m: load(tmp_path / "merged-inputs" / f"multimodal-vicuna-7b-v1.5-{m}-damc")[0] for m in modalities}
+    for m in modalities:  # every tensor is the input's own, under its new name
+        assert torch.equal(tensors[f"prefix_tokens.default-{m}"], singles[m]["prefix_tokens.default"])
+        assert torch.equal(tensors[f"model.layers.1.mlp.up_proj.lora_B.default-{m}.weight"],
+                           singles[m]["model.layers.1.mlp.up_proj.lora_B.default.weight"])
+    assert cfg["reset_scaling_weights"] == ",".join([f"default-{m}={lambdas[m]}" for m in modalities] + [f"{m}=1.0" for m in modalities])
+    assert all(cfg[f"mm_{m}_encoder"] for m in modalities) and all(cfg[f"{m}_lora_alpha"] == 8 for m in modalities)
+    assert (src / "merge_info.txt").read_text().startswith("Inputs:\n")
+
+
+@pytest.mark.parametrize("modalities", [["vision", "point"], ["video", "audio", "vision", "point"]])
+def test_a_merged_checkpoint_as_the_script_writes_it_imports(tmp_path, modalities):
+    lambdas = {m: 0.1 * (i + 1) for i, m in enumerate(modalities)}
+    mus = {m: 1.0 - 0.1 * i for i, m in enumerate(modalities)}
+    src = mc.merged(tmp_path / "merged", modalities, lambdas, mus, seed=4)
+    assert (src / "merge_info.txt").is_file() and (src.parent / "merged-inputs" / f"multimodal-vicuna-7b-v1.5-{modalities[0]}-damc"
+                                                    / "trainer_state.json").is_file()
+    folders = import_modelcompose([str(src)], tmp_path / "out")
+    names = {f"mc-{OURS[m]}" for m in modalities}
+    assert {f.name for f in folders} == names
+    side = json.loads((tmp_path / "out" / "composition.json").read_text())
+    assert side["merge_all_experts"] is True  # the original's rule: every merged expert's text delta, always
+    assert side["lambdas"] == {f"mc-{OURS[m]}": pytest.approx(lambdas[m]) for m in modalities}
+    assert side["mus"] == {OURS[m]: pytest.approx(mus[m]) for m in modalities}
+    for folder in folders:
+        info = json.loads((folder / "expert.json").read_text())
+        assert "whatever inputs a question has" in info["description"] and "merged checkpoint" in info["source"]
+        assert not any("default" in f.name for f in folder.iterdir())  # the default-<m> tokens are not written
+
+
+def test_merged_default_tokens_are_checked(tmp_path):
+    src = mc.merged(tmp_path / "merged", ["vision", "point"], {"vision": 0.5, "point": 0.5}, {"vision": 1.0, "point": 1.0})
+    tensors, cfg = load(src)
+    tensors["suffix_tokens.default-point"] = torch.zeros(1, 1, 63)  # not the LLM's width
+    mc.write(src, cfg, tensors)
+    with pytest.raises(ImportError_, match="suffix_tokens.default-point has shape"):
+        import_modelcompose([str(src)], tmp_path / "out")
+    tensors.pop("suffix_tokens.default-point")
+    tensors["prefix_tokens.default-audio"] = torch.zeros(1, 2, 64)  # a modality the checkpoint does not have
+    mc.write(src, cfg, tensors)
+    with pytest.raises(ImportError_, match="unrecognised"):
+        import_modelcompose([str(src)], tmp_path / "out")
+
+
+def test_a_single_checkpoint_with_a_renamed_default_token_is_refused(tmp_path):
+    src = mc.single(tmp_path / "v", "vision", "modal+language")
+    tensors, cfg = load(src)
+    tensors["prefix_tokens.default-vision"] = tensors.pop("prefix_tokens.default")  # not a merged file: no λ for it
+    mc.write(src, cfg, tensors)
+    with pytest.raises(ImportError_):
+        import_modelcompose([str(src)], tmp_path / "out")
+
+
+def _plan_logits(cm, inputs, plan):
+    from composition.generate import prefill_logits
+
+    cm.prepare_dense(plan.variants)
+    rows = cm.prompt_rows(QUESTION, inputs, plan.variants)
+    batch = cm.routed_batch(rows)
+    with torch.no_grad():
+        out = prefill_logits(cm.model, cm.router, batch, cm.coef_table(plan.variants))
+    return [out[i, out.shape[1] - n:].float() for i, n in enumerate(batch.lengths)]
+
+
+@pytest.mark.parametrize("modalities", [["vision", "point"], ["video", "audio", "vision", "point"]])
+def test_merged_damc_with_missing_inputs_composes_as_the_original(tmp_path, base, modalities):
+    """The original's merged layer adds every default-<m> delta with its λ on text tokens whatever inputs are
+    given (LocalLoraLinear, 'default' route): with one point cloud only, merge_all_experts reproduces it."""
+    lambdas = {m: 0.15 * (i + 1) for i, m in enumerate(modalities)}
+    mus = {m: 0.9 for m in modalities}
+    src = mc.merged(tmp_path / "merged", modalities, lambdas, mus, seed=6)
+    folders = import_modelcompose([str(src)], tmp_path / "out")
+    side = json.loads((tmp_path / "out" / "composition.json").read_text())
+    cm = ComposedModel(base, [load_expert(f) for f in folders], feature_fn=features_as_data)
+    feats = features("point")
+    inputs = [ModalInput("point", feats)]
+    coef = Coefficients(side["lambdas"], side["mus"])
+    plan = cm.plan({"point"}, ["DAMC"], coef, merge_all_experts=side["merge_all_experts"])
+    assert sorted(plan.variants[0].experts) == sorted(f"mc-{OURS[m]}" for m in modalities)
+    got = _plan_logits(cm, inputs, plan)[0]
+    tensors, cfg = load(src)
+    text = [(f"default-{m}", lambdas[m]) for m in modalities]
+    want = reference_logits(base, tensors, cfg, {TEXT_ROUTE: text, "point": [("point", mus["point"])]}, "point", feats)
+    assert (got - want).abs().max() < 1e-4
+    # The studio's own rule (experts with an input) merges the point expert alone: a different model.
+    alone = _plan_logits(cm, inputs, cm.plan({"point"}, ["DAMC"], coef))[0]
+    assert (alone - want).abs().max() > 1e-3
+
+
+def test_encoder_sources_of_the_original_become_the_released_ones(tmp_path):
+    from composition.importers.modelcompose import encoder_source
+
+    assert encoder_source("model/clip-vit-large-patch14-336", "image") == "openai/clip-vit-large-patch14-336"
+    assert encoder_source("/cluster/x/LanguageBind_Video_merge/", "video") == "LanguageBind/LanguageBind_Video_merge"
+    assert encoder_source("model/PointLLM/point_bert_v1.2.pt", "point") == "RunsenXu/PointLLM_7B_v1.1_init:point_bert_v1.2.pt"
+    assert encoder_source("model/beats/BEATs_iter3_plus_AS2M.pt", "audio") is None  # not on the hub: the encoder says where
+    local = tmp_path / "BEATs_iter3_plus_AS2M.pt"
+    local.write_bytes(b"x")
+    assert encoder_source(str(local), "audio") == str(local)  # a path that exists here is kept
+    assert encoder_source("vision-encoder", "image") == "vision-encoder"  # unknown: kept as written
+    assert encoder_source("anything", "image", {"image": "mine"}) == "mine" and encoder_source("", "image") is None

@@ -407,7 +407,7 @@ def test_point_bert_input_transform_reaches_8192_points():
     assert torch.allclose(up[:2048], PB.pc_norm(cloud), atol=1e-6)  # tiling keeps the centroid: same pc_norm
     down = PB.point_bert_input(random_cloud(10000, 5), 8192)
     assert down.shape == (8192, 6) and len({tuple(p.tolist()) for p in down[:, :3]}) == 8192
-    assert encoder_spec("point-bert").input_limits == {"num_points": 8192}
+    assert encoder_spec("point-bert").input_limits == {"num_points": 8192, "keep_exact": True}
 
 
 def test_point_bert_full_size_key_set_on_meta():
@@ -627,9 +627,12 @@ def test_every_encoder_spec_is_listed_with_its_shape(capsys):
     assert rows["efficientnet-lite0"]["tokens"] == 49 and rows["point-bert"]["modality"] == "point"
     assert all(rows[k]["weight_source"] for k in ("beats", "languagebind-video", "point-bert"))
     assert rows["beats"]["input_limits"] == {"sample_rate": 16000}
-    assert rows["languagebind-video"]["input_limits"] == {"num_frames": 8}
+    assert rows["languagebind-video"]["input_limits"] == {"num_frames": 8, "frame_sampling": "linspace",
+                                                          "frame_max_side": None, "pad_square": False}
+    assert rows["point-bert"]["input_limits"] == {"num_points": 8192, "keep_exact": True}
+    assert rows["clip"]["input_limits"] == {"alpha": "drop", "max_side": None, "pad_square": False}
     from modalities import get_modality
-    for name in ("beats", "languagebind-video", "point-bert"):  # every declared limit is one the decoder knows
+    for name in ("beats", "languagebind-video", "point-bert", "clip"):  # every declared limit is one the decoder knows
         get_modality(rows[name]["modality"]).with_limits(**rows[name]["input_limits"])
     assert main(["encoders"]) == 0 and "point-bert" in capsys.readouterr().out
 
@@ -723,10 +726,13 @@ def test_experts_naming_the_paper_encoders_compose_side_by_side(tmp_path, beats_
     from composition.composer import ComposedModel
     from composition.inputs import ModalInput
     from composition.expert import EncoderRef, Expert, ExpertConfig, ProjectorSpec, save_expert
-    from composition.random_models import linear_shapes, random_delta, tiny_base
+    import dataclasses
+
+    from composition.random_models import TEST, linear_shapes, random_delta, synthetic_base
     from composition.generate import GenerationConfig
 
-    base = tiny_base()
+    # The tests' tiny base with room for a DAMC prompt of 512 BEATs + 40 video + 17 point tokens (its own context is 512).
+    base = synthetic_base(dataclasses.replace(TEST, max_positions=2048))
     hidden = base.model.get_input_embeddings().weight.shape[1]
     shapes = linear_shapes(base.model)
     encoders = {"audio": ("beats", str(beats_file)), "video": ("languagebind-video", str(languagebind_folder)),
@@ -757,3 +763,24 @@ def test_experts_naming_the_paper_encoders_compose_side_by_side(tmp_path, beats_
     # 512 BEATs tokens vs 17 Point-BERT tokens (the rest of the two prompts differs by a few text tokens)
     assert abs(prompt_lengths["expert:audio"] - prompt_lengths["expert:point"] - (512 - 17)) <= 8
     assert prompt_lengths["DAMC"] > prompt_lengths["expert:video"] + 512
+
+
+def test_hub_references_and_a_hub_file_that_is_not_available(monkeypatch, tmp_path):
+    """'owner/name' and 'owner/name:file' name hub repositories (fetched through the hub cache); local paths win."""
+    import huggingface_hub
+
+    from modalities.encoders.foreign_weights import hub_reference
+
+    assert hub_reference("LanguageBind/LanguageBind_Video_merge") == ("LanguageBind/LanguageBind_Video_merge", None)
+    assert hub_reference(PB.HUB_SOURCE) == ("RunsenXu/PointLLM_7B_v1.1_init", "point_bert_v1.2.pt")
+    assert hub_reference(str(tmp_path)) is None and hub_reference("/no/such/file.pt") is None
+    assert hub_reference("owner/name:../secret") is None and hub_reference("a\0b/c") is None
+
+    def offline(*args, **kwargs):
+        raise OSError("not in the cache and HF_HUB_OFFLINE=1")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    with pytest.raises(EncoderError, match="point_bert_v1.2.pt of the hub repository RunsenXu/PointLLM_7B_v1.1_init is not available"):
+        get_encoder("point-bert", PB.HUB_SOURCE)
+    with pytest.raises(EncoderError, match="config.json of the hub repository LanguageBind/LanguageBind_Video_merge"):
+        get_encoder("languagebind-video", LB.HUB_ID)

@@ -12,14 +12,30 @@ What a checkpoint folder holds (read from the original repository):
   ``infer_modals``), ``model.modal_projectors.<m>.{0,2}.{weight,bias}`` (mlp2x_gelu,
   ``modelcompose/model/multimodal_projector/builder.py``) and ``prefix_tokens.<name>`` /
   ``suffix_tokens.<name>`` of shape ``[1, n, hidden]`` for every name ``infer_modals`` returns.
-- merged checkpoints (``scripts/model_composition/merge_unimodal_modelcompose.py``, ``online-merge-``):
-  the text deltas of each expert renamed ``default-<m>``, and ``reset_scaling_weights`` =
-  ``"default-vision=0.5,vision=1.0,..."``, which ``LocalLoraLinear`` multiplies into each adapter's
-  scaling: λ for ``default-<m>``, μ for ``<m>``.
+- merged checkpoints (``scripts/model_composition/merge_unimodal_modelcompose.py``, ``online-merge-``,
+  the evaluation path the original README documents): every key that occurs in more than one input
+  checkpoint is renamed ``key.replace('default', 'default-<m>')`` (its lines 94-103), so the text deltas
+  become ``lora_{A,B}.default-<m>`` and, because every DAMC expert carries its own
+  ``prefix_tokens.default`` / ``suffix_tokens.default``, also ``prefix_tokens.default-<m>`` /
+  ``suffix_tokens.default-<m>``; keys held by one checkpoint (modality deltas, projectors,
+  ``prefix_tokens.<m>``) keep their names. ``reset_scaling_weights`` =
+  ``"default-vision=0.5,vision=1.0,..."`` (the ``--strategy`` after ``online-merge-reset-``) is
+  multiplied by ``LocalLoraLinear`` into each adapter's scaling: λ for ``default-<m>``, μ for ``<m>``.
+  Its ``default`` route adds every ``default-<m>`` delta with its λ on every text token, whatever
+  inputs a question has (``multimodal_llama.py`` ``LocalLoraLinear.forward``): the composition.json
+  written beside the experts says so (``"merge_all_experts": true``), and so do the experts' cards.
 
-``prefix_tokens.default`` / ``suffix_tokens.default``: the original allocates them (``infer_modals``
-includes ``default``) but ``encode_modal_inputs`` only wraps real modalities, so they never reach
-the LLM. They are checked (shape, finite) and not written: no block uses them.
+``prefix_tokens.default`` / ``suffix_tokens.default`` (and a merged file's ``…default-<m>``): the
+original allocates the first (``infer_modals`` includes ``default``) but ``encode_modal_inputs`` only
+wraps real modalities, so they never reach the LLM, and it loads the merged names with
+``strict=False``, dropping them. They are checked (rank 3, batch 1, the LLM's width, finite) and
+not written: no block uses them.
+
+Encoder sources: a checkpoint names its encoders by the paths of the machine it was trained on
+(``mm_<m>_encoder``, e.g. ``model/clip-vit-large-patch14-336`` in the training scripts). A path that
+exists here is kept; one whose last part is a released encoder the studio knows becomes that
+encoder's public source (``RELEASED_ENCODERS``); anything else is kept as written. ``encoder_sources``
+(our modality -> source) overrides both, as the ``modelcompose`` preset does.
 
 Strict: the file is read with ``torch.load(weights_only=True)`` (a pickle that needs code is refused,
 nothing runs); every key must be recognised; every shape is checked against the checkpoint's own
@@ -55,6 +71,17 @@ ENCODER_KINDS = {"vision": "clip", "audio": "beats", "video": "languagebind-vide
 LABELS = {"vision": "images (LLaVA-1.5 instruction data)", "audio": "audio clips (WavCaps/AudioCaps instructions)",
           "video": "videos (Video-ChatGPT instructions)", "point": "point clouds (PointLLM instructions)"}
 STRATEGIES = {"same": "shared", "modal+language": "decoupled"}
+# The last part of the original's encoder paths (ModelCompose scripts/model_composition/train/run_finetune_*.sh:
+# --mm_vision_encoder model/clip-vit-large-patch14-336, --mm_audio_encoder model/beats/BEATs_iter3_plus_AS2M.pt,
+# --mm_video_encoder model/LanguageBind_Video_merge, --mm_point_encoder model/PointLLM/point_bert_v1.2.pt) -> where
+# the studio's encoders load them from. BEATs is published by microsoft/unilm (beats/README.md), not on the hub:
+# None makes its encoder say where to get it.
+RELEASED_ENCODERS = {"clip-vit-large-patch14-336": "openai/clip-vit-large-patch14-336",
+                     "BEATs_iter3_plus_AS2M.pt": None,
+                     "LanguageBind_Video_merge": "LanguageBind/LanguageBind_Video_merge",
+                     "point_bert_v1.2.pt": "RunsenXu/PointLLM_7B_v1.1_init:point_bert_v1.2.pt"}
+MERGE_ALL_NOTE = ("part of a merged checkpoint of the original: as there, its DAMC adds every merged expert's text "
+                  "delta with the stored λ on every text token, whatever inputs a question has")
 DEFAULT_BASE = "lmsys/vicuna-7b-v1.5"
 WEIGHT_FILES = ("adapter_model.bin", "non_lora_trainables.bin", "mm_projector.bin")
 COMPOSITION_JSON = "composition.json"
@@ -63,7 +90,7 @@ ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
 _LORA = re.compile(r"^(?:base_model\.model\.)?model\.layers\.(?P<layer>\d+)\.(?P<block>self_attn|mlp)\.(?P<proj>\w+)"
                    r"\.lora_(?P<factor>[AB])\.(?P<adapter>[\w+-]+)\.weight$")
 _PROJ = re.compile(r"^(?:base_model\.model\.)?model\.modal_projectors\.(?P<m>\w+)\.(?P<idx>[02])\.(?P<p>weight|bias)$")
-_TOKENS = re.compile(r"^(?:base_model\.model\.)?(?P<which>prefix|suffix)_tokens\.(?P<name>\w+)$")
+_TOKENS = re.compile(r"^(?:base_model\.model\.)?(?P<which>prefix|suffix)_tokens\.(?P<name>\w+(?:-\w+)?)$")
 _QFORMER = re.compile(r"^(?:base_model\.model\.)?model\.modal_projectors\.audio\.(?P<rest>(?:audio_Qformer|audio_query_tokens|"
                       r"audio_position_embedding|audio_llama_proj).*)$")
 
@@ -160,7 +187,22 @@ def _tokens_count(config: dict, m: str, which: str) -> int:
     return config.get(f"local_{which}_tokens", 0) or 0 if own is None else own
 
 
-def convert(folder: Path, source: str) -> tuple[list[Expert], dict]:
+def encoder_source(written: object, ours: str, encoder_sources: dict | None = None) -> str | None:
+    """Where our encoder loads the checkpoint's ``mm_<m>_encoder`` from (see the module docstring)."""
+    if encoder_sources and ours in encoder_sources:
+        return encoder_sources[ours]
+    if not isinstance(written, str) or not written.strip():
+        return None
+    try:
+        if Path(written).expanduser().exists():
+            return written
+    except (OSError, ValueError, RuntimeError):  # a NUL byte, an unknown ~user: not a path here
+        pass
+    name = written.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+    return RELEASED_ENCODERS[name] if name in RELEASED_ENCODERS else written
+
+
+def convert(folder: Path, source: str, encoder_sources: dict | None = None) -> tuple[list[Expert], dict]:
     """Validate one checkpoint folder and turn it into experts (in memory) plus a composition sidecar."""
     where = f"checkpoint {source!r}"
     config = read_json(folder / "config.json", where)
@@ -171,11 +213,11 @@ def convert(folder: Path, source: str) -> tuple[list[Expert], dict]:
     modalities = checkpoint_modalities(config)
     if not modalities:
         raise ImportError_(f"{where}: config.json sets no mm_<vision|audio|video|point>_encoder; which modality is it?")
-    return build_experts(config, read_checkpoint(folder, where), source)
+    return build_experts(config, read_checkpoint(folder, where), source, encoder_sources=encoder_sources)
 
 
 def build_experts(config: dict, tensors: dict[str, torch.Tensor], source: str, *,
-                  validate_only: bool = False) -> tuple[list[Expert], dict]:
+                  validate_only: bool = False, encoder_sources: dict | None = None) -> tuple[list[Expert], dict]:
     """Check every key and shape of ``tensors`` against ``config`` and build the experts.
 
     ``validate_only`` stops after the checks (tensors may then live on the meta device: the
@@ -204,6 +246,9 @@ def build_experts(config: dict, tensors: dict[str, torch.Tensor], source: str, *
     factors: dict[str, dict[str, dict[str, torch.Tensor]]] = {a: {"A": {}, "B": {}} for a in adapters}
     projectors: dict[str, dict[str, torch.Tensor]] = {m: {} for m in modalities}
     tokens: dict[tuple[str, str], torch.Tensor] = {}
+    # Boundary-token names a checkpoint may hold: its modalities, 'default' (allocated, never used) and, in
+    # a merged file, each expert's renamed 'default-<m>'.
+    token_names = (*modalities, "default", *((f"default-{m}" for m in modalities) if merged else ()))
     unknown = []
     for key, value in tensors.items():
         if (lo := _LORA.match(key)) is not None:
@@ -225,7 +270,7 @@ def build_experts(config: dict, tensors: dict[str, torch.Tensor], source: str, *
             factors[adapter][lo["factor"]][f"model.layers.{layer}.{block}.{proj}"] = value
         elif (pm := _PROJ.match(key)) is not None and pm["m"] in projectors:
             projectors[pm["m"]][f"{pm['idx']}.{pm['p']}"] = value
-        elif (tm := _TOKENS.match(key)) is not None and tm["name"] in (*modalities, "default"):
+        elif (tm := _TOKENS.match(key)) is not None and tm["name"] in token_names:
             tokens[(tm["which"], tm["name"])] = value
         elif (qm := _QFORMER.match(key)) is not None and "audio" in projectors:
             projectors["audio"][qm["rest"]] = value  # the audio Q-Former, in the original's key names
@@ -245,7 +290,7 @@ def build_experts(config: dict, tensors: dict[str, torch.Tensor], source: str, *
                                    f"{missing[0]!r}.{hint}")
         deltas[adapter] = LoraDelta(shape.r, shape.alpha, dict(sorted(fac["A"].items())), dict(sorted(fac["B"].items())))
     for which, name in tokens:
-        if name not in (*modalities, "default"):
+        if name not in token_names:
             raise ImportError_(f"{where}: {which}_tokens.{name} is not a configured modality.")
     experts = []
     lambdas, mus = {}, {}
@@ -274,9 +319,11 @@ def build_experts(config: dict, tensors: dict[str, torch.Tensor], source: str, *
         cfg = ExpertConfig(
             name=name, modality=ours, training=kind,
             base_model_name=str(config.get("_name_or_path") or DEFAULT_BASE) if not merged else DEFAULT_BASE,
-            base_model_sha256=None, encoder=EncoderRef(ENCODER_KINDS[m], config.get(f"mm_{m}_encoder") or None, spec.in_dim),
+            base_model_sha256=None,
+            encoder=EncoderRef(ENCODER_KINDS[m], encoder_source(config.get(f"mm_{m}_encoder"), ours, encoder_sources), spec.in_dim),
             projector=spec, prefix_tokens=counts["prefix"], suffix_tokens=counts["suffix"],
-            description=f"ModelCompose {ours} expert (lora_strategy {strategy!r}), imported",
+            description=f"ModelCompose {ours} expert (lora_strategy {strategy!r}), imported"
+                        + (f"; {MERGE_ALL_NOTE}" if merged else ""),
             trained_on=LABELS[m], source=source if not merged else f"{source} (merged checkpoint, {ours} part)")
         projector = spec.build()
         projector.load_state_dict({k: v.float() for k, v in projector_state.items()})
@@ -286,10 +333,11 @@ def build_experts(config: dict, tensors: dict[str, torch.Tensor], source: str, *
             lambdas[name] = scalings.get(text_names[m], 1.0)
             if kind == "decoupled":
                 mus[ours] = scalings.get(m, 1.0)
-    for (which, name), t in tokens.items():  # only 'default' is left: allocated, never used (see module doc)
-        if tuple(t.shape[::2]) != (1, shape.hidden) or t.ndim != 3:
+    for (which, name), t in tokens.items():  # only 'default' / 'default-<m>' are left: never used (see module doc)
+        if t.ndim != 3 or tuple(t.shape[::2]) != (1, shape.hidden):
             raise ImportError_(f"{where}: {which}_tokens.{name} has shape {tuple(t.shape)}, expected (1, n, {shape.hidden}).")
-    sidecar = {"source": source, "lambdas": lambdas, "mus": mus} if merged else {}
+    # A merged checkpoint composes as the original does: every merged expert's text delta, whatever the inputs.
+    sidecar = {"source": source, "lambdas": lambdas, "mus": mus, "merge_all_experts": True} if merged else {}
     return experts, sidecar
 
 
@@ -372,10 +420,14 @@ def resolve_source(src: str) -> tuple[Path, str]:
     return folder, src
 
 
-def import_modelcompose(sources: list[str], out: Path) -> list[Path]:
-    """Import every source; write nothing unless all are valid. Returns the expert folders written."""
+def import_modelcompose(sources: list[str], out: Path, *, encoder_sources: dict | None = None) -> list[Path]:
+    """Import every source; write nothing unless all are valid. Returns the expert folders written.
+
+    ``encoder_sources``: our modality -> the encoder source written into its experts (default: from each
+    checkpoint's ``mm_<m>_encoder``, see ``encoder_source``).
+    """
     out = Path(out)
-    converted = [convert(*resolve_source(s)) for s in sources]
+    converted = [convert(*resolve_source(s), encoder_sources=encoder_sources) for s in sources]
     names = [e.name for experts, _ in converted for e in experts]
     if len(set(names)) != len(names):
         raise ImportError_(f"two sources give the same expert ({sorted(n for n in names if names.count(n) > 1)[0]}); "

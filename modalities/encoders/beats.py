@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Encoder, EncoderError, check_input, freeze, reject_state_dict
-from .foreign_weights import check_state_dict, expected_shapes, load_torch_file, tensor_dict
+from .foreign_weights import check_state_dict, expected_shapes, hub_file, hub_reference, load_torch_file, tensor_dict
 from .kaldi_fbank import kaldi_fbank
 from .registry import register_encoder
 
@@ -327,7 +327,9 @@ class BeatsEncoder(Encoder):
 @register_encoder("beats", modality="audio", offline=False,
                   description="BEATs iter3+ AS2M (the paper's audio encoder): 128-bin Kaldi fbank, 1024 frames -> "
                               "512 tokens x 768",
-                  weight_source=f"{RELEASED_FILE} from microsoft/unilm beats (a local .pt; pass --weights / source)",
+                  weight_source=f"{RELEASED_FILE} from microsoft/unilm beats/README.md (not on the hub: a local .pt, "
+                                "or owner/name:file.pt for a hub copy; --weights / source); ModelCompose's "
+                                "run_finetune_audio_*.sh: --mm_audio_encoder model/beats/BEATs_iter3_plus_AS2M.pt",
                   num_tokens=BeatsConfig().num_tokens, feature_dim=BeatsConfig().encoder_embed_dim,
                   input_limits={"sample_rate": SAMPLE_RATE})
 def _beats(source, *, device, dtype, state_dict):
@@ -335,6 +337,10 @@ def _beats(source, *, device, dtype, state_dict):
     if source is None:
         raise EncoderError(f"encoder 'beats' needs its weights file: download {RELEASED_FILE} (microsoft/unilm, "
                            "beats) and pass its path (--weights PATH, or encoder source in expert.json)")
-    path = Path(source).expanduser()
+    reference = hub_reference(source)
+    if reference is not None and reference[1] is not None:
+        path = hub_file(reference[0], reference[1], "BEATs weights")
+    else:
+        path = Path(source).expanduser()
     model = build_beats(load_torch_file(path, "BEATs"), f"BEATs checkpoint {path.name!r}")
     return BeatsEncoder(model, device, dtype, str(path))

@@ -7,6 +7,7 @@ demands the exact key set and shapes, and finite values, naming what differs.
 from __future__ import annotations
 
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Mapping
@@ -75,3 +76,37 @@ def check_state_dict(state: Mapping[str, torch.Tensor], expected: Mapping[str, t
 def expected_shapes(module: torch.nn.Module) -> dict[str, tuple[int, ...]]:
     """The state_dict key -> shape map of `module` (works on the meta device, costs no memory there)."""
     return {k: tuple(v.shape) for k, v in module.state_dict().items()}
+
+
+# --- weights that live in a Hugging Face hub repository ------------------------------------------------
+
+_HUB_REFERENCE = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?::(?P<file>[\w.-][\w./-]*))?$")
+
+
+def hub_reference(source: str) -> tuple[str, str | None] | None:
+    """``("owner/name", "path/in/repo" or None)`` when ``source`` names a hub repository (``owner/name`` or
+    ``owner/name:path/in/repo``) rather than a local path that exists; None for a local path."""
+    if not isinstance(source, str):
+        return None
+    try:
+        if Path(source).expanduser().exists():
+            return None
+    except (OSError, ValueError, RuntimeError):  # a NUL byte, an unknown ~user: let the loader refuse it
+        return None
+    match = _HUB_REFERENCE.match(source)
+    if match is None or ".." in (match["file"] or "").split("/"):
+        return None
+    return match["repo"], match["file"]
+
+
+def hub_file(repo: str, filename: str, what: str) -> Path:
+    """One file of a hub repository, through huggingface_hub's cache (``hf_hub_download``: with
+    ``HF_HUB_OFFLINE=1`` it is read from the cache only)."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(repo, filename))
+    except Exception as exc:  # offline and not cached, unknown repo or file, network: all mean "not available"
+        raise EncoderError(f"{what}: {filename} of the hub repository {repo} is not available ({type(exc).__name__}); "
+                           "without network it must already be in the Hugging Face cache, or pass a local "
+                           "file or folder instead") from None

@@ -22,18 +22,20 @@ embeddings after `pre_layrnorm`), all 257 tokens per frame (CLS first) -> (8, 25
 returned frame-major as (8 * 257 = 2056, 1024). Only the layers up to the selected one run.
 
 Preprocessing (processing_video.py, decord backend, eval): frame indices
-`np.linspace(0, n - 1, 8, dtype=int)`, /255, CLIP mean/std, short side to 224 (bilinear,
-`align_corners=False`, no antialias: pytorchvideo's `ShortSideScale`), centre crop 224.
-Differences, on purpose or forced by the project's decoder (modalities/video.py):
-  * no random horizontal flip: the original applies `RandomHorizontalFlipVideo(p=0.5)` even at
-    evaluation, so its features are random; ours are deterministic (as if the flip never fired);
-  * the decoder samples its own frames (centres of 8 equal segments, not linspace(0, n-1, 8):
-    e.g. 100 frames -> [6, 18, 31, 43, 56, 68, 81, 93] instead of [0, 14, 28, 42, 56, 70, 84, 99])
-    and downscales them to a longest side of 448 before we resize. Given more than 8 frames,
-    this encoder picks them with the original's linspace (`frame_indices`);
-  * the decoder pads non-square frames to a square with the ImageNet mean colour; the transform
-    removes that padding first (an exact test: that colour is not k/255 for any byte k, so no
-    decoded pixel equals it), so the centre crop sees the same picture region as the original's.
+`np.linspace(0, n - 1, 8, dtype=int)` over all `len(VideoReader)` frames, decoded at full
+resolution, /255, CLIP mean/std, short side to 224 (bilinear, `align_corners=False`, no
+antialias: pytorchvideo's `ShortSideScale`, which floors the long side), centre crop 224
+(torchvision's `CenterCropVideo`: offsets rounded). The encoder asks the video decoder for exactly
+that decoded form through its `input_limits` (`frame_sampling="linspace"`, `frame_max_side=None`,
+`pad_square=False`; see modalities/video.py), so the decoder hands the transform the original's
+8 full-resolution frames and the transform does the rest.
+The one difference, on purpose: no random horizontal flip. The original applies
+`RandomHorizontalFlipVideo(p=0.5)` even at evaluation, so its features are random; ours are
+deterministic (as if the flip never fired).
+Frames given in another form (the studio's default decoding: segment centres, downscaled to 448,
+padded to a square with the ImageNet mean) still work: more than 8 frames are chosen with the
+original's linspace (`frame_indices`), and the padding is removed exactly (that colour is not
+k/255 for any byte k, so no decoded pixel equals it) before the crop.
 """
 from __future__ import annotations
 
@@ -49,7 +51,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Encoder, EncoderError, check_input, freeze, reject_state_dict
-from .foreign_weights import check_state_dict, expected_shapes, load_safetensors_file, load_torch_file, tensor_dict
+from .foreign_weights import (check_state_dict, expected_shapes, hub_file, hub_reference, load_safetensors_file,
+                              load_torch_file, tensor_dict)
 from .registry import register_encoder
 
 HUB_ID = "LanguageBind/LanguageBind_Video_merge"
@@ -59,6 +62,8 @@ RESOLUTION = 224
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+# The decoded form the original's video path starts from (modalities/video.py VideoLimits).
+INPUT_LIMITS = {"num_frames": 8, "frame_sampling": "linspace", "frame_max_side": None, "pad_square": False}
 
 # The hub config of LanguageBind_Video_merge as we understand it (ViT-L/14 at 224, CLIP text
 # tower, 8 frames, temporal attention). Used for the full-size key/shape check and as the
@@ -207,8 +212,26 @@ def build_tower(config_json: Mapping, state: Mapping[str, torch.Tensor], what: s
     return freeze(tower)
 
 
+def fetch_hub_folder(repo: str) -> Path:
+    """The hub repository's config.json and weights (safetensors, else the .bin) through the hub cache; their folder."""
+    what = f"LanguageBind video weights {repo!r}"
+    config = hub_file(repo, "config.json", what)
+    problem = None
+    for name in WEIGHT_FILES:
+        try:
+            hub_file(repo, name, what)
+            return config.parent
+        except EncoderError as exc:
+            problem = exc
+    raise problem
+
+
 def load_hub_folder(folder: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
-    """(config.json dict, state_dict) of a LanguageBind video folder in the hub layout."""
+    """(config.json dict, state_dict) of a LanguageBind video folder in the hub layout (a local folder, or a
+    hub id such as LanguageBind/LanguageBind_Video_merge fetched through the hub cache)."""
+    reference = hub_reference(str(folder))
+    if reference is not None and reference[1] is None:
+        folder = fetch_hub_folder(reference[0])
     folder = Path(folder).expanduser()
     config_path = folder / "config.json"
     if not config_path.is_file():
@@ -302,16 +325,16 @@ def _released_tokens() -> int:
 @register_encoder("languagebind-video", modality="video", offline=False,
                   description="LanguageBind_Video_merge (the paper's video encoder): 8 frames, layer -2 with CLS -> "
                               "8 x 257 tokens x 1024",
-                  weight_source=f"hub folder of {HUB_ID} (config.json + model.safetensors or pytorch_model.bin; "
-                                "pass --weights DIR / source)",
+                  weight_source=f"the hub repository {HUB_ID} (config.json + model.safetensors or pytorch_model.bin), "
+                                "its id or a local copy of the folder (--weights / source); ModelCompose's "
+                                "run_finetune_video_*.sh: --mm_video_encoder model/LanguageBind_Video_merge",
                   num_tokens=_released_tokens(), feature_dim=RELEASED_VISION_CONFIG["hidden_size"],
-                  input_limits={"num_frames": RELEASED_VISION_CONFIG["num_frames"]})
+                  input_limits=INPUT_LIMITS)
 def _languagebind_video(source, *, device, dtype, state_dict):
     reject_state_dict("languagebind-video", state_dict)
     if source is None:
-        raise EncoderError(f"encoder 'languagebind-video' needs its weights folder: download {HUB_ID} "
-                           "(huggingface-cli download ... --local-dir DIR) and pass DIR (--weights DIR, or encoder "
-                           "source in expert.json)")
+        raise EncoderError(f"encoder 'languagebind-video' needs its weights: pass the hub id {HUB_ID} or a local "
+                           "copy of that folder (--weights, or encoder source in expert.json)")
     config_json, state = load_hub_folder(source)
     tower = build_tower(config_json, state, f"LanguageBind video folder {Path(source).name!r}")
     return LanguageBindVideoEncoder(tower, device, dtype, str(source))

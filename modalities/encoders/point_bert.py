@@ -35,7 +35,9 @@ Differences from the original, on purpose:
     repeated in order (index i % N): the 32 neighbours of a centre then cover about the same
     surface as in an 8192-point training cloud, and duplicates do not change the max-pooled
     group features. More points are thinned by farthest-point sampling. Decoding with
-    `input_limits` (num_points=8192, what `python -m composition encode` does) needs neither.
+    `input_limits` (num_points=8192, what the composer and `python -m composition encode` do) needs
+    neither; with `keep_exact` a file of exactly 8192 points (the original's `.npy` clouds) keeps its
+    stored order, so the first point, where FPS starts, is the original's first point too.
 """
 from __future__ import annotations
 
@@ -48,11 +50,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Encoder, EncoderError, check_input, freeze, reject_state_dict
-from .foreign_weights import check_state_dict, expected_shapes, load_torch_file, tensor_dict
+from .foreign_weights import check_state_dict, expected_shapes, hub_file, hub_reference, load_torch_file, tensor_dict
 from .point import _gather, farthest_point_sample, knn_indices
 from .registry import register_encoder
 
 RELEASED_FILE = "point_bert_v1.2.pt"
+# Where PointLLM publishes it: the hub repository of its initial weights (OpenRobotLab/PointLLM README,
+# "Download the Initial LLM and Point Encoder Weights"; scripts/train_stage1.sh:
+# point_backbone_ckpt=$model_name_or_path/point_bert_v1.2.pt with model_name_or_path=checkpoints/PointLLM_7B_v1.1_init).
+HUB_SOURCE = f"RunsenXu/PointLLM_7B_v1.1_init:{RELEASED_FILE}"
 WRAPPED_PREFIX = "module.point_encoder."  # PointLLM's load_checkpoint layout
 
 
@@ -276,7 +282,12 @@ def config_from_yaml(path: Path) -> PointBertConfig:
 
 
 def resolve_source(source: str) -> tuple[Path, PointBertConfig]:
-    """A .pt file (the released 8192-point config), or a folder with one .pt and one PointTransformer*.yaml."""
+    """A .pt file (the released 8192-point config), a folder with one .pt and one PointTransformer*.yaml, or a
+    file in a hub repository, ``owner/name:file.pt`` (e.g. ``RunsenXu/PointLLM_7B_v1.1_init:point_bert_v1.2.pt``),
+    fetched through the hub cache."""
+    reference = hub_reference(source)
+    if reference is not None and reference[1] is not None:
+        return hub_file(reference[0], reference[1], "Point-BERT weights"), PointBertConfig()
     path = Path(source).expanduser()
     if not path.is_dir():
         return path, PointBertConfig()
@@ -290,15 +301,17 @@ def resolve_source(source: str) -> tuple[Path, PointBertConfig]:
 @register_encoder("point-bert", modality="point", offline=False,
                   description="Point-BERT of PointLLM v1.2 (the paper's point encoder): 8192 points xyz+rgb -> "
                               "513 tokens x 384",
-                  weight_source=f"{RELEASED_FILE} from OpenRobotLab/PointLLM (a local .pt, or a folder with the .pt "
-                                "and its PointTransformer_*.yaml; pass --weights / source)",
+                  weight_source=f"{RELEASED_FILE} of OpenRobotLab/PointLLM, on the hub as {HUB_SOURCE} (that "
+                                "reference, a local .pt, or a folder with the .pt and its PointTransformer_*.yaml; "
+                                "--weights / source); ModelCompose's run_finetune_point_*.sh: --mm_point_encoder "
+                                "model/PointLLM/point_bert_v1.2.pt",
                   num_tokens=PointBertConfig().num_tokens, feature_dim=PointBertConfig().trans_dim,
-                  input_limits={"num_points": PointBertConfig().npoints})
+                  input_limits={"num_points": PointBertConfig().npoints, "keep_exact": True})
 def _point_bert(source, *, device, dtype, state_dict):
     reject_state_dict("point-bert", state_dict)
     if source is None:
-        raise EncoderError(f"encoder 'point-bert' needs its weights file: download {RELEASED_FILE} (PointLLM) and "
-                           "pass its path (--weights PATH, or encoder source in expert.json)")
+        raise EncoderError(f"encoder 'point-bert' needs its weights file: pass {HUB_SOURCE} (the hub) or the path "
+                           f"of a local {RELEASED_FILE} (--weights PATH, or encoder source in expert.json)")
     path, cfg = resolve_source(source)
     model = build_point_bert(load_torch_file(path, "Point-BERT"), f"Point-BERT checkpoint {path.name!r}", cfg)
     return PointBertEncoder(model, device, dtype, str(source))
