@@ -106,13 +106,14 @@ def media_component(modality: str):
     """The upload box of a registered modality: a typed preview where gradio has one, else a file box."""
     spec = get_modality(modality)
     label = spec.label[:1].upper() + spec.label[1:]
+    elem_id = f"media-{modality}"
     if modality == "image":
-        return gr.Image(type="filepath", label=label, height=INPUT_HEIGHT)
+        return gr.Image(type="filepath", label=label, height=INPUT_HEIGHT, elem_id=elem_id)
     if modality == "audio":
-        return gr.Audio(type="filepath", label=label)
+        return gr.Audio(type="filepath", label=label, elem_id=elem_id)
     if modality == "video":
-        return gr.Video(label=label, height=INPUT_HEIGHT)
-    return gr.File(label=label, file_types=list(spec.extensions), height=INPUT_HEIGHT)
+        return gr.Video(label=label, height=INPUT_HEIGHT, elem_id=elem_id)
+    return gr.File(label=label, file_types=list(spec.extensions), height=INPUT_HEIGHT, elem_id=elem_id)
 
 
 class Ui:

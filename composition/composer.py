@@ -605,11 +605,16 @@ class ComposedModel:
         return notes
 
     @torch.no_grad()
-    def logits(self, question: str, inputs: Sequence[ModalInput], variants: Sequence[str],
+    def logits(self, question: str, inputs: Sequence[ModalInput], variants: Sequence[str] | Plan,
                coefficients: Coefficients | None = None) -> list[torch.Tensor]:
-        """Prompt logits per variant, padding removed: a list of ``(T_i, vocab)`` (for tests and tools)."""
+        """Prompt logits per variant, padding removed: a list of ``(T_i, vocab)`` (for tests and tools);
+        ``variants``: names, or a ``Plan`` (any planning option, e.g. ``merge_all_experts``)."""
         with self.lock:
-            resolved = self.resolve(variants, coefficients or Coefficients(), {i.modality for i in inputs})
+            if isinstance(variants, Plan):
+                resolved = variants.variants
+                self.prepare_dense(resolved)
+            else:
+                resolved = self.resolve(variants, coefficients or Coefficients(), {i.modality for i in inputs})
             rows = self.prompt_rows(question, inputs, resolved)
             batch = self.routed_batch(rows)
             out = prefill_logits(self.model, self.router, batch, self.coef_table(resolved))

@@ -31,3 +31,21 @@ def app_url(smollm2, base_cache_dir, tmp_path_factory):
         yield url.rstrip("/")
     finally:
         demo.close()
+
+
+@pytest.fixture(scope="module")
+def bundled_app_url(base_cache_dir, tmp_path_factory):
+    """URL of the app with the bundled experts (what ./studio.sh app starts), on a free loopback port."""
+    import app
+    from composition.discovery import BUNDLED_EXPERTS
+    from studio.session import load_studio
+
+    studio = load_studio([BUNDLED_EXPERTS], cache_dir=base_cache_dir, device="cpu")
+    assert len(studio.cm.experts) == 8 and not studio.load_problems, studio.load_problems
+    studio.votes_path = tmp_path_factory.mktemp("votes") / "votes.sqlite3"
+    demo = app.build_demo(studio)
+    _, url, _ = app.launch(demo, server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    try:
+        yield url.rstrip("/")
+    finally:
+        demo.close()

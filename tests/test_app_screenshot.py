@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.app_server import app_url  # noqa: F401  (fixture)
+from tests.app_server import app_url, bundled_app_url  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -46,6 +46,7 @@ def test_a_user_sees_the_inputs_compares_and_gets_answer_cards(app_url):  # noqa
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1800})
             page.goto(app_url, wait_until="load", timeout=120_000)
+            page.get_by_role("tab", name="Compare").click()  # Chat is the first tab
             page.get_by_role("button", name="Compare all variants").wait_for(timeout=120_000)  # the app has rendered
             for label in ("Image", "Audio", "Video", "Point cloud"):
                 box = page.locator(f'[data-testid="block-label"]:text-is("{label}")')
@@ -54,8 +55,8 @@ def test_a_user_sees_the_inputs_compares_and_gets_answer_cards(app_url):  # noqa
             assert compare.is_visible()
             page.screenshot(path=str(SHOTS / "app.png"), full_page=True)
             page.get_by_label("Question").first.fill("What is it?")
-            # Upload an image as a user would (the Image box's file input; the first on the page).
-            page.locator('input[type="file"]').first.set_input_files(str(EXAMPLE_IMAGE))
+            # Upload an image as a user would (the Image box's file input).
+            page.locator('#media-image input[type="file"]').set_input_files(str(EXAMPLE_IMAGE))
             page.locator('[data-testid="image"] img, .image-frame img').first.wait_for(timeout=60_000)
             compare.click()
             page.wait_for_function("document.querySelectorAll('.mc-card .mc-meta').length > 0 && "
@@ -122,3 +123,40 @@ def test_a_three_turn_chat_with_files_in_turns_1_and_3_keeps_every_columns_histo
         assert any(u.startswith("audio-example.wav") for u in said), column  # the audio player, named
     damc = columns[0]["bots"]
     assert "λ image 1.00" in damc[0] and "λ image 1.00" in damc[1] and "λ image 0.50, audio 0.50" in damc[2], damc
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (apt-get install chromium; "
+                                             "./studio.sh test installs packages-test.txt)")
+def test_the_compare_tab_after_a_run_with_the_bundled_experts(bundled_app_url):  # noqa: F811
+    """The README's picture: the image and audio examples compared by every composition and expert. The
+    screenshot goes to $STUDIO_SCREENSHOTS (``STUDIO_SCREENSHOTS=assets/screenshots`` remakes the committed one)."""
+    from playwright.sync_api import sync_playwright
+
+    audio = Path(__file__).resolve().parent.parent / "examples" / "audio-example.wav"
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=BROWSER_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            page.goto(bundled_app_url, wait_until="load", timeout=120_000)
+            page.get_by_role("tab", name="Compare").click()
+            compare = page.get_by_role("button", name="Compare all variants")
+            compare.wait_for(timeout=120_000)
+            page.get_by_label("Question").first.fill("What do these inputs have in common?")
+            page.locator('#media-image input[type="file"]').set_input_files(str(EXAMPLE_IMAGE))
+            page.locator('[data-testid="image"] img, .image-frame img').first.wait_for(timeout=60_000)
+            page.locator('#media-audio input[type="file"]').set_input_files(str(audio))
+            page.wait_for_timeout(1500)
+            compare.click()
+            page.wait_for_function("document.querySelectorAll('.mc-card .mc-meta').length >= 6 && "
+                                   "[...document.querySelectorAll('.mc-card .mc-meta')].every(m => m.textContent.includes('tokens'))",
+                                   timeout=300_000)
+            cards = page.locator(".mc-card").all_inner_texts()
+            names = page.locator(".mc-card .mc-name").all_inner_texts()
+            page.evaluate("window.scrollTo(0, 0)")
+            page.wait_for_timeout(500)
+            page.screenshot(path=str(SHOTS / "compare.png"), full_page=False)
+        finally:
+            browser.close()
+    assert names == ["NaiveMC", "DAMC", "expert:image", "expert:image-shared", "expert:audio", "expert:audio-shared"], names
+    assert "λ image 0.50, audio 0.50" in cards[1], cards[1]

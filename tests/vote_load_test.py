@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import signal
 import sqlite3
 import sys
@@ -78,21 +79,38 @@ def run(args: argparse.Namespace) -> dict:
     half = threading.Event()
     stats = {"retries": 0, "repeats_seen": 0}
 
+    from gradio_client.exceptions import AppError
+
     def call(client_box: list, api_name: str, **kwargs):
-        """One API call, retried (with a new client) until it succeeds or the run's time is up."""
+        """One API call, retried (with a new client) until it succeeds or the run's time is up; an error the app
+        answered with (a refused request) is not retried: it is a failure of the run."""
+        wait = 0.5
         while time.monotonic() < deadline:
             try:
                 if client_box[0] is None:
                     client_box[0] = Client(url, verbose=False)
                 return client_box[0].predict(api_name=api_name, **kwargs)
-            except Exception:  # noqa: BLE001 - the server is down or restarting: try again
+            except AppError:
+                raise
+            except Exception:  # noqa: BLE001 - the server is down or restarting: try again, backing off as a client should
                 with lock:
                     stats["retries"] += 1
                 client_box[0] = None
-                time.sleep(0.5)
+                time.sleep(wait * (0.5 + random.random()))
+                wait = min(2 * wait, 8.0)
         raise TimeoutError(f"{api_name} did not succeed before the deadline")
 
+    failures: list[str] = []
+
     def voter(i: int) -> None:
+        try:
+            vote_once(i)
+        except Exception as exc:  # noqa: BLE001 - reported, and the run fails
+            with lock:
+                failures.append(f"voter {i}: {type(exc).__name__}: {exc}")
+            half.set()
+
+    def vote_once(i: int) -> None:
         box = [None]
         choice = CHOICES[i % len(CHOICES)]
         messages = [{"role": "user", "content": f"Voter {i}: what is the best shape?"}]
@@ -127,9 +145,10 @@ def run(args: argparse.Namespace) -> dict:
     lost = [i for i, (battle, choice) in before_crash.items() if stored.get(battle) != choice]
     report = {"voters": args.voters, "acknowledged": len(acknowledged), "votes_stored": len(stored), "battles": battles,
               "acknowledged_before_crash": len(before_crash), "lost_after_crash": lost, "retries": stats["retries"],
-              "repeat_votes_refused": stats["repeats_seen"], "timed_out": timed_out,
+              "repeat_votes_refused": stats["repeats_seen"], "timed_out": timed_out, "failures": failures[:5],
               "exactly_once": stored == expected and len(stored) == args.voters}
-    report["ok"] = report["exactly_once"] and not lost and not timed_out and stats["repeats_seen"] == args.voters
+    report["ok"] = (report["exactly_once"] and not lost and not timed_out and not failures
+                    and stats["repeats_seen"] == args.voters)
     return report
 
 

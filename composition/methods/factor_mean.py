@@ -4,8 +4,10 @@ THUNLP-MT/ModelCompose ``scripts/model_composition/merge_unimodal_modelcompose.p
 (strategy ``mean``) averages every adapter tensor by key, so ``lora_A`` and ``lora_B`` are
 averaged apart and the merged delta is ``s·B̄·Ā``, which is *not* the mean of the deltas
 ``(1/K)·Σ s·B_i·A_i``: it adds the cross terms ``B_i·A_j`` (peft's ``linear`` combination
-has the same flaw, peft issue #3004). Kept, labelled inexact, only so that published
-NaiveMC numbers that may rest on it can be reproduced.
+has the same flaw, peft issue #3004). Kept, labelled inexact, only to compare with that
+script's non-default ``mean`` strategy: its default strategy is ``sum``, and the original's
+documented evaluation path (``online-merge-reset-…``) computes the exact λ-weighted sum of the
+deltas, which NaiveMC and DAMC here match (docs/paper-experts.md).
 """
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ from .registry import MethodError, register_method
     "factor_mean",
     label="Factor mean (inexact)",
     help=(
-        "INEXACT, for parity with published numbers: the original ModelCompose scripts' 'mean', "
+        "INEXACT, to compare with the original merge script's non-default 'mean' strategy (its default is "
+        "'sum'; its documented evaluation path is the exact λ-weighted sum, as NaiveMC and DAMC here), "
         "which averages the A and B factors separately (B̄·Ā, with cross terms B_i·A_j), not the "
         "deltas. Needs equal ranks; runs only on the factors (low-rank path)."
     ),

@@ -172,7 +172,7 @@ class MergeMethod:
         formula: one line, e.g. ``"Σ λ_i·ΔW_i"`` (``python -m composition methods``).
         spaces: where it runs, a subset of :data:`SPACES` in that order; the first is the default.
         exact: False for a method that is knowingly not the merge it is named after
-            (``factor_mean``: kept only for parity with published numbers).
+            (``factor_mean``: kept only to compare with the original script's non-default ``mean``).
         inputs: ``"deltas"`` (``func(deltas, weights, ...)``) or ``"factors"``
             (``func(factors, weights, ...)`` with ``factors`` a list of ``(A_i, B_i·s_i)``;
             returns ``(A, B)``); factor methods run only through the low-rank path.
