@@ -348,13 +348,22 @@ def export_tab(ui: Ui) -> None:
         ui.cfg_file = gr.File(label="Config to download", interactive=False, height=100)
         ui.cfg_upload = gr.File(label="Load a config (.yaml)", file_types=[".yaml", ".yml"], height=100)
     ui.cfg_msg = gr.Markdown()
-    gr.Markdown("### Materialized model\nWrites the variant's text merge into the weights: a plain transformers "
-                "checkpoint plus one small expert per modality that reproduces the modality routes.")
+    gr.Markdown("### The composition as a model\n**Full**: the variant's text merge written into the weights, a "
+                "plain transformers checkpoint. **Adapter**: the merged text delta as a peft LoRA adapter on the base "
+                "(exact at its own rank; a smaller rank is truncated by SVD and the card says how much each layer "
+                "kept). Both carry one small expert per modality and a model card for the Hub.")
     with gr.Row():
         ui.x_variant = gr.Dropdown(["DAMC", "NaiveMC"] + [m.name for m in list_methods()], value="DAMC", label="Variant")
+        ui.x_form = gr.Radio(["full", "adapter"], value="full", label="Form")
+        ui.x_rank = gr.Number(value=0, precision=0, minimum=0, label="Adapter rank (0 = exact)")
         ui.x_btn = gr.Button("Export and zip")
     ui.x_file = gr.File(label="Exported composition (.zip)", interactive=False, height=100)
     ui.x_msg = gr.Markdown()
+    with gr.Row(visible=exporting.can_push()):  # only with a Hugging Face token on this server
+        ui.x_repo = gr.Textbox(label="Push to the Hub as", placeholder="owner/name", scale=3)
+        ui.x_private = gr.Checkbox(True, label="private")
+        ui.x_push = gr.Button("Push the last export", scale=1)
+    ui.x_push_msg = gr.Markdown()
 
 
 def api_block(ui: Ui) -> None:
@@ -550,11 +559,12 @@ def wire(ui: Ui) -> None:
                          api_name="load_config").then(recompose, outputs=compose_out, inputs_kwargs=compose_kw,
                                                       api_name="recompose_after_load")
 
-    def on_export(variant, **values):
-        return exporting.export_zip(s, handlers.settings_of(s, values), variant)
+    def on_export(variant, form, rank, **values):
+        return exporting.export_zip(s, handlers.settings_of(s, values), variant, form, int(rank or 0) or None)
 
-    ui.x_btn.click(gpu(user_errors(on_export)), [ui.x_variant], [ui.x_file, ui.x_msg], inputs_kwargs=ui.controls,
-                   api_name="export_model")
+    ui.x_btn.click(gpu(user_errors(on_export)), [ui.x_variant, ui.x_form, ui.x_rank], [ui.x_file, ui.x_msg],
+                   inputs_kwargs=ui.controls, api_name="export_model")
+    ui.x_push.click(user_errors(exporting.push_zip), [ui.x_file, ui.x_repo, ui.x_private], ui.x_push_msg, api_name="push_export")
     wire_chat(ui, composition)
     wire_arena(ui, composition)
     ui.demo.load(recompose, outputs=compose_out, inputs_kwargs=compose_kw, api_name="initial_compose")

@@ -133,6 +133,7 @@ class BaseLLM:
     num_layers: int
     eos_token_ids: list[int]
     _sha256: str | None = field(default=None, repr=False)
+    hub_id: str | None = None  # the same model on the Hugging Face hub (a model card's base_model), when known
 
     @property
     def sha256(self) -> str:
@@ -203,10 +204,12 @@ def load_base_llm(
         BaseLLMError: the source cannot be found or loaded; the message says what to do.
     """
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    hub_id = None
     if source is None or source == OFFLINE_DEFAULT:
         gguf_path = _offline_gguf_path()
         model, tokenizer, seconds, sha = _load_gguf(gguf_path, cache_dir)
         name, shown = OFFLINE_DISPLAY_NAME, f"offline package {OFFLINE_DISTRIBUTION}"
+        hub_id = ONLINE_DEFAULT
     elif _looks_like_gguf(source):
         gguf_path = _existing_path(source, "GGUF file")
         model, tokenizer, seconds, sha = _load_gguf(gguf_path, cache_dir)
@@ -226,6 +229,7 @@ def load_base_llm(
     else:
         model, tokenizer, seconds = _load_hub(source, trust_remote_code)
         sha, name, shown = None, source.rsplit("/", 1)[-1], f"hub {source}"
+        hub_id = source
 
     # The cached hash describes the float32 weights; another dtype re-hashes lazily.
     if dtype != torch.float32:
@@ -243,6 +247,7 @@ def load_base_llm(
         num_layers=int(model.config.num_hidden_layers),
         eos_token_ids=_eos_token_ids(tokenizer, chat),
         _sha256=sha,
+        hub_id=hub_id,
     )
 
 

@@ -8,9 +8,17 @@ each modality is saved as an expert in the standard format whose modality delta 
 text delta is zero. Loading that base with those experts and running DAMC at default
 coefficients reproduces the variant exactly (the text deltas are zero, μ = 1).
 
+The adapter form (``form="adapter"``) writes the variant's merged text delta as a peft LoRA
+adapter instead of a whole checkpoint: K experts of rank r merge into a delta of rank at most
+K·r, so the factors side by side are exact (four of the paper's r=128 experts: rank 512, a few
+hundred MB instead of 13.5 GB); asked for a smaller rank, each layer is truncated by SVD and
+the card reports the energy kept. Both forms carry a model card (``README.md``, ``card.py``).
+
 Layout::
 
-    <folder>/config.json, model.safetensors, tokenizer files   plain checkpoint
+    <folder>/config.json, model.safetensors, tokenizer files   plain checkpoint (form "full")
+    <folder>/adapter_config.json, adapter_model.safetensors    peft adapter on the base (form "adapter")
+    <folder>/README.md                                         model card (the Hub's front matter, the recipe)
     <folder>/composition.json                                  what was exported, how to reload
     <folder>/experts/<modality>/                               one expert folder per modality
 """
@@ -21,16 +29,21 @@ from pathlib import Path
 
 import torch
 
+from modalities.checks import check_int
+
+from .card import CardFacts, model_card
 from .composer import ComposedModel
 from .errors import CompositionError
 from .expert import EncoderRef, Expert, ExpertConfig, save_expert
 from .linalg import thin_svd
-from .lora import LoraDelta
+from .lora import LoraDelta, save_lora
 from .routing import plain_state_dict
 from .variants import TEXT_ROUTE, Coefficients
 
 EXPORT_FORMAT_VERSION = 1
+CARD_FILE = "README.md"
 COMPOSITION_JSON = "composition.json"
+FORMS = ("full", "adapter")
 
 
 def _correction_factors(cm: ComposedModel, module: str, correction: dict[int, float]) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -70,23 +83,41 @@ def _padded_delta(factors: dict[str, tuple[torch.Tensor, torch.Tensor]], shapes:
 
 
 def export_composition(cm: ComposedModel, variant: str, folder: Path, *, coefficients: Coefficients | None = None,
-                       modalities: set[str] | None = None) -> Path:
-    """Write ``variant`` (over ``modalities``, default: every loaded expert's) into ``folder``."""
+                       modalities: set[str] | None = None, form: str = "full", rank: int | None = None,
+                       recipe_yaml: str = "", mcub: dict | None = None) -> Path:
+    """Write ``variant`` (over ``modalities``, default: every loaded expert's) into ``folder``.
+
+    Args:
+        form: ``"full"`` (a plain checkpoint, the text merge in the weights) or ``"adapter"`` (the text
+            merge as a peft LoRA adapter on the base).
+        rank: the adapter's rank (None: exact, the merged delta's largest rank); a layer that needs more
+            is truncated by SVD, and the card says how much energy each kept.
+        recipe_yaml: the composition config as YAML, for the card (``CompositionConfig.to_yaml``).
+        mcub: this variant's MCUB result ``{"data", "items", "accuracy"}``, when one was measured.
+    """
     from .base_llm import weights_sha256
 
     folder = Path(folder)
     if folder.exists() and any(folder.iterdir()):
         raise CompositionError(f"export folder {folder.name!r} is not empty; choose a new folder.")
+    if form not in FORMS:
+        raise CompositionError(f"export form {form!r}; expected one of {', '.join(FORMS)}.")
+    if rank is not None:
+        rank = check_int(rank, "rank", 1, error=CompositionError)
     coefficients = coefficients or Coefficients()
     present = set(modalities) if modalities is not None else {e.modality for e in cm.experts.values()}
+    adapter, kept = None, {}
     with cm.lock:
         rv = cm.resolve([variant], coefficients, present)[0]
-        cm.materialize(variant, coefficients, present)
-        try:
-            state = {k: v.detach().clone() for k, v in plain_state_dict(cm.model).items()}
-        finally:
-            cm.dematerialize()
         text = rv.routes[TEXT_ROUTE]
+        if form == "full":
+            cm.materialize(variant, coefficients, present)
+            try:
+                state = {k: v.detach().clone() for k, v in plain_state_dict(cm.model).items()}
+            finally:
+                cm.dematerialize()
+        else:
+            adapter, kept = _text_adapter(cm, text, rank)
         corrections = {}
         for modality in rv.block_experts:
             route = rv.routes.get(modality, {})
@@ -98,10 +129,14 @@ def export_composition(cm: ComposedModel, variant: str, folder: Path, *, coeffic
                     factors[module] = f
             corrections[modality] = factors
 
-    exported_sha = weights_sha256(state)  # before saving: save_pretrained consumes the dict
     folder.mkdir(parents=True, exist_ok=True)
-    cm.model.save_pretrained(folder, state_dict=state)
-    cm.base.tokenizer.save_pretrained(folder)
+    if form == "full":
+        exported_sha = weights_sha256(state)  # before saving: save_pretrained consumes the dict
+        cm.model.save_pretrained(folder, state_dict=state)
+        cm.base.tokenizer.save_pretrained(folder)
+    else:
+        exported_sha = getattr(cm.base, "sha256", None)  # the modality parts sit on the base plus this adapter
+        save_lora(adapter, folder, base_model_name=getattr(cm.base, "hub_id", None) or cm.base.name)
     shapes = cm.linear_shapes
     names = {}
     for modality, factors in corrections.items():
@@ -119,6 +154,7 @@ def export_composition(cm: ComposedModel, variant: str, folder: Path, *, coeffic
         names[modality] = config.name
     manifest = {
         "format_version": EXPORT_FORMAT_VERSION,
+        "form": form,
         "variant": rv.name,
         "coefficients": {"lambdas": dict(coefficients.lambdas), "mus": dict(coefficients.mus)},
         "modalities": sorted(names),
@@ -128,14 +164,62 @@ def export_composition(cm: ComposedModel, variant: str, folder: Path, *, coeffic
         "weights_sha256": exported_sha,
         "reload": "composition.export.load_exported(folder), then compare with variant 'DAMC' at default coefficients",
     }
+    if form == "adapter":
+        manifest.update({"adapter_rank": adapter.r, "kept_energy": kept,
+                         "base": {**manifest["base"], "hub_id": getattr(cm.base, "hub_id", None)}})
     (folder / COMPOSITION_JSON).write_text(json.dumps(manifest, indent=2) + "\n")
+    card = CardFacts(name=folder.name, variant=rv.name, kind=rv.kind.value, method=rv.spec.method, form=form,
+                     base_name=cm.base.name, base_hub_id=getattr(cm.base, "hub_id", None),
+                     expert_sources=[e.config.source for e in rv.block_experts.values()],
+                     coefficients=rv.coefficients_json(), recipe_yaml=recipe_yaml, modalities=sorted(names),
+                     adapter_rank=adapter.r if adapter is not None else None, kept_energy=kept, mcub=mcub)
+    model_card(card).save(folder / CARD_FILE)
     return folder
 
 
-def load_exported(folder: Path, *, feature_fn=None, device: str = "cpu") -> tuple[ComposedModel, str]:
-    """Reload an exported composition; returns the model and the variant name that reproduces it ('DAMC')."""
-    from .base_llm import load_base_llm
-    from .lora import read_json
+def _text_adapter(cm: ComposedModel, text: dict[int, float], rank: int | None) -> tuple[LoraDelta, dict[str, float]]:
+    """The text route's merged delta as one LoRA delta of uniform rank, and per truncated layer the energy kept.
+
+    Every layer's delta is exact as the experts' factors side by side (a dense merge result by SVD at
+    its numerical rank); a layer whose rank exceeds ``rank`` keeps its ``rank`` largest singular
+    directions, computed on the small core (QR of both factors), never on the full matrix.
+    """
+    factors, kept = {}, {}
+    for module in cm.layers:
+        f = _correction_factors(cm, module, text)
+        if f is None:
+            continue
+        a, b = f
+        if rank is not None and a.shape[0] > rank:
+            (a, b), kept[module] = _truncate(a, b, rank)
+        factors[module] = (a, b)
+    if not factors:
+        raise CompositionError("the variant's text merge changes no layer (every coefficient is 0): there is no "
+                               "adapter to write; export the base instead.")
+    # Uniform rank (peft's r): the largest layer's; smaller ones padded with zeros, which changes nothing.
+    return _padded_delta(factors, {m: cm.linear_shapes[m] for m in factors}), kept
+
+
+def _truncate(a: torch.Tensor, b: torch.Tensor, rank: int) -> tuple[tuple[torch.Tensor, torch.Tensor], float]:
+    """The best rank-``rank`` factors of ``b @ a`` and the share of its energy (Σσ²) they keep."""
+    qb, rb = torch.linalg.qr(b.double())
+    qa, ra = torch.linalg.qr(a.double().T)
+    u, sv, vh = thin_svd(rb @ ra.T)
+    total = float((sv ** 2).sum())
+    root = sv[:rank].sqrt()
+    new_b = (qb @ u[:, :rank]) * root[None, :]
+    new_a = root[:, None] * (vh[:rank] @ qa.T)
+    return (new_a.float(), new_b.float()), (float((sv[:rank] ** 2).sum()) / total if total > 0 else 1.0)
+
+
+def load_exported(folder: Path, *, feature_fn=None, device: str = "cpu", base: str | None = None) -> tuple[ComposedModel, str]:
+    """Reload an exported composition; returns the model and the variant name that reproduces it ('DAMC').
+
+    ``base``: for the adapter form, the base it was made on (default: the manifest's hub id, else the
+    offline default); the adapter is added into its weights.
+    """
+    from .base_llm import ONLINE_DEFAULT, load_base_llm
+    from .lora import check_against_base, load_lora, read_json
 
     folder = Path(folder)
     manifest = read_json(folder / COMPOSITION_JSON, f"export folder {folder.name!r}")
@@ -145,8 +229,20 @@ def load_exported(folder: Path, *, feature_fn=None, device: str = "cpu") -> tupl
     modalities = manifest.get("modalities")
     if not isinstance(modalities, list) or not modalities:
         raise CompositionError(f"export folder {folder.name!r}: composition.json lists no modalities; it is not a complete export.")
-    base = load_base_llm(str(folder), device=device, template=manifest.get("template"))
-    cm = ComposedModel(base, feature_fn=feature_fn)
+    if manifest.get("form", "full") == "full":
+        loaded = load_base_llm(str(folder), device=device, template=manifest.get("template"))
+    else:
+        source = base or (manifest.get("base") or {}).get("hub_id")
+        loaded = load_base_llm(None if source == ONLINE_DEFAULT else source, device=device, template=manifest.get("template"))
+        delta = load_lora(folder, what=f"export folder {folder.name!r}")
+        check_against_base(delta, {n: tuple(m.weight.shape) for n, m in loaded.model.named_modules()
+                                   if isinstance(m, torch.nn.Linear)}, what=f"export folder {folder.name!r}")
+        with torch.no_grad():
+            for module in delta.modules:
+                weight = loaded.model.get_submodule(module).weight
+                weight += delta.dense(module).to(weight.device, weight.dtype)
+        loaded._sha256 = manifest.get("weights_sha256")  # the modality parts were made for this base plus the adapter
+    cm = ComposedModel(loaded, feature_fn=feature_fn)
     for modality in modalities:
         cm.load_expert(folder / "experts" / modality)
     return cm, "DAMC"

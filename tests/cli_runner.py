@@ -9,9 +9,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-def run_cli(*args, cache=None, timeout=300, stdin: str | None = None) -> subprocess.CompletedProcess:
-    """``python -m composition *args``; ``cache`` is the base-model cache (MLLM_STUDIO_CACHE); ``stdin``: piped input."""
-    env = dict(os.environ)
+def run_cli(*args, cache=None, timeout=300, stdin: str | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``python -m composition *args``; ``cache`` is the base-model cache (MLLM_STUDIO_CACHE); ``stdin``: piped input;
+    ``env``: variables set for this process."""
+    env = {**os.environ, **(env or {})}
     if cache is not None:
         env["MLLM_STUDIO_CACHE"] = str(cache)
     return subprocess.run([sys.executable, "-m", "composition", *map(str, args)], cwd=REPO, env=env,

@@ -285,12 +285,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(args: argparse.Namespace, log) -> tuple[subprocess.Popen, str, dict]:
-    port = free_port()
+def start_server(args: argparse.Namespace, log, port: int | None = None, env: dict | None = None) -> tuple[subprocess.Popen, str, dict]:
+    """The app in a child process (``--serve``) on ``port`` (default: a free one); returns it once it is ready."""
+    port = port or free_port()
     cmd = [sys.executable, str(Path(__file__).resolve()), "--serve", "--port", str(port), "--deadline", str(args.timeout + 60)]
     if args.experts:
         cmd += ["--experts", args.experts]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True)
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
+                            env=env)
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout] + [lines.put(None)], daemon=True).start()
     limit = time.monotonic() + min(args.timeout, 600)

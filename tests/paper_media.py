@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from media_factory import media_assets
+from tests.media_factory import media_assets
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)

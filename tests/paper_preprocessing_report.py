@@ -21,10 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repository's packages
 
-from paper_media import (IMAGES, POINTS, VIDEOS, media_files, reference_clip_pixels, reference_pc_norm,  # noqa: E402
+from tests.paper_media import (IMAGES, POINTS, VIDEOS, media_files, reference_clip_pixels, reference_pc_norm,  # noqa: E402
                          reference_video_pixels, relative_error, write_tiny_clip)
 
 

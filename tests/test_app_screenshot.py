@@ -1,6 +1,7 @@
 """A headless Chromium screenshot of the running app, and its key elements from /config."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -34,38 +35,45 @@ BROWSER_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
                  "--disable-component-update", "--disable-sync"]
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (apt-get install chromium; "
-                                             "./studio.sh test installs packages-test.txt)")
-def test_a_user_sees_the_inputs_compares_and_gets_answer_cards(app_url):  # noqa: F811
-    """In a real browser: four upload boxes, the Compare button; after a compare, one answer card per variant."""
+@contextlib.contextmanager
+def browser_page(url: str, width: int, height: int):
+    """A page of headless Debian Chromium (Playwright's driver, no browser download) with the app loaded."""
     from playwright.sync_api import sync_playwright
 
     SHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=BROWSER_FLAGS)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1800})
-            page.goto(app_url, wait_until="load", timeout=120_000)
-            page.get_by_role("tab", name="Compare").click()  # Chat is the first tab
-            page.get_by_role("button", name="Compare all variants").wait_for(timeout=120_000)  # the app has rendered
-            for label in ("Image", "Audio", "Video", "Point cloud"):
-                box = page.locator(f'[data-testid="block-label"]:text-is("{label}")')
-                assert box.count() >= 1 and box.first.is_visible(), f"no visible {label} input box"
-            compare = page.get_by_role("button", name="Compare all variants")
-            assert compare.is_visible()
-            page.screenshot(path=str(SHOTS / "app.png"), full_page=True)
-            page.get_by_label("Question").first.fill("What is it?")
-            # Upload an image as a user would (the Image box's file input).
-            page.locator('#media-image input[type="file"]').set_input_files(str(EXAMPLE_IMAGE))
-            page.locator('[data-testid="image"] img, .image-frame img').first.wait_for(timeout=60_000)
-            compare.click()
-            page.wait_for_function("document.querySelectorAll('.mc-card .mc-meta').length > 0 && "
-                                   "[...document.querySelectorAll('.mc-card .mc-meta')].every(m => m.textContent.includes('tokens'))",
-                                   timeout=240_000)
-            names = page.locator(".mc-card .mc-name").all_inner_texts()
-            page.screenshot(path=str(SHOTS / "app-answers.png"), full_page=True)
+            page = browser.new_page(viewport={"width": width, "height": height})
+            page.goto(url, wait_until="load", timeout=120_000)
+            yield page
         finally:
             browser.close()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (apt-get install chromium; "
+                                             "./studio.sh test installs packages-test.txt)")
+def test_a_user_sees_the_inputs_compares_and_gets_answer_cards(app_url):  # noqa: F811
+    """In a real browser: four upload boxes, the Compare button; after a compare, one answer card per variant."""
+    with browser_page(app_url, 1400, 1800) as page:
+        page.get_by_role("tab", name="Compare").click()  # Chat is the first tab
+        page.get_by_role("button", name="Compare all variants").wait_for(timeout=120_000)  # the app has rendered
+        for label in ("Image", "Audio", "Video", "Point cloud"):
+            box = page.locator(f'[data-testid="block-label"]:text-is("{label}")')
+            assert box.count() >= 1 and box.first.is_visible(), f"no visible {label} input box"
+        compare = page.get_by_role("button", name="Compare all variants")
+        assert compare.is_visible()
+        page.screenshot(path=str(SHOTS / "app.png"), full_page=True)
+        page.get_by_label("Question").first.fill("What is it?")
+        # Upload an image as a user would (the Image box's file input).
+        page.locator('#media-image input[type="file"]').set_input_files(str(EXAMPLE_IMAGE))
+        page.locator('[data-testid="image"] img, .image-frame img').first.wait_for(timeout=60_000)
+        compare.click()
+        page.wait_for_function("document.querySelectorAll('.mc-card .mc-meta').length > 0 && "
+                               "[...document.querySelectorAll('.mc-card .mc-meta')].every(m => m.textContent.includes('tokens'))",
+                               timeout=240_000)
+        names = page.locator(".mc-card .mc-name").all_inner_texts()
+        page.screenshot(path=str(SHOTS / "app-answers.png"), full_page=True)
     # One image: DAMC (over the image expert alone: the others got no input) and the image expert, each a card.
     assert names == ["DAMC", "expert:image"], names
 
@@ -75,45 +83,36 @@ def test_a_user_sees_the_inputs_compares_and_gets_answer_cards(app_url):  # noqa
 def test_a_three_turn_chat_with_files_in_turns_1_and_3_keeps_every_columns_history(app_url):  # noqa: F811
     """In a real browser: the image example with the first question, two follow-ups, the audio example in turn 3;
     every column shows the whole conversation, and each answer's footer the coefficients it was made with."""
-    from playwright.sync_api import sync_playwright
-
     audio = Path(__file__).resolve().parent.parent / "examples" / "audio-example.wav"
     turns = [("What is in the image?", EXAMPLE_IMAGE), ("What colour is it?", None), ("And what do you hear?", audio)]
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=BROWSER_FLAGS)
-        try:
-            page = browser.new_page(viewport={"width": 1600, "height": 2000})
-            page.goto(app_url, wait_until="load", timeout=120_000)
-            box = page.locator("#chat-box")
-            box.wait_for(timeout=120_000)
-            for k, (text, file) in enumerate(turns, start=1):
-                if file is not None:
-                    box.locator('input[type="file"]').set_input_files(str(file))
-                    page.wait_for_function("() => document.querySelectorAll('#chat-box [class*=thumbnail-item]').length > 0",
-                                           timeout=60_000)  # the upload is shown in the box
-                box.locator("textarea").fill(text)
-                box.locator("textarea").press("Enter")
-                # Done when every visible column holds k answers, each with its footer (seconds).
-                # (The box empties itself once the answers are complete; on an error the message stays in it.)
-                page.wait_for_function(
-                    """k => {
-                        if (document.querySelector('#chat-box textarea').value !== '') return false;
-                        const cols = [...document.querySelectorAll('[id^="chat-column-"]')].filter(c => c.offsetParent !== null);
-                        return cols.length > 0 && cols.every(c => {
-                            const bots = [...c.querySelectorAll('[data-testid="bot"]')];
-                            return bots.length === k && bots.every(b => / s|joined/.test(b.innerText));
-                        });
-                    }""", arg=k, timeout=300_000)
-            columns = page.evaluate("""() => [...document.querySelectorAll('[id^="chat-column-"]')]
-                .filter(c => c.offsetParent !== null)
-                .map(c => ({label: (c.querySelector('[data-testid="block-label"]') || {}).innerText || '',
-                            user: [...c.querySelectorAll('[data-testid="user"]')].map(u => u.innerText.trim()),
-                            images: c.querySelectorAll('[data-testid="user"] img').length,
-                            bots: [...c.querySelectorAll('[data-testid="bot"]')].map(b => b.innerText)}))""")
-            page.screenshot(path=str(SHOTS / "chat.png"), full_page=True)
-        finally:
-            browser.close()
+    with browser_page(app_url, 1600, 2000) as page:
+        box = page.locator("#chat-box")
+        box.wait_for(timeout=120_000)
+        for k, (text, file) in enumerate(turns, start=1):
+            if file is not None:
+                box.locator('input[type="file"]').set_input_files(str(file))
+                page.wait_for_function("() => document.querySelectorAll('#chat-box [class*=thumbnail-item]').length > 0",
+                                       timeout=60_000)  # the upload is shown in the box
+            box.locator("textarea").fill(text)
+            box.locator("textarea").press("Enter")
+            # Done when every visible column holds k answers, each with its footer (seconds).
+            # (The box empties itself once the answers are complete; on an error the message stays in it.)
+            page.wait_for_function(
+                """k => {
+                    if (document.querySelector('#chat-box textarea').value !== '') return false;
+                    const cols = [...document.querySelectorAll('[id^="chat-column-"]')].filter(c => c.offsetParent !== null);
+                    return cols.length > 0 && cols.every(c => {
+                        const bots = [...c.querySelectorAll('[data-testid="bot"]')];
+                        return bots.length === k && bots.every(b => / s|joined/.test(b.innerText));
+                    });
+                }""", arg=k, timeout=300_000)
+        columns = page.evaluate("""() => [...document.querySelectorAll('[id^="chat-column-"]')]
+            .filter(c => c.offsetParent !== null)
+            .map(c => ({label: (c.querySelector('[data-testid="block-label"]') || {}).innerText || '',
+                        user: [...c.querySelectorAll('[data-testid="user"]')].map(u => u.innerText.trim()),
+                        images: c.querySelectorAll('[data-testid="user"] img').length,
+                        bots: [...c.querySelectorAll('[data-testid="bot"]')].map(b => b.innerText)}))""")
+        page.screenshot(path=str(SHOTS / "chat.png"), full_page=True)
     labels = [c["label"].strip() for c in columns]
     assert labels == ["DAMC", "expert:image", "expert:audio"], labels
     for column in columns:
@@ -130,33 +129,24 @@ def test_a_three_turn_chat_with_files_in_turns_1_and_3_keeps_every_columns_histo
 def test_the_compare_tab_after_a_run_with_the_bundled_experts(bundled_app_url):  # noqa: F811
     """The README's picture: the image and audio examples compared by every composition and expert. The
     screenshot goes to $STUDIO_SCREENSHOTS (``STUDIO_SCREENSHOTS=assets/screenshots`` remakes the committed one)."""
-    from playwright.sync_api import sync_playwright
-
     audio = Path(__file__).resolve().parent.parent / "examples" / "audio-example.wav"
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=BROWSER_FLAGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1100})
-            page.goto(bundled_app_url, wait_until="load", timeout=120_000)
-            page.get_by_role("tab", name="Compare").click()
-            compare = page.get_by_role("button", name="Compare all variants")
-            compare.wait_for(timeout=120_000)
-            page.get_by_label("Question").first.fill("What do these inputs have in common?")
-            page.locator('#media-image input[type="file"]').set_input_files(str(EXAMPLE_IMAGE))
-            page.locator('[data-testid="image"] img, .image-frame img').first.wait_for(timeout=60_000)
-            page.locator('#media-audio input[type="file"]').set_input_files(str(audio))
-            page.wait_for_timeout(1500)
-            compare.click()
-            page.wait_for_function("document.querySelectorAll('.mc-card .mc-meta').length >= 6 && "
-                                   "[...document.querySelectorAll('.mc-card .mc-meta')].every(m => m.textContent.includes('tokens'))",
-                                   timeout=300_000)
-            cards = page.locator(".mc-card").all_inner_texts()
-            names = page.locator(".mc-card .mc-name").all_inner_texts()
-            page.evaluate("window.scrollTo(0, 0)")
-            page.wait_for_timeout(500)
-            page.screenshot(path=str(SHOTS / "compare.png"), full_page=False)
-        finally:
-            browser.close()
+    with browser_page(bundled_app_url, 1400, 1100) as page:
+        page.get_by_role("tab", name="Compare").click()
+        compare = page.get_by_role("button", name="Compare all variants")
+        compare.wait_for(timeout=120_000)
+        page.get_by_label("Question").first.fill("What do these inputs have in common?")
+        page.locator('#media-image input[type="file"]').set_input_files(str(EXAMPLE_IMAGE))
+        page.locator('[data-testid="image"] img, .image-frame img').first.wait_for(timeout=60_000)
+        page.locator('#media-audio input[type="file"]').set_input_files(str(audio))
+        page.wait_for_timeout(1500)
+        compare.click()
+        page.wait_for_function("document.querySelectorAll('.mc-card .mc-meta').length >= 6 && "
+                               "[...document.querySelectorAll('.mc-card .mc-meta')].every(m => m.textContent.includes('tokens'))",
+                               timeout=300_000)
+        cards = page.locator(".mc-card").all_inner_texts()
+        names = page.locator(".mc-card .mc-name").all_inner_texts()
+        page.evaluate("window.scrollTo(0, 0)")
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(SHOTS / "compare.png"), full_page=False)
     assert names == ["NaiveMC", "DAMC", "expert:image", "expert:image-shared", "expert:audio", "expert:audio-shared"], names
     assert "λ image 0.50, audio 0.50" in cards[1], cards[1]

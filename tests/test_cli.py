@@ -71,6 +71,18 @@ def test_chat_reads_a_piped_three_turn_script(random_experts_dir, base_cache_dir
 
 
 @pytest.mark.slow
+def test_export_as_an_adapter_with_its_card_and_a_push_that_says_why_it_did_not(random_experts_dir, tmp_path, base_cache_dir):
+    out = tmp_path / "adapter"
+    result = run_cli("export", "--variant", "DAMC", "--form", "adapter", "--out", out, "--experts", random_experts_dir,
+                     "--push", "me/damc", cache=base_cache_dir, env={"HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr
+    assert (out / "adapter_config.json").is_file() and (out / "README.md").is_file()
+    assert "note: not pushed: the Hub is offline here" in result.stderr and "the export stays in adapter/" in result.stderr
+    card = (out / "README.md").read_text()
+    assert "base_model_relation: adapter" in card and "HuggingFaceTB/SmolLM2-135M-Instruct" in card
+
+
+@pytest.mark.slow
 def test_export_then_list_the_exported_experts(random_experts_dir, tmp_path, base_cache_dir):
     out = tmp_path / "exported"
     result = run_cli("export", "--variant", "DAMC", "--out", out, "--experts", random_experts_dir, "--lambda", "image=0.7", cache=base_cache_dir)

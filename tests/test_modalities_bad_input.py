@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import media_factory as mf
+from tests import media_factory as mf
 from modalities import ModalityError, get_modality, modality_for_file
 
 ASSETS = mf.media_assets()

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-import media_factory as mf
+from tests import media_factory as mf
 from modalities import (MODALITY_NAMES, LoadedInput, ModalityError, get_modality, list_modalities, modality_for_file,
                         point_cloud_to_ply_bytes, save_ply)
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +20,7 @@ from modalities.encoders import languagebind_video as LB
 from modalities.encoders import point_bert as PB
 from modalities.encoders.kaldi_fbank import kaldi_fbank, mel_banks, num_frames
 
-sys.path.insert(0, str(Path(__file__).parent))
-from media_factory import asset, media_assets  # noqa: E402
+from tests.media_factory import asset, media_assets  # noqa: E402
 
 TRIPWIRE = {"fired": False}
 
@@ -659,7 +657,7 @@ def test_encode_command_writes_the_pipelines_features(tmp_path, beats_file, caps
     from composition.cli import main
     from modalities import get_modality
 
-    from media_factory import sine_wav
+    from tests.media_factory import sine_wav
 
     wavs = [sine_wav(tmp_path / "a.wav", 1.5), sine_wav(tmp_path / "b.wav", 3.0, freq=880.0)]
     out = tmp_path / "features.safetensors"

@@ -9,16 +9,14 @@ checked to be unchanged.
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from media_factory import asset, media_assets  # noqa: E402
-from paper_media import (CLIP_MEAN, CLIP_STD, IMAGES, POINTS, VIDEOS, media_files, reference_clip_pixels,  # noqa: E402
+from tests.media_factory import asset, media_assets  # noqa: E402
+from tests.paper_media import (CLIP_MEAN, CLIP_STD, IMAGES, POINTS, VIDEOS, media_files, reference_clip_pixels,  # noqa: E402
                          reference_clip_processor, reference_expand2square, reference_pc_norm, reference_video_frames,
                          reference_video_pixels, relative_error, write_tiny_clip)
 
@@ -98,7 +96,7 @@ def test_a_transparent_image_gives_the_pixels_of_convert_rgb(name):
 def test_an_exif_rotated_photo_is_read_upright_and_the_note_says_the_original_would_not(tmp_path):
     from PIL import Image, ImageOps
 
-    from media_factory import exif_rotated_jpeg
+    from tests.media_factory import exif_rotated_jpeg
 
     path = exif_rotated_jpeg(tmp_path / "phone.jpg", 20, 10, orientation=6)
     loaded = paper_form("image", "clip").load(path)

@@ -21,9 +21,8 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from media_factory import asset, media_assets  # noqa: E402
-from paper_media import EXAMPLES, write_tiny_clip  # noqa: E402
+from tests.media_factory import asset, media_assets  # noqa: E402
+from tests.paper_media import EXAMPLES, write_tiny_clip  # noqa: E402
 
 from tests import modelcompose_checkpoints as mc  # noqa: E402
 

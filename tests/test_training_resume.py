@@ -12,7 +12,7 @@ from composition.random_models import tiny_base
 from training.checkpoint import BuildPaused, BuildState, StateMismatch
 from training.recipe import TrainConfig, Trainer
 
-from test_training import fake_data
+from tests.test_training import fake_data
 
 CONFIG = TrainConfig(stage0_steps=5, stage1_steps=3, stage2_steps=7, stage3_steps=3, batch_size=3, stage3_batch_size=2,
                      warmup_steps=2, stage2_steps_by_modality=())

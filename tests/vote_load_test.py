@@ -30,34 +30,16 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.load_test import READY, free_port  # noqa: E402
+from tests.load_test import free_port, start_server  # noqa: E402
 
 CHOICES = ("A", "B", "tie", "both bad")
 
 
 def start(port: int, experts: str, votes: Path, timeout: float, log):
-    """The app in a child process on ``port``; returns it once it prints its READY line."""
-    import queue
-    import subprocess
-
-    env = dict(os.environ, STUDIO_VOTES_DB=str(votes))
-    cmd = [sys.executable, str(ROOT / "tests" / "load_test.py"), "--serve", "--port", str(port), "--deadline",
-           str(timeout + 60), "--experts", experts]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
-    lines: queue.Queue = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout] + [lines.put(None)], daemon=True).start()
-    limit = time.monotonic() + min(timeout, 600)
-    while time.monotonic() < limit:
-        try:
-            line = lines.get(timeout=1)
-        except queue.Empty:
-            continue
-        if line is None:
-            break
-        if line.startswith(READY):
-            return proc
-    proc.kill()
-    raise SystemExit("the app did not start (see the server log)")
+    """The app in a child process on ``port``, its votes in ``votes``; returns it once it is ready."""
+    options = argparse.Namespace(timeout=timeout, experts=experts)
+    proc, _, _ = start_server(options, log, port=port, env=dict(os.environ, STUDIO_VOTES_DB=str(votes)))
+    return proc
 
 
 def run(args: argparse.Namespace) -> dict:
