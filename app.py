@@ -25,7 +25,7 @@ from modalities.checks import UserError
 from composition.methods import list_methods
 from composition.methods.registry import GROUPS
 from modalities import MODALITY_NAMES, get_modality
-from studio import arena, chat, controls, exporting, handlers, mcub_tab, presets
+from studio import arena, chat, controls, exporting, handlers, interference, mcub_tab, presets
 from studio import votes as votes_mod
 from studio.cards import CARD_CSS
 from studio.examples import example_rows
@@ -46,6 +46,8 @@ SESSION_CAPACITY = 1000
 INPUT_HEIGHT = 260  # image, video and point boxes as tall as the audio box (which has no height)
 LATEX = [{"left": "$$", "right": "$$", "display": True}, {"left": "$", "right": "$", "display": False}]
 CATALOG_HEADERS = ["name", "modality", "training", "base", "encoder", "folder"]
+SCHEDULE_INFO = ("anchors spread over the layers (mergekit's gradient), or YAML entries with filters: "
+                 "[{filter: self_attn, value: [0, 1]}, {value: 0.5}]. Empty: the slider holds λ.")
 
 
 log = logging.getLogger("studio")
@@ -151,6 +153,14 @@ class Ui:
         return [self.named[n] for n in controls.mu_names_all()]
 
     @property
+    def lambda_boxes(self) -> list:
+        return [self.named[n] for n in controls.lambda_schedule_names_all()]
+
+    @property
+    def mu_boxes(self) -> list:
+        return [self.named[n] for n in controls.mu_schedule_names_all()]
+
+    @property
     def params(self) -> list:
         return [self.named[controls.param_name(m, p)] for m, p in controls.param_keys()]
 
@@ -176,6 +186,7 @@ def coefficients_block(ui: Ui) -> None:
                     "paper's 1/K over the experts that get an input, and follows the inputs. Moving a slider makes "
                     "that λ yours: it stays as you set it. μ scales each **modality** delta (default 1). Answers "
                     "recompose when you release a slider.")
+        ui.lambda_advanced, ui.lambda_plots = [], []
         with gr.Row():
             for i, v in enumerate(lam_views):
                 with gr.Column(min_width=160):
@@ -183,9 +194,20 @@ def coefficients_block(ui: Ui) -> None:
                                                               visible=v.visible))
                     ui.add(controls.lambda_auto_name(i), gr.Checkbox(bool(v.auto), label="auto (1/K)", visible=v.visible,
                                                                      container=False))
+                    with gr.Accordion("advanced: over the layers", open=False, visible=v.visible) as advanced:
+                        ui.add(controls.lambda_schedule_name(i), gr.Textbox(
+                            label="λ schedule", placeholder="0, 0.5, 1", lines=1, info=SCHEDULE_INFO))
+                        ui.lambda_plots.append(gr.LinePlot(x="layer", y="λ", color="modules", height=180,
+                                                           label="λ per layer (as applied)"))
+                    ui.lambda_advanced.append(advanced)
         with gr.Row():
             for name, v in zip(controls.mu_names_all(), mu_views):
                 ui.add(name, gr.Slider(0, 2, value=v.value, step=0.01, label=v.label, visible=v.visible, min_width=160))
+        with gr.Accordion("advanced: μ over the layers", open=False):
+            with gr.Row():
+                for name, v in zip(controls.mu_schedule_names_all(), mu_views):
+                    ui.add(name, gr.Textbox(label=v.label.split(" (")[0] + " schedule", placeholder="1, 1, 0.5",
+                                            visible=v.visible, min_width=160))
         ui.add(controls.MERGE_ALL, gr.Checkbox(s.defaults.merge_all_experts, label="merge every selected expert, even those "
                                                "with no input (the original's merged checkpoints; default: only experts with an input)"))
         with gr.Row():
@@ -307,7 +329,11 @@ def mcub_accuracy_tab(ui: Ui) -> None:
         ui.b_source = gr.Radio(list(mcub_tab.SOURCES), value=mcub_tab.SOURCES[0], label="Items")
         ui.b_upload = gr.File(label="MCUB .json (for 'uploaded')", file_types=[".json"], height=100)
         ui.b_items = gr.Slider(1, 200, value=2, step=1, label="items")
-    ui.b_run = gr.Button("Run benchmark", variant="primary")
+    with gr.Row():
+        ui.b_run = gr.Button("Run benchmark", variant="primary", scale=3)
+        ui.b_retention = gr.Checkbox(False, label="also: what each variant keeps of the base's text skills "
+                                     "(retention, ~100 text-only questions)", scale=2)
+        ui.k_run = gr.Button("Retention only", scale=1)
     ui.b_plot = gr.Plot(label="Accuracy by variant")
     ui.b_summary = gr.Markdown()
     ui.b_json = gr.JSON(label="Result", open=False)
@@ -322,7 +348,9 @@ def mcub_accuracy_tab(ui: Ui) -> None:
     gr.Markdown("### Choose λ and μ as the paper does\nThe same grid, searched on **validation** items (MCUB-synth: "
                 "seed 1; other sources: a seeded 30 % of the items); the best setting is then scored on the disjoint "
                 "**test** items (MCUB-synth: seed 0) beside the paper's default, and put on the sliders.")
-    ui.t_run = gr.Button("Tune λ and μ on validation items")
+    with gr.Row():
+        ui.t_run = gr.Button("Tune λ and μ on validation items")
+        ui.u_run = gr.Button("Choose λ and μ without labels (AdaMMS), beside the labelled choice")
     ui.t_summary = gr.Markdown()
     ui.t_json = gr.JSON(label="Tuning result", open=False)
 
@@ -338,6 +366,28 @@ def learn_tab(ui: Ui) -> None:
                                    label="Variant", allow_custom_value=True, scale=3)
         ui.r_btn = gr.Button("Show token routing", scale=1)
     ui.routing = gr.HTML()
+    interference_section(ui)
+
+
+def interference_section(ui: Ui) -> None:
+    gr.Markdown("### Why decoupling helps\nRaise every expert's λ to s·(1/K): the **shared** merge (NaiveMC over the "
+                "`-shared` experts) adds every expert's delta to every token, the modality tokens included; **DAMC** "
+                "gives a modality's tokens only their own delta, so a larger λ reaches its text tokens alone. The curve "
+                "below is a stored run ([docs/interference.md](docs/interference.md)); rerun it on N items here.")
+    runs = interference.stored_runs()
+    with gr.Row():
+        ui.i_run = gr.Dropdown(runs, value=runs[0] if runs else None, label="Stored run", scale=2)
+        ui.i_items = gr.Slider(1, interference.MAX_RERUN_ITEMS, value=8, step=1, label="items for a rerun", scale=2)
+        ui.i_rerun = gr.Button("Rerun the curve (s = 1, 2, 4)", scale=1)
+    ui.i_plot = gr.Plot(label="Accuracy against s")
+    ui.i_summary = gr.Markdown()
+    gr.Markdown("#### Items where the shared merge fails and DAMC does not (s = 2)")
+    ui.i_examples = gr.Markdown()
+    with gr.Row():
+        ui.i_media = {"image": gr.Image(type="filepath", height=INPUT_HEIGHT, interactive=False, label="example 1: image"),
+                      "audio": gr.Audio(type="filepath", interactive=False, label="example 1: audio"),
+                      "video": gr.Video(height=INPUT_HEIGHT, interactive=False, label="example 1: video"),
+                      "point": gr.Plot(label="example 1: point cloud")}
 
 
 def export_tab(ui: Ui) -> None:
@@ -431,15 +481,45 @@ def api_block(ui: Ui) -> None:
     vote_trigger.click(vote_api, outputs=vote_out, inputs_kwargs={"battle_id": battle, "choice": choice}, api_name="vote")
 
 
+def wire_interference(ui: Ui) -> None:
+    s = ui.studio
+    media = list(ui.i_media.values())
+
+    def shown(run):
+        examples = interference.failure_examples(run)
+        inputs = interference.example_media(examples[0]) if examples else {}
+        return [interference.failure_examples_markdown(examples)] + [inputs.get(m) for m in ui.i_media]
+
+    def on_stored(name):
+        run = interference.load_run(name)
+        return [interference.curves_figure(run), interference.summary_markdown(run), *shown(run)]
+
+    def on_rerun(n, progress=gr.Progress(), **values):
+        fig, summary, run = interference.rerun_curves(s, n, progress, settings=handlers.settings_of(s, values))
+        return [fig, summary, *shown(run)]
+
+    out = [ui.i_plot, ui.i_summary, ui.i_examples, *media]
+    ui.i_run.change(user_errors(on_stored), ui.i_run, out, api_name="interference_stored")
+    ui.i_rerun.click(gpu(user_errors(on_rerun)), [ui.i_items], out, inputs_kwargs=ui.controls, api_name="interference_rerun")
+    if ui.i_run.value:
+        ui.demo.load(user_errors(on_stored), ui.i_run, out, api_name="interference_on_load")
+
+
 # --- wiring ---------------------------------------------------------------------------
 def wire(ui: Ui) -> None:
     s = ui.studio
     composition = {**ui.controls, **ui.media}  # every event below passes these by name
     sliders = [*ui.lams, *ui.autos, *ui.mus]
 
+    advanced = [*ui.lambda_advanced, *ui.lambda_boxes, *ui.mu_boxes]
+    sliders_and_advanced = sliders + advanced
+
     def refresh_sliders(reset: bool = False, **values):
         lams, mus = handlers.slider_views(s, values, reset=reset)
-        return slider_updates(lams) + auto_updates(lams) + slider_updates(mus)
+        # A new selection or Reset empties the schedule boxes: their slots now belong to other experts.
+        box = (lambda v: gr.update(visible=v.visible, value="")) if reset else (lambda v: gr.update(visible=v.visible))
+        return (slider_updates(lams) + auto_updates(lams) + slider_updates(mus) + [gr.update(visible=v.visible) for v in lams]
+                + [box(v) for v in lams] + [box(v) for v in mus])
 
     # Moving a λ slider makes that λ the user's: its "auto" box is unticked in the browser at once,
     # before the release that recomposes reads it.
@@ -447,17 +527,17 @@ def wire(ui: Ui) -> None:
         lam.input(None, None, auto, js="() => false", queue=False)
 
     def recompose(answered_with="", **values):
-        return handlers.recompose(s, values, answered_with)
+        return (*handlers.recompose(s, values, answered_with), *handlers.lambda_curves(s, values))
 
-    compose_out = [ui.compose_msg, ui.formulas]
+    compose_out = [ui.compose_msg, ui.formulas, *ui.lambda_plots]
     compose_kw = {**composition, "answered_with": ui.answered_with}
     recompose = user_errors(recompose)
     # .input, not .change: a config load sets the selection and must not reset λ to 1/K.
-    ui.selected.input(user_errors(functools.partial(refresh_sliders, True)), outputs=sliders, inputs_kwargs=composition,
+    ui.selected.input(user_errors(functools.partial(refresh_sliders, True)), outputs=sliders_and_advanced, inputs_kwargs=composition,
                       api_name="select_experts").then(recompose, outputs=compose_out, inputs_kwargs=compose_kw,
                                                       api_name="recompose_after_select")
     # New inputs change who takes part (λ = 1/K over the experts with an input): the sliders show it.
-    gr.on([c.change for c in ui.media.values()], user_errors(refresh_sliders), outputs=sliders, inputs_kwargs=composition,
+    gr.on([c.change for c in ui.media.values()], user_errors(refresh_sliders), outputs=sliders_and_advanced, inputs_kwargs=composition,
           api_name="inputs_changed").then(recompose, outputs=compose_out, inputs_kwargs=compose_kw, api_name="recompose_after_inputs")
 
     def on_add(path, selected):
@@ -471,10 +551,15 @@ def wire(ui: Ui) -> None:
     released = [c.release if isinstance(c, gr.Slider) else c.change for c in (*ui.lams, *ui.mus, *ui.params)]
     gr.on(released + [p.change for p in pickers], recompose, outputs=compose_out, inputs_kwargs=compose_kw, api_name="recompose")
     # Ticking "auto" again hands that λ back to the engine: the sliders show 1/K, then the answers recompose.
-    gr.on([a.input for a in ui.autos] + [ui.named[controls.MERGE_ALL].input], user_errors(refresh_sliders), outputs=sliders,
-          inputs_kwargs=composition, api_name="lambda_auto").then(recompose, outputs=compose_out, inputs_kwargs=compose_kw,
+    gr.on([a.input for a in ui.autos] + [ui.named[controls.MERGE_ALL].input], user_errors(refresh_sliders),
+          outputs=sliders_and_advanced, inputs_kwargs=composition, api_name="lambda_auto").then(recompose, outputs=compose_out, inputs_kwargs=compose_kw,
                                                                  api_name="recompose_after_auto")
-    ui.reset.click(user_errors(functools.partial(refresh_sliders, True)), outputs=sliders, inputs_kwargs=composition,
+    # A schedule typed (Enter or leaving the box) locks its slider, then the answers recompose.
+    gr.on([b.submit for b in (*ui.lambda_boxes, *ui.mu_boxes)] + [b.blur for b in (*ui.lambda_boxes, *ui.mu_boxes)],
+          user_errors(refresh_sliders), outputs=sliders_and_advanced, inputs_kwargs=composition,
+          api_name="schedule_typed").then(recompose, outputs=compose_out, inputs_kwargs=compose_kw,
+                                          api_name="recompose_after_schedule")
+    ui.reset.click(user_errors(functools.partial(refresh_sliders, True)), outputs=sliders_and_advanced, inputs_kwargs=composition,
                    api_name="reset_coefficients").then(recompose, outputs=compose_out, inputs_kwargs=compose_kw,
                                                        api_name="recompose_after_reset")
     def show_params(**chosen):
@@ -507,12 +592,18 @@ def wire(ui: Ui) -> None:
     # Cancelling closes the stream's generator; studio.run stops the generation thread at its next token.
     ui.stop.click(handlers.stopped_cards, ui.cards, ui.cards, cancels=runs, queue=False, api_name="stop_compare")
 
-    def on_bench(source, upload, n, progress=gr.Progress(), **values):
+    def on_bench(source, upload, n, retention, progress=gr.Progress(), **values):
         items = mcub_tab.load_items(source, upload, n, progress)
-        return mcub_tab.run_mcub(s, handlers.settings_of(s, values), items, progress)
+        return mcub_tab.run_mcub(s, handlers.settings_of(s, values), items, progress, retention=bool(retention))
 
-    ui.b_run.click(gpu(user_errors(on_bench)), [ui.b_source, ui.b_upload, ui.b_items], [ui.b_plot, ui.b_summary, ui.b_json],
-                   inputs_kwargs=ui.controls, api_name="benchmark")
+    ui.b_run.click(gpu(user_errors(on_bench)), [ui.b_source, ui.b_upload, ui.b_items, ui.b_retention],
+                   [ui.b_plot, ui.b_summary, ui.b_json], inputs_kwargs=ui.controls, api_name="benchmark")
+
+    def on_retention(progress=gr.Progress(), **values):
+        return mcub_tab.run_retention(s, handlers.settings_of(s, values), progress)
+
+    ui.k_run.click(gpu(user_errors(on_retention)), outputs=[ui.b_summary, ui.b_json], inputs_kwargs=ui.controls,
+                   api_name="retention")
 
     def on_sweep(source, upload, n, scales, mus, progress=gr.Progress(), **values):
         items = mcub_tab.load_items(source, upload, n, progress)
@@ -522,18 +613,31 @@ def wire(ui: Ui) -> None:
     ui.s_run.click(gpu(user_errors(on_sweep)), [ui.b_source, ui.b_upload, ui.s_items, ui.s_scales, ui.s_mus], ui.s_plot,
                    inputs_kwargs=ui.controls, api_name="sweep")
 
-    def on_tune(source, upload, n, scales, mus, progress=gr.Progress(), **values):
-        validation, test = mcub_tab.tune_items(source, upload, n)
-        summary, result, applied = mcub_tab.run_tune(s, handlers.settings_of(s, values), validation, test,
-                                                     mcub_tab.parse_grid(scales, "λ scales"), mcub_tab.parse_grid(mus, "μ values"),
-                                                     progress)
+    def chosen(summary, result, applied, values):
+        """A search's result, and its choice on the sliders (the schedule boxes emptied: a number is chosen)."""
         shown = controls.values_from_settings(s.cm.experts, applied, handlers.present_modalities(values))
         lams = [shown[n] for n in controls.lambda_names_all()]
+        boxes = [shown[n] for n in (*controls.lambda_schedule_names_all(), *controls.mu_schedule_names_all())]
         return [summary, result] + slider_updates(lams) + auto_updates(lams) + slider_updates(
-            [shown[n] for n in controls.mu_names_all()])
+            [shown[n] for n in controls.mu_names_all()]) + [gr.update(value=b) for b in boxes]
 
-    ui.t_run.click(gpu(user_errors(on_tune)), [ui.b_source, ui.b_upload, ui.s_items, ui.s_scales, ui.s_mus],
-                   [ui.t_summary, ui.t_json, *sliders], inputs_kwargs=composition, api_name="tune")
+    def on_tune(source, upload, n, scales, mus, progress=gr.Progress(), **values):
+        validation, test = mcub_tab.tune_items(source, upload, n)
+        return chosen(*mcub_tab.run_tune(s, handlers.settings_of(s, values), validation, test,
+                                         mcub_tab.parse_grid(scales, "λ scales"), mcub_tab.parse_grid(mus, "μ values"),
+                                         progress), values)
+
+    def on_search(source, upload, n, scales, mus, progress=gr.Progress(), **values):
+        validation, test = mcub_tab.tune_items(source, upload, n)
+        return chosen(*mcub_tab.run_search(s, handlers.settings_of(s, values), validation, test,
+                                           mcub_tab.parse_grid(scales, "λ scales"), mcub_tab.parse_grid(mus, "μ values"),
+                                           progress), values)
+
+    searched = [ui.t_summary, ui.t_json, *sliders, *ui.lambda_boxes, *ui.mu_boxes]
+    ui.t_run.click(gpu(user_errors(on_tune)), [ui.b_source, ui.b_upload, ui.s_items, ui.s_scales, ui.s_mus], searched,
+                   inputs_kwargs=composition, api_name="tune")
+    ui.u_run.click(gpu(user_errors(on_search)), [ui.b_source, ui.b_upload, ui.s_items, ui.s_scales, ui.s_mus], searched,
+                   inputs_kwargs=composition, api_name="tune_without_labels")
 
     def on_routing(variant, **values):
         return handlers.token_routing(s, variant, values)
@@ -567,6 +671,7 @@ def wire(ui: Ui) -> None:
     ui.x_push.click(user_errors(exporting.push_zip), [ui.x_file, ui.x_repo, ui.x_private], ui.x_push_msg, api_name="push_export")
     wire_chat(ui, composition)
     wire_arena(ui, composition)
+    wire_interference(ui)
     ui.demo.load(recompose, outputs=compose_out, inputs_kwargs=compose_kw, api_name="initial_compose")
     # A page load shows the catalog as it is now (an expert folder removed since startup is flagged).
     ui.demo.load(lambda: handlers.catalog_status(s), None, [ui.catalog, ui.catalog_msg], api_name="catalog_status")

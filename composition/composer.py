@@ -27,6 +27,7 @@ from .lora import LLAMA_TARGETS
 from .prompt import PromptRow, build_conversation_row, user_message
 from .routing import RoutedLinear, Router, attach_routed_linears
 from .plan import Plan, make_plan
+from .schedules import ModuleLayout
 from .variants import TEXT_ROUTE, Coefficients, ResolvedVariant, SlotTable, VariantKind, VariantSpec, route_names
 
 # Each dense merge result is as large as the model's target layers: keep only a few. A core-space
@@ -106,6 +107,28 @@ class VariantAnswer:
 
 FeatureFn = Callable[[Expert, ModalInput], torch.Tensor]
 
+# A shared prefix shorter than this is prefilled with its rows (one more pass costs more than it saves).
+MIN_SHARED_PREFIX = 8
+
+
+def shared_prefixes(rows: Sequence[PromptRow], n_variants: int) -> list[tuple[list[int], int]]:
+    """Per variant, its rows (``k * n_variants + j`` for request k) and the positions they all start with:
+    the same tokens and modality blocks (``PromptRow.keys``), under the same coefficients. Each row keeps
+    at least its last position; groups of one row, or with a prefix under ``MIN_SHARED_PREFIX``, are left out."""
+    groups = []
+    for j in range(n_variants):
+        members = list(range(j, len(rows), n_variants))
+        if len(members) < 2:
+            continue
+        keys = [rows[i].keys for i in members]
+        limit = min(len(k) for k in keys) - 1
+        length = 0
+        while length < limit and all(k[length] is not None and k[length] == keys[0][length] for k in keys):
+            length += 1
+        if length >= MIN_SHARED_PREFIX:
+            groups.append((members, length))
+    return groups
+
 
 def encode_with_registry(expert: Expert, item: ModalInput) -> torch.Tensor:
     """Features of ``item`` from the expert's frozen encoder, computed once per (input, encoder).
@@ -142,6 +165,11 @@ class ComposedModel:
         names = [n for n, m in self.model.named_modules() if n.rsplit(".", 1)[-1] in targets and isinstance(m, torch.nn.Linear)]
         self.layers = attach_routed_linears(self.model, names, self.router)
         self.linear_shapes = {n: (layer.out_features, layer.in_features) for n, layer in self.layers.items()}
+        # The coefficient table's module axis (used when a λ or μ varies by layer or module).
+        n_layers = getattr(getattr(self.model, "config", None), "num_hidden_layers", None)
+        self.layout = ModuleLayout.of(self.layers, n_layers if isinstance(n_layers, int) and n_layers > 0 else None)
+        for position, module in enumerate(self.layout.modules):
+            self.layers[module].position = position
         self.experts: dict[str, Expert] = {}
         self._dense_results: OrderedDict[tuple, int] = OrderedDict()  # dense slots of non-linear merges
         self._core_results: OrderedDict[tuple, int] = OrderedDict()  # low-rank slots of core-space merges
@@ -235,7 +263,8 @@ class ComposedModel:
                 raise CompositionError(f"expert {unknown[0]!r} is not loaded; loaded experts: {sorted(experts)}.")
             experts = {n: e for n, e in experts.items() if n in names}
         return make_plan(list(experts.values()), self.slots, present, variants, coefficients, methods=methods, hyper=hyper,
-                         experts_without_input=experts_without_input, merge_all_experts=merge_all_experts)
+                         experts_without_input=experts_without_input, merge_all_experts=merge_all_experts,
+                         layout=self.layout)
 
     def default_variants(self, input_modalities: Iterable[str]) -> list[str]:
         """The names of the variants a request with these inputs runs by default."""
@@ -267,7 +296,8 @@ class ComposedModel:
         req = rv.dense
         core = req.space == "core"
         cache, limit = (self._core_results, MAX_CORE_RESULTS) if core else (self._dense_results, MAX_DENSE_RESULTS)
-        key = (req.method, req.space, tuple(sorted(req.hyper.items())), tuple(req.slots), tuple(req.weights), req.seed)
+        key = (req.method, req.space, tuple(sorted(req.hyper.items())), tuple(req.slots), tuple(req.weights), req.seed,
+               req.module_weights)
         with self.lock:
             if key in cache:
                 cache.move_to_end(key)
@@ -275,7 +305,8 @@ class ComposedModel:
             else:
                 pinned = set(in_use)
                 if self._baseline is not None:
-                    pinned |= {i for i, c in enumerate(self._baseline.tolist()) if c != 0.0}
+                    used = self._baseline if self._baseline.dim() == 1 else self._baseline.abs().sum(0)
+                    pinned |= {i for i, c in enumerate(used.tolist()) if c != 0.0}
                 evictable = [k for k, v in cache.items() if v not in pinned]
                 while evictable and len(cache) >= limit:
                     old = cache.pop(evictable.pop(0))
@@ -285,9 +316,10 @@ class ComposedModel:
                 for name, layer in self.layers.items():
                     # A stable per-layer seed so random methods (DARE) differ by layer yet repeat exactly.
                     seed = layer_seed(req.seed, name)
+                    weights = req.weights_at(layer.position)  # a schedule's weights at this module
                     if core:
                         # An expert with no delta at this layer takes no part here (dense passes zeros instead).
-                        present = [(s, w) for s, w in zip(req.slots, req.weights) if s in layer.lowrank]
+                        present = [(s, w) for s, w in zip(req.slots, weights) if s in layer.lowrank]
                         if present:
                             A, B, scale = core_merge(req.method, [(layer.lowrank[s].A, layer.lowrank[s].B_scaled, 1.0)
                                                                   for s, _ in present], [w for _, w in present], req.hyper,
@@ -299,24 +331,34 @@ class ComposedModel:
                         continue
                     zeros = torch.zeros(layer.out_features, layer.in_features, device=layer.weight.device)  # slot_delta is fp32
                     inputs = [d if d is not None else zeros for d in inputs]
-                    layer.set_dense(slot, merge_deltas(req.method, inputs, req.weights, seed=seed, **req.hyper))
+                    layer.set_dense(slot, merge_deltas(req.method, inputs, weights, seed=seed, **req.hyper))
                 cache[key] = slot
         for route in rv.dense_routes:
             rv.routes[route] = {slot: 1.0}
         return slot
 
     def coef_table(self, variants: Sequence[ResolvedVariant]) -> torch.Tensor:
-        """``(len(variants) * n_routes, n_slots)``: row ``v * n_routes + route`` holds that route's coefficients."""
+        """``(len(variants) * n_routes, n_slots)``: row ``v * n_routes + route`` holds that route's coefficients.
+
+        With a λ or μ that varies by module (a schedule, or such a merge written into the weights)
+        the table gets a module axis, ``(rows, n_modules, n_slots)`` in ``layout`` order, and each
+        routed layer reads its own column (``composition.routing``).
+        """
         names = route_names()
         n_slots = max(len(self.slots), 1)
-        table = torch.zeros(len(variants) * len(names), n_slots)
+        per_module = any(rv.module_routes for rv in variants) or (self._baseline is not None and self._baseline.dim() == 2)
+        shape = (len(variants) * len(names), len(self.layout.modules), n_slots) if per_module else (len(variants) * len(names), n_slots)
+        table = torch.zeros(shape)
         for v, rv in enumerate(variants):
             for r, route in enumerate(names):
+                row = table[v * len(names) + r]
                 for slot, c in rv.routes.get(route, {}).items():
-                    table[v * len(names) + r, slot] = c
+                    row[..., slot] = c
+                for slot, values in rv.module_routes.get(route, {}).items():
+                    row[:, slot] = torch.tensor(values)
         if self._baseline is not None:
-            base = torch.zeros(n_slots)
-            base[: self._baseline.numel()] = self._baseline
+            base = torch.zeros(self._baseline.shape[:-1] + (n_slots,))
+            base[..., : self._baseline.shape[-1]] = self._baseline
             table -= base
         weight = self.model.get_input_embeddings().weight
         return table.to(weight.device, weight.dtype)
@@ -379,7 +421,7 @@ class ComposedModel:
                                        f"context of {window} tokens. Shorten the question or give fewer inputs.")
             notes = []
             if first:
-                dropped = f"turn 1" if first == 1 else f"turns 1–{first}"
+                dropped = "turn 1" if first == 1 else f"turns 1–{first}"
                 notes.append(f"{dropped} of the conversation were left out: with them it outgrew the base's context of "
                              f"{window} tokens.")
             out.append((row, notes))
@@ -514,7 +556,10 @@ class ComposedModel:
             reused = [0] * len(rows)
             if session is None:
                 scoring = {"on_first_logits": first.append} if keep_logits else {}
-                tokens = generate_batch(self.model, self.router, self.routed_batch(rows), table, generation,
+                batch = self.routed_batch(rows)
+                if len(requests) > 1:  # one variant's rows for several requests start alike: prefill that once
+                    batch.shared_prefixes = shared_prefixes(rows, v)
+                tokens = generate_batch(self.model, self.router, batch, table, generation,
                                         self.base.eos_token_ids, step_cb, should_stop, **scoring)
             else:
                 tokens, reused = self._generate_reusing(rows, [resolved[i % v] for i in range(len(rows))], table, generation,
@@ -553,8 +598,9 @@ class ComposedModel:
         """What a KV cache was computed with besides its tokens: the variant's coefficients on every route
         (dense merges by slot) and what is written into the weights."""
         routes = tuple(sorted((route, tuple(sorted(coefs.items()))) for route, coefs in rv.routes.items()))
-        baseline = None if self._baseline is None else tuple(self._baseline.tolist())
-        return rv.name, routes, baseline
+        per_module = tuple(sorted((route, tuple(sorted(coefs.items()))) for route, coefs in rv.module_routes.items()))
+        baseline = None if self._baseline is None else tuple(self._baseline.flatten().tolist())
+        return rv.name, routes, per_module, baseline
 
     def compare(self, question: str, inputs: Sequence[ModalInput] = (), variants: Sequence[str | VariantSpec] | Plan | None = None,
                 coefficients: Coefficients | None = None, config: GenerationConfig | None = None, *, batched: bool = True,
@@ -633,9 +679,7 @@ class ComposedModel:
             # Resolve first: a bad request changes nothing. Each layer then rewrites its weight
             # from its kept original, so a previous merge needs no separate restore pass.
             rv = self.resolve([variant], coefficients or Coefficients(), set(input_modalities))[0]
-            coef = torch.zeros(len(self.slots))
-            for slot, c in rv.routes[TEXT_ROUTE].items():
-                coef[slot] = c
+            coef = self.route_coefficients(rv, TEXT_ROUTE)
             shared: dict = {}
             try:
                 for layer in self.layers.values():
@@ -648,6 +692,17 @@ class ComposedModel:
         if self.model.get_input_embeddings().weight.is_cuda:
             torch.cuda.synchronize()
         return time.perf_counter() - start
+
+    def route_coefficients(self, rv: ResolvedVariant, route: str) -> torch.Tensor:
+        """``rv``'s coefficients on ``route`` over the slots, ``(n_slots,)``, or ``(n_modules, n_slots)`` when
+        they vary by module (CPU, fp32: what ``materialize`` writes and the adapter export reads)."""
+        per_module = rv.module_routes.get(route)
+        coef = torch.zeros((len(self.layout.modules), len(self.slots)) if per_module else (len(self.slots),))
+        for slot, c in rv.routes.get(route, {}).items():
+            coef[..., slot] = c
+        for slot, values in (per_module or {}).items():
+            coef[:, slot] = torch.tensor(values)
+        return coef
 
     def dematerialize(self) -> None:
         with self.lock:

@@ -6,7 +6,9 @@ YAML file a user saves are all this class, and it plans through the engine
 
 λ: an expert with no value (absent, ``None`` or ``auto`` in the YAML) gets the paper's
 default, 1/K over the experts of its kind that take part (those with an input). A number
-is the user's and is never replaced, whatever inputs come and go.
+is the user's and is never replaced, whatever inputs come and go. ``lambda_scale`` s makes
+every auto λ s·(1/K), for the shared composition and DAMC alike (YAML
+``coefficients.lambda_scale``, CLI ``--lambda-scale``; 1 is the paper's).
 
     config = CompositionConfig(experts=["image", "audio"], lambdas={"image": 0.5, "audio": 0.5})
     plan = config.plan(cm, present={"image", "audio", "video"})     # λ image 0.5, audio 0.5; video 1/3
@@ -16,14 +18,14 @@ is the user's and is never replaced, whatever inputs come and go.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from .errors import CompositionError
 from .generate import GenerationConfig
-from .variants import EXPERT_PREFIX, Coefficients, VariantSpec, applied_lambdas
+from .schedules import Schedule, parse_coefficient, plain
+from .variants import COEF_RANGE, EXPERT_PREFIX, Coefficients, VariantSpec, applied_lambdas
 
 CONFIG_FORMAT = "mllm-composition-studio/1"
 AUTO = "auto"
@@ -38,8 +40,11 @@ class CompositionConfig:
 
     Args:
         experts: names of the experts taking part; None: every loaded expert.
-        lambdas: λ per expert name (the text merge); an expert without a value is auto (1/K).
-        mus: μ per modality (the modality deltas); default 1.
+        lambdas: λ per expert name (the text merge); an expert without a value is auto (1/K). A value
+            may be a schedule over layers and modules (``composition.schedules``).
+        mus: μ per modality (the modality deltas); default 1; a schedule too.
+        lambda_scale: every auto λ is lambda_scale·(1/K) (NaiveMC's and DAMC's alike); default 1, the
+            paper's 1/K. A λ in ``lambdas`` is never scaled.
         variants: variant names to run; None: the defaults (NaiveMC, DAMC, each expert with an
             input) plus ``methods``.
         methods: merge methods added to the defaults as comparison columns (registry names,
@@ -53,8 +58,9 @@ class CompositionConfig:
     """
 
     experts: list[str] | None = None
-    lambdas: dict[str, float | None] = field(default_factory=dict)
-    mus: dict[str, float] = field(default_factory=dict)
+    lambdas: dict[str, float | Schedule | None] = field(default_factory=dict)
+    mus: dict[str, float | Schedule] = field(default_factory=dict)
+    lambda_scale: float = 1.0
     variants: list[str] | None = None
     methods: list[str] = field(default_factory=list)
     method_params: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -75,9 +81,10 @@ class CompositionConfig:
             self.experts = [str(n) for n in _listed(self.experts, "experts")]
         self.lambdas = {str(k): _lambda_value(k, v) for k, v in _mapping(self.lambdas, "lambdas").items()}
         self.lambdas = {k: v for k, v in self.lambdas.items() if v is not None}  # auto: not a value
-        self.mus = {str(k): v for k, v in _mapping(self.mus, "mus").items()}
-        Coefficients(self.lambdas, self.mus)  # range and modality-name checks, with the engine's messages
-        self.mus = {k: float(v) for k, v in self.mus.items()}
+        self.mus = {str(k): parse_coefficient(v, f"μ for {k!r}", COEF_RANGE) for k, v in _mapping(self.mus, "mus").items()}
+        if isinstance(self.lambda_scale, int) and not isinstance(self.lambda_scale, bool):
+            self.lambda_scale = float(self.lambda_scale)
+        Coefficients(self.lambdas, self.mus, self.lambda_scale)  # range and name checks, with the engine's messages
         self.methods = [str(m) for m in _listed(self.methods, "methods")]
         for method in self.methods:
             split_space(method)  # unknown name or space -> an error listing what is accepted
@@ -121,17 +128,19 @@ class CompositionConfig:
     def coefficients(self, loaded: Mapping | None = None, present: Iterable[str] = ()) -> Coefficients:
         """The coefficients to send the engine for inputs of ``present`` modalities.
 
-        Without ``loaded`` experts: the user's values only (the engine gives every auto λ 1/K).
+        Without ``loaded`` experts: the user's values only (the engine gives every auto λ lambda_scale/K).
         With them: nothing when every λ is auto; otherwise the user's λ and, for the auto ones,
         the default the engine's rule gives for these inputs (the same values, written out).
         """
+        scale = self.lambda_scale
         if loaded is None:
-            return Coefficients(dict(self.lambdas), dict(self.mus))
+            return Coefficients(dict(self.lambdas), dict(self.mus), scale)
         explicit = {n: v for n, v in self.lambdas.items() if n in loaded}
         if not explicit:
-            return Coefficients({}, dict(self.mus))
-        applied = applied_lambdas(self.selection(loaded), set(present), Coefficients(explicit), self.merge_all_experts)
-        return Coefficients({**applied, **explicit}, dict(self.mus))
+            return Coefficients({}, dict(self.mus), scale)
+        applied = applied_lambdas(self.selection(loaded), set(present), Coefficients(explicit, lambda_scale=scale),
+                                  self.merge_all_experts)
+        return Coefficients({**applied, **explicit}, dict(self.mus), scale)
 
     def variant_specs(self) -> list[VariantSpec] | None:
         """The explicit variants as specs, each method with its hyper-parameters (None: the defaults)."""
@@ -179,13 +188,15 @@ class CompositionConfig:
                             "training": expert.training})
         lambdas = {n: self.lambdas.get(n, AUTO) for n in names}
         lambdas.update(self.lambdas)
+        lambdas = {n: plain(v) for n, v in lambdas.items()}
         data = {
             "format": CONFIG_FORMAT,
             "base": base_name or self.base,
             "experts": experts,
             "variants": list(self.variants) if self.variants is not None else ["NaiveMC", "DAMC", DEFAULT_VARIANTS_MARK,
                                                                                 *self.methods],
-            "coefficients": {"lambdas": lambdas, "mus": dict(self.mus)},
+            "coefficients": {"lambdas": lambdas, "mus": {m: plain(v) for m, v in self.mus.items()},
+                             **({"lambda_scale": self.lambda_scale} if self.lambda_scale != 1.0 else {})},
             "methods": {m: self.hyper(m) for m in self.methods},
             "generation": {k: getattr(self, k) for k in GENERATION_KEYS},
         }
@@ -224,6 +235,9 @@ class CompositionConfig:
         if base and base_name and base != base_name:
             notes.append(f"the config was saved with base {base!r}; this app runs {base_name!r}.")
         coefficients = _section(data, "coefficients")
+        unknown = sorted(set(coefficients) - {"lambdas", "mus", "lambda_scale"})
+        if unknown:
+            raise CompositionError(f"config coefficients key {unknown[0]!r} is unknown; expected lambdas, mus, lambda_scale.")
         methods = _section(data, "methods")
         generation = _section(data, "generation")
         unknown = sorted(set(generation) - set(GENERATION_KEYS))
@@ -233,7 +247,8 @@ class CompositionConfig:
         if isinstance(variants, list) and DEFAULT_VARIANTS_MARK in variants:
             variants = None  # the defaults, written out (as every older file has them)
         config = cls(experts=selected, lambdas=_section(coefficients, "lambdas", "coefficients"),
-                     mus=_section(coefficients, "mus", "coefficients"), variants=variants, methods=list(methods),
+                     mus=_section(coefficients, "mus", "coefficients"),
+                     lambda_scale=coefficients.get("lambda_scale", 1.0), variants=variants, methods=list(methods),
                      method_params={m: _section(methods, m, "methods") for m in methods},
                      merge_all_experts=data.get("merge_all_experts", False),
                      experts_without_input=data.get("experts_without_input", False), base=base, **generation)
@@ -243,13 +258,14 @@ class CompositionConfig:
 
 
 # --- validation helpers ---------------------------------------------------------------
-def _lambda_value(name, value) -> float | None:
-    """A λ as given: a number, or auto (None, "auto")."""
+def _lambda_value(name, value) -> float | Schedule | None:
+    """A λ as given: a number, a schedule over layers (anchors, or {filter, value} entries), or auto (None, "auto")."""
     if value is None or (isinstance(value, str) and value.strip().lower() == AUTO):
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise CompositionError(f"λ for {name!r} is {value!r}; expected a number or {AUTO!r} (the paper's 1/K).")
-    return float(value)
+    if isinstance(value, (str, bool)):
+        raise CompositionError(f"λ for {name!r} is {value!r}; expected a number, a list of anchors such as [0, 0.5, 1], "
+                               f"or {AUTO!r} (the paper's 1/K).")
+    return parse_coefficient(value, f"λ for {name!r}", COEF_RANGE)
 
 
 def _mapping(value, what: str) -> Mapping:

@@ -38,6 +38,7 @@ from .expert import EncoderRef, Expert, ExpertConfig, save_expert
 from .linalg import thin_svd
 from .lora import LoraDelta, save_lora
 from .routing import plain_state_dict
+from .schedules import plain
 from .variants import TEXT_ROUTE, Coefficients
 
 EXPORT_FORMAT_VERSION = 1
@@ -109,7 +110,6 @@ def export_composition(cm: ComposedModel, variant: str, folder: Path, *, coeffic
     adapter, kept = None, {}
     with cm.lock:
         rv = cm.resolve([variant], coefficients, present)[0]
-        text = rv.routes[TEXT_ROUTE]
         if form == "full":
             cm.materialize(variant, coefficients, present)
             try:
@@ -117,13 +117,14 @@ def export_composition(cm: ComposedModel, variant: str, folder: Path, *, coeffic
             finally:
                 cm.dematerialize()
         else:
-            adapter, kept = _text_adapter(cm, text, rank)
+            adapter, kept = _text_adapter(cm, rv, rank)
         corrections = {}
         for modality in rv.block_experts:
-            route = rv.routes.get(modality, {})
-            diff = {s: route.get(s, 0.0) - text.get(s, 0.0) for s in set(route) | set(text)}
             factors = {}
-            for module in cm.layers:
+            for module, layer in cm.layers.items():
+                # What the modality's tokens apply on top of the text merge, at this module (schedules included).
+                route, text = rv.route_at(modality, layer.position), rv.route_at(TEXT_ROUTE, layer.position)
+                diff = {s: route.get(s, 0.0) - text.get(s, 0.0) for s in set(route) | set(text)}
                 f = _correction_factors(cm, module, diff)
                 if f is not None:
                     factors[module] = f
@@ -156,7 +157,8 @@ def export_composition(cm: ComposedModel, variant: str, folder: Path, *, coeffic
         "format_version": EXPORT_FORMAT_VERSION,
         "form": form,
         "variant": rv.name,
-        "coefficients": {"lambdas": dict(coefficients.lambdas), "mus": dict(coefficients.mus)},
+        "coefficients": {"lambdas": {k: plain(v) for k, v in coefficients.lambdas.items()},
+                         "mus": {k: plain(v) for k, v in coefficients.mus.items()}},
         "modalities": sorted(names),
         "experts": {m: f"experts/{m}" for m in sorted(names)},
         "template": getattr(cm.base.template, "name", None),
@@ -177,7 +179,7 @@ def export_composition(cm: ComposedModel, variant: str, folder: Path, *, coeffic
     return folder
 
 
-def _text_adapter(cm: ComposedModel, text: dict[int, float], rank: int | None) -> tuple[LoraDelta, dict[str, float]]:
+def _text_adapter(cm: ComposedModel, rv, rank: int | None) -> tuple[LoraDelta, dict[str, float]]:
     """The text route's merged delta as one LoRA delta of uniform rank, and per truncated layer the energy kept.
 
     Every layer's delta is exact as the experts' factors side by side (a dense merge result by SVD at
@@ -185,8 +187,8 @@ def _text_adapter(cm: ComposedModel, text: dict[int, float], rank: int | None) -
     directions, computed on the small core (QR of both factors), never on the full matrix.
     """
     factors, kept = {}, {}
-    for module in cm.layers:
-        f = _correction_factors(cm, module, text)
+    for module, layer in cm.layers.items():
+        f = _correction_factors(cm, module, rv.route_at(TEXT_ROUTE, layer.position))
         if f is None:
             continue
         a, b = f

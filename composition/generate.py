@@ -46,7 +46,12 @@ class GenerationConfig:
 
 @dataclass
 class RoutedBatch:
-    """Left-padded prompt batch with per-position global route ids."""
+    """Left-padded prompt batch with per-position global route ids.
+
+    ``shared_prefixes``: groups of rows whose first positions are the same tokens with the same
+    coefficients (one variant's rows for several items start with the same system prompt), as
+    ``(rows, length)``; ``generate_batch`` prefills each such prefix once (``prefill_shared``).
+    """
 
     embeds: torch.Tensor  # (B, T, H)
     attention_mask: torch.Tensor  # (B, T) long
@@ -54,6 +59,7 @@ class RoutedBatch:
     route_ids: torch.Tensor  # (B, T) long, index into the coefficient table
     text_route_ids: torch.Tensor  # (B,) long
     lengths: list[int]
+    shared_prefixes: list[tuple[list[int], int]] | None = None
 
 
 def pad_rows(rows_embeds: list[torch.Tensor], rows_route_ids: list[torch.Tensor], text_route_ids: torch.Tensor) -> RoutedBatch:
@@ -202,13 +208,120 @@ def generate_batch(model, router: Router, batch: RoutedBatch, coef_table: torch.
     ``(B, vocab)`` logits of the first generated position (for scoring tools).
     """
     try:
-        logits, cache = prefill(model, router, batch, coef_table)
+        mask = batch.attention_mask
+        if batch.shared_prefixes and _joinable_model(model):
+            logits, cache, mask = prefill_shared(model, router, batch, coef_table)
+        else:
+            logits, cache = prefill(model, router, batch, coef_table)
         if on_first_logits is not None:
             on_first_logits(logits)
-        return decode(model, router, logits, cache, batch.attention_mask, batch.position_ids[:, -1:],
+        return decode(model, router, logits, cache, mask, batch.position_ids[:, -1:],
                       coef_table[batch.text_route_ids][:, None, :], config, eos_token_ids, on_step, should_stop).tokens
     finally:
         router.set(None)
+
+
+def _real_positions(batch: RoutedBatch, row: int, start: int, stop: int) -> tuple[slice, torch.Tensor]:
+    """Columns of ``batch`` holding row ``row``'s real positions ``[start, stop)`` (it is left-padded)."""
+    width = batch.embeds.shape[1]
+    offset = width - batch.lengths[row]
+    cols = slice(offset + start, offset + stop)
+    return cols, batch.route_ids[row, cols]
+
+
+@torch.no_grad()
+def prefill_shared(model, router: Router, batch: RoutedBatch, coef_table: torch.Tensor, *, max_ratio: float = 1.25):
+    """``prefill`` where groups of rows share their first positions (``batch.shared_prefixes``): each
+    shared prefix is prefilled once, then every row prefills only the rest of its prompt on top of
+    its group's cache (rows in length buckets of the rest, as ``prefill``).
+
+    Returns the last position's logits ``(B, vocab)``, one KV cache for every row and its attention
+    mask ``(B, T')``: each row holds its prefix (left-padded to the longest prefix) and then its rest
+    (left-padded within its bucket), the padding masked out. Equal to ``prefill`` up to float rounding.
+    """
+    from transformers.cache_utils import DynamicCache
+
+    keep = _last_logits_only(model)
+    cache_keyword = _cache_keyword(model)
+    n = len(batch.lengths)
+    device = batch.embeds.device
+    prefix_of = [0] * n  # the shared prefix length of each row (0: none)
+    group_of = [-1] * n
+    groups = [(list(rows), int(length)) for rows, length in batch.shared_prefixes or () if len(rows) > 0 and length > 0]
+    for g, (rows, length) in enumerate(groups):
+        for i in rows:
+            if not 0 < length < batch.lengths[i]:
+                raise CompositionError(f"a shared prefix of {length} positions for a row of {batch.lengths[i]}: "
+                                       "a row must keep at least its last position to prefill.")
+            prefix_of[i], group_of[i] = length, g
+    # Rows outside every group form one-row groups with an empty prefix: they prefill whole below.
+    p_width = max((length for _, length in groups), default=0)
+    prefix_cache = None
+    prefix_mask = torch.zeros(len(groups), p_width, dtype=torch.long, device=device)
+    if groups:
+        reps = [rows[0] for rows, _ in groups]
+        embeds = batch.embeds.new_zeros(len(groups), p_width, batch.embeds.shape[-1])
+        routes = batch.text_route_ids.to(device)[torch.tensor(reps, device=device)][:, None].repeat(1, p_width)
+        positions = torch.zeros(len(groups), p_width, dtype=torch.long, device=device)
+        for g, ((rows, length), rep) in enumerate(zip(groups, reps)):
+            cols, route = _real_positions(batch, rep, 0, length)
+            embeds[g, p_width - length:] = batch.embeds[rep, cols]
+            routes[g, p_width - length:] = route
+            prefix_mask[g, p_width - length:] = 1
+            positions[g, p_width - length:] = torch.arange(length, device=device)
+        router.set(coef_table[routes])
+        out = model(inputs_embeds=embeds, attention_mask=prefix_mask, position_ids=positions, use_cache=True, **keep)
+        prefix_cache = _cache_of(out)
+        if not _joinable(prefix_cache):  # pragma: no cover - _joinable_model said it would be
+            raise CompositionError("this base model's KV cache cannot be shared between rows.")
+    rest = [batch.lengths[i] - prefix_of[i] for i in range(n)]
+    parts, logits = [], None
+    for bucket in length_buckets(rest, max_ratio):
+        s_width = max(rest[i] for i in bucket)
+        idx = torch.tensor(bucket, device=device)
+        embeds = batch.embeds.new_zeros(len(bucket), s_width, batch.embeds.shape[-1])
+        routes = batch.text_route_ids.to(device)[idx][:, None].repeat(1, s_width)
+        mask = torch.zeros(len(bucket), p_width + s_width, dtype=torch.long, device=device)
+        positions = torch.zeros(len(bucket), s_width, dtype=torch.long, device=device)
+        for k, i in enumerate(bucket):
+            cols, route = _real_positions(batch, i, prefix_of[i], batch.lengths[i])
+            embeds[k, s_width - rest[i]:] = batch.embeds[i, cols]
+            routes[k, s_width - rest[i]:] = route
+            mask[k, p_width + s_width - rest[i]:] = 1
+            positions[k, s_width - rest[i]:] = torch.arange(prefix_of[i], batch.lengths[i], device=device)
+            if group_of[i] >= 0:
+                mask[k, :p_width] = prefix_mask[group_of[i]]
+        kwargs = {}
+        if prefix_cache is not None:
+            # Each row's past: its group's prefix (rows without a group read zeros, masked out).
+            pick = torch.tensor([max(group_of[i], 0) for i in bucket], device=device)
+            kwargs[cache_keyword] = DynamicCache([(layer.keys[pick], layer.values[pick]) for layer in prefix_cache.layers])
+            attention = mask
+        else:
+            attention = mask[:, p_width:]
+        router.set(coef_table[routes])
+        out = model(inputs_embeds=embeds, attention_mask=attention, position_ids=positions, use_cache=True, **keep, **kwargs)
+        last = out.logits[:, -1]
+        logits = last.new_empty(n, last.shape[-1]) if logits is None else logits
+        logits[idx] = last
+        parts.append((bucket, _cache_of(out), attention))
+    width = max(part_mask.shape[1] for _, _, part_mask in parts)
+    joined_mask = torch.zeros(n, width, dtype=torch.long, device=device)
+    layers = []
+    for index in range(len(parts[0][1].layers)):
+        ref = parts[0][1].layers[index].keys
+        keys = ref.new_zeros(n, ref.shape[1], width, ref.shape[3])
+        values = ref.new_zeros(n, ref.shape[1], width, ref.shape[3])
+        for rows, cache, _ in parts:
+            k, v = cache.layers[index].keys, cache.layers[index].values
+            at = torch.tensor(rows, device=device)
+            keys[at, :, width - k.shape[-2]:] = k
+            values[at, :, width - v.shape[-2]:] = v
+        layers.append((keys, values))
+    for rows, _, part_mask in parts:
+        joined_mask[torch.tensor(rows, device=device), width - part_mask.shape[1]:] = part_mask
+    router.set(None)
+    return logits, DynamicCache(layers), joined_mask
 
 
 @dataclass

@@ -16,6 +16,7 @@ from typing import Iterable, Mapping, Sequence
 
 from .errors import CompositionError
 from .expert import Expert
+from .schedules import ModuleLayout, describe_plain
 from .variants import (DAMC, NAIVE, Coefficients, ResolvedVariant, SlotTable, VariantKind, VariantSpec, resolve_variant,
                        route_names)
 
@@ -48,9 +49,13 @@ class Plan:
 
 def describe_coefficients(coefficients: Mapping) -> str:
     """``λ image 0.50, audio 0.50 · μ image 1.00, audio 1.00 · density 0.3``: applied values in words
-    (a ``ResolvedVariant.coefficients_json()``), as cards, captions and the CLI show them."""
-    parts = [f"{symbol} " + ", ".join(f"{k} {v:.2f}" for k, v in coefficients[key].items())
-             for key, symbol in (("lambdas", "λ"), ("mus", "μ")) if coefficients.get(key)]
+    (a ``ResolvedVariant.coefficients_json()``), as cards, captions and the CLI show them; a λ scale
+    other than 1 adds ``auto λ = 2·(1/K)`` after the λ."""
+    parts = [f"{symbol} " + ", ".join(f"{k} {describe_plain(v)}" for k, v in coefficients[key].items())
+             for key, symbol in (("lambdas", "λ"), ("modality_lambdas", "λ on modality tokens"), ("mus", "μ"))
+             if coefficients.get(key)]
+    if coefficients.get("lambda_scale") is not None:
+        parts.insert(1, f"auto λ = {coefficients['lambda_scale']:g}·(1/K)")
     if coefficients.get("hyper"):
         parts.append(", ".join(f"{k} {v:g}" for k, v in coefficients["hyper"].items()))
     return " · ".join(parts)
@@ -80,7 +85,8 @@ def default_specs(experts: Sequence[Expert], present: set[str], methods: Iterabl
 def make_plan(experts: Sequence[Expert], slots: SlotTable, present: Iterable[str],
               variants: Sequence[str | VariantSpec] | None = None, coefficients: Coefficients | None = None, *,
               methods: Iterable[str] = (), hyper: Mapping[str, Mapping[str, float]] | None = None,
-              experts_without_input: bool = False, merge_all_experts: bool = False) -> Plan:
+              experts_without_input: bool = False, merge_all_experts: bool = False,
+              layout: ModuleLayout | None = None) -> Plan:
     """Resolve the variants of one request over ``experts`` (the user's selection).
 
     Args:
@@ -95,6 +101,8 @@ def make_plan(experts: Sequence[Expert], slots: SlotTable, present: Iterable[str
         experts_without_input: the defaults also run experts that got no input.
         merge_all_experts: compositions merge every selected expert whatever inputs are given
             (the original's merged checkpoint), not only the experts with an input (the studio's rule).
+        layout: the base's routed modules (``ComposedModel.layout``), where a scheduled λ or μ takes
+            its value per module.
     """
     present = frozenset(present)
     coefficients = coefficients or Coefficients()
@@ -103,13 +111,13 @@ def make_plan(experts: Sequence[Expert], slots: SlotTable, present: Iterable[str
     if variants is not None:
         for v in variants:
             spec = v if isinstance(v, VariantSpec) else VariantSpec.parse(v)
-            plan.variants.append(resolve_variant(spec, experts, slots, coefficients, set(present), merge_all_experts))
+            plan.variants.append(resolve_variant(spec, experts, slots, coefficients, set(present), merge_all_experts, layout))
         if not plan.variants:
             raise CompositionError("no variant was named; name at least one (NaiveMC, DAMC, expert:<name> or a method).")
         return plan
     for spec in default_specs(experts, set(present), methods, hyper, experts_without_input=experts_without_input):
         try:
-            plan.variants.append(resolve_variant(spec, experts, slots, coefficients, set(present), merge_all_experts))
+            plan.variants.append(resolve_variant(spec, experts, slots, coefficients, set(present), merge_all_experts, layout))
         except CompositionError as exc:
             if spec.kind is VariantKind.EXPERT:
                 raise

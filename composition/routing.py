@@ -23,8 +23,9 @@ from torch import nn
 class Router:
     """Per-forward routing state shared by every RoutedLinear of one model.
 
-    ``token_coef`` is ``(batch, tokens, slots)``; None means "base model only".
-    Expanded views per rank layout are cached for the duration of one forward pass.
+    ``token_coef`` is ``(batch, tokens, slots)``, or ``(batch, tokens, modules, slots)`` when some
+    coefficient varies by module; None means "base model only". Expanded views per rank
+    layout (and module, with a module axis) are cached for the duration of one forward pass.
     ``idle`` is True when every coefficient of the pass is zero (e.g. the text route of the
     materialized variant): the layers then skip their low-rank matmuls altogether.
     """
@@ -39,13 +40,22 @@ class Router:
         self.idle = token_coef is not None and not token_coef.requires_grad and not bool(token_coef.any())
         self._expanded = {}
 
-    def rank_coef(self, layout_key: tuple, rank_slot: torch.Tensor) -> torch.Tensor:
-        """Coefficients per rank column, ``(batch, tokens, R)``; shared by layers with one layout."""
+    @property
+    def per_module(self) -> bool:
+        return self.token_coef is not None and self.token_coef.dim() == 4
+
+    def slot_coef(self, position: int) -> torch.Tensor:
+        """The ``(batch, tokens, slots)`` coefficients the layer at ``position`` applies."""
+        return self.token_coef[..., position, :] if self.per_module else self.token_coef
+
+    def rank_coef(self, layout_key: tuple, rank_slot: torch.Tensor, position: int) -> torch.Tensor:
+        """Coefficients per rank column, ``(batch, tokens, R)``; shared by layers with one layout
+        (and one module position, when the coefficients vary by module)."""
         cached = self._expanded.get(layout_key)
-        if cached is None:
+        if cached is None:  # one gather for every module of this layout; each layer then takes a view
             cached = self.token_coef.index_select(-1, rank_slot.to(self.token_coef.device))
             self._expanded[layout_key] = cached
-        return cached
+        return cached[..., position, :] if self.per_module else cached
 
 
 @dataclass
@@ -63,6 +73,7 @@ class RoutedLinear(nn.Module):
         super().__init__()
         self.base = base
         self.router = router
+        self.position = 0  # this layer's index on the coefficient table's module axis (ModuleLayout order)
         self.lowrank: dict[int, SlotFactors] = {}
         self.dense: dict[int, torch.Tensor] = {}
         self._A_cat: torch.Tensor | None = None
@@ -137,10 +148,13 @@ class RoutedLinear(nn.Module):
 
         The low-rank slots with a non-zero coefficient are one matmul: ``W + (B_cat·c) @ A_cat``
         over their rank columns, written straight into the weight (``addmm``, one rounding
-        to the weight's dtype). ``coef`` is a CPU tensor over global slots; ``shared`` is a
+        to the weight's dtype). ``coef`` is a CPU tensor over global slots, or ``(modules, slots)``
+        when the coefficients vary by module (this layer takes row ``position``); ``shared`` is a
         dict the caller passes to every layer of one materialization, so layers with the same
         slot layout reuse one device copy of the column indices and coefficients.
         """
+        if coef.dim() == 2:
+            coef, shared = coef[self.position], None  # a row of its own: nothing to share with other layers
         plan = self._lowrank_plan(coef, shared)
         dense = [(delta, float(coef[slot])) for slot, delta in self.dense.items() if slot < coef.numel() and float(coef[slot]) != 0.0]
         if plan is None and not dense:
@@ -200,9 +214,10 @@ class RoutedLinear(nn.Module):
         if coef is None:
             return y
         if self._A_cat is not None and not self.router.idle:
-            c = self.router.rank_coef(self._layout_key, self._rank_slot).to(x.dtype)
+            c = self.router.rank_coef(self._layout_key, self._rank_slot, self.position).to(x.dtype)
             h = F.linear(x, self._A_cat) * c
             y = y + F.linear(h, self._B_cat)
+        coef = self.router.slot_coef(self.position)
         for slot, delta in ({} if self.router.idle else self.dense).items():
             c = coef[..., slot]
             rows = torch.nonzero(c.abs().sum(-1)).flatten()

@@ -28,6 +28,7 @@ from typing import Mapping
 
 from .errors import CompositionError
 from .expert import Expert
+from .schedules import ModuleLayout, Schedule, parse_coefficient
 
 NAIVE = "NaiveMC"
 DAMC = "DAMC"
@@ -54,10 +55,13 @@ class Coefficients:
     ``lambda_scale`` s scales those defaults: an auto λ is s·(1/K) per expert (s = 1, the
     paper's; a λ given in ``lambdas`` is the user's and is never scaled). It applies to every
     composition of the request alike, the shared one (NaiveMC) and DAMC.
+
+    A λ or μ may also be a schedule over layers and modules (``composition.schedules``: an
+    anchor list, or ``{filter, value}`` entries); given as YAML/JSON data it is parsed here.
     """
 
-    lambdas: Mapping[str, float] = field(default_factory=dict)
-    mus: Mapping[str, float] = field(default_factory=dict)
+    lambdas: Mapping[str, "float | Schedule"] = field(default_factory=dict)
+    mus: Mapping[str, "float | Schedule"] = field(default_factory=dict)
     lambda_scale: float = 1.0
 
     def __post_init__(self) -> None:
@@ -66,25 +70,35 @@ class Coefficients:
                 or not SCALE_RANGE[0] <= scale <= SCALE_RANGE[1]):
             raise CompositionError(f"lambda_scale is {scale!r}; expected a finite number in [{SCALE_RANGE[0]:g}, "
                                    f"{SCALE_RANGE[1]:g}] (auto λ = scale·1/K; 1 is the paper's 1/K).")
-        for label, mapping in (("λ", self.lambdas), ("μ", self.mus)):
-            for key, value in mapping.items():
-                if not isinstance(value, (int, float)) or not math.isfinite(value) or not COEF_RANGE[0] <= value <= COEF_RANGE[1]:
-                    raise CompositionError(f"{label} for {key!r} is {value!r}; expected a finite number in [{COEF_RANGE[0]}, {COEF_RANGE[1]}].")
+        for attr, label in (("lambdas", "λ"), ("mus", "μ")):
+            mapping = getattr(self, attr)
+            object.__setattr__(self, attr, {key: parse_coefficient(value, f"{label} for {key!r}", COEF_RANGE)
+                                            for key, value in mapping.items()})
         known = set(route_names()) - {TEXT_ROUTE}
         unknown = sorted(set(self.mus) - known)
         if unknown:
             raise CompositionError(f"μ given for unknown modality {unknown[0]!r}; expected one of {sorted(known)}.")
 
-    def lam(self, expert: str, k: int) -> float:
-        """λ of ``expert`` in a merge of ``k`` experts: the user's value, else lambda_scale/k."""
-        return float(self.lambdas.get(expert, self.lambda_scale / k))
+    def lam(self, expert: str, k: int) -> "float | Schedule":
+        """λ of ``expert`` in a merge of ``k`` experts: the user's value (a number or a schedule), else lambda_scale/k."""
+        value = self.lambdas.get(expert)
+        return self.auto_lam(k) if value is None else value
+
+    def auto_lam(self, k: int) -> float:
+        """The auto λ in a merge of ``k`` experts (also where a schedule's filters leave a module out)."""
+        return float(self.lambda_scale / k)
 
     def scales(self, experts) -> bool:
         """Whether lambda_scale changes any of these experts' λ (some is auto and the scale is not 1)."""
         return self.lambda_scale != 1.0 and any(name not in self.lambdas for name in experts)
 
-    def mu(self, modality: str) -> float:
-        return float(self.mus.get(modality, 1.0))
+    def mu(self, modality: str) -> "float | Schedule":
+        return self.mus.get(modality, 1.0)
+
+    @property
+    def scheduled(self) -> bool:
+        """Whether some λ or μ varies by layer or module."""
+        return any(isinstance(v, Schedule) for v in (*self.lambdas.values(), *self.mus.values()))
 
 
 class VariantKind(str, Enum):
@@ -198,6 +212,14 @@ class DenseRequest:
     weights: list[float]
     seed: int = 0
     space: str = "dense"  # "core": merged in the experts' core space, the result a low-rank slot
+    # A schedule: per expert, its weight at every routed module (ModuleLayout order); None: ``weights`` everywhere.
+    module_weights: tuple[tuple[float, ...], ...] | None = None
+
+    def weights_at(self, position: int) -> list[float]:
+        """The per-expert weights of the merge at the routed module with this ``position``."""
+        if self.module_weights is None:
+            return list(self.weights)
+        return [w[position] for w in self.module_weights]
 
 
 @dataclass
@@ -209,7 +231,9 @@ class ResolvedVariant:
     of its modality delta; both are the values applied, after the paper's defaults.
     ``modality_lambdas``: NaiveMC with λ on one kind of token only, the weight of each shared
     delta on the modality tokens (``lambdas`` holds the text tokens'). ``lambda_scale``: the
-    scale its auto λ took.
+    scale its auto λ took. A scheduled λ or μ is shown as its ``Schedule``; ``module_routes``
+    then holds its coefficient at every routed module (route -> slot -> one value per module,
+    ``ModuleLayout`` order), and ``routes`` the mean over modules, for displays only.
     """
 
     spec: VariantSpec
@@ -221,6 +245,7 @@ class ResolvedVariant:
     dense_routes: tuple[str, ...] = ()
     modality_lambdas: dict[str, float] = field(default_factory=dict)
     lambda_scale: float = 1.0
+    module_routes: dict[str, dict[int, tuple[float, ...]]] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -239,21 +264,65 @@ class ResolvedVariant:
         """The experts taking part, in prompt (modality) order."""
         return [e.name for e in in_prompt_order(self.block_experts.values())]
 
+    def route_at(self, route: str, position: int) -> dict[int, float]:
+        """``{slot: coefficient}`` of ``route`` at the routed module with this ``position`` (schedules applied)."""
+        coefs = dict(self.routes.get(route, {}))
+        for slot, values in self.module_routes.get(route, {}).items():
+            coefs[slot] = values[position]
+        return coefs
+
     def coefficients_json(self) -> dict:
-        """``{"lambdas": {expert: λ}, "mus": {modality: μ}}`` (+ ``"hyper"`` for merge methods): the values applied.
+        """``{"lambdas": {expert: λ}, "mus": {modality: μ}}`` (+ ``"hyper"`` for merge methods): the values applied,
+        a schedule in its YAML form (an anchor list, or ``{filter, value}`` entries).
 
         Only when they apply: ``"lambda_scale"`` (auto λ = scale/K with a scale other than 1) and
         ``"modality_lambdas"`` (NaiveMC with λ on one kind of token only: the weights on modality tokens).
         """
-        data: dict = {"lambdas": {n: round(v, 6) for n, v in self.lambdas.items()},
-                      "mus": {m: round(v, 6) for m, v in self.mus.items()}}
+        data: dict = {"lambdas": {n: _rounded(v) for n, v in self.lambdas.items()},
+                      "mus": {m: _rounded(v) for m, v in self.mus.items()}}
         if self.lambda_scale != 1.0:
             data["lambda_scale"] = round(self.lambda_scale, 6)
         if self.modality_lambdas:
-            data["modality_lambdas"] = {n: round(v, 6) for n, v in self.modality_lambdas.items()}
+            data["modality_lambdas"] = {n: _rounded(v) for n, v in self.modality_lambdas.items()}
         if self.kind is VariantKind.METHOD:
             data["hyper"] = dict(self.spec.hyper)
         return data
+
+
+def _rounded(value):
+    return value.plain() if isinstance(value, Schedule) else round(value, 6)
+
+
+Coef = "float | tuple[float, ...]"  # one value, or one per routed module (ModuleLayout order)
+
+
+def _over_modules(value: "float | Schedule", fallback: float, layout: ModuleLayout | None, what: str):
+    """A coefficient as the routes hold it: the number, or a schedule's value at every routed module."""
+    if not isinstance(value, Schedule):
+        return float(value)
+    if layout is None:
+        raise CompositionError(f"{what} varies by layer, and this model has no layout of its routed modules; "
+                               "plan through ComposedModel.plan (it knows the base's layers).")
+    return layout.values(value, fallback, what)
+
+
+def _put(routes: dict, module_routes: dict, route: str, slot: int, coef) -> None:
+    """Write one route coefficient; a per-module one goes to ``module_routes``, its mean to ``routes`` (for displays)."""
+    if isinstance(coef, tuple):
+        routes.setdefault(route, {})[slot] = sum(coef) / len(coef)
+        module_routes.setdefault(route, {})[slot] = coef
+    else:
+        routes.setdefault(route, {})[slot] = coef
+
+
+def _linear_over_modules(method, weights: dict[int, object]) -> dict[int, object]:
+    """A linear method's coefficients ``c = linear_weights(w)``, module by module where some weight is scheduled."""
+    values = list(weights.values())
+    if not any(isinstance(w, tuple) for w in values):
+        return dict(zip(weights, method.linear_weights(values)))
+    n = len(next(w for w in values if isinstance(w, tuple)))
+    columns = [method.linear_weights([w[p] if isinstance(w, tuple) else w for w in values]) for p in range(n)]
+    return {slot: tuple(col[i] for col in columns) for i, slot in enumerate(weights)}
 
 
 class SlotTable:
@@ -331,13 +400,15 @@ def _check_covers(spec: VariantSpec, rv_modalities: set[str], input_modalities: 
 
 
 def resolve_variant(spec: VariantSpec, experts: list[Expert], slots: SlotTable, coefficients: Coefficients,
-                    input_modalities: set[str], merge_all: bool = False) -> ResolvedVariant:
+                    input_modalities: set[str], merge_all: bool = False,
+                    layout: ModuleLayout | None = None) -> ResolvedVariant:
     """Turn a spec into route coefficients over ``slots`` (allocating slots as needed).
 
     A composition must cover every input given (an input none of its experts reads is an
     error that names the modality); a single expert reads only its own modality's inputs.
     ``merge_all``: compositions merge every selected expert, not only those with an input
-    (see ``participants``).
+    (see ``participants``). ``layout``: the base's routed modules, where a scheduled λ or μ
+    takes its value per module.
     """
     by_name = {e.name: e for e in experts}
     if spec.kind is VariantKind.BASE:  # reads no input: its prompt has only the text
@@ -354,6 +425,8 @@ def resolve_variant(spec: VariantSpec, experts: list[Expert], slots: SlotTable, 
                   expert.modality: {slots.slot((expert.name, "modality")): 1.0}}
         return ResolvedVariant(spec, routes, {expert.modality: expert}, {expert.name: 1.0}, {expert.modality: 1.0})
 
+    routes: dict[str, dict[int, float]] = {TEXT_ROUTE: {}}
+    module_routes: dict[str, dict[int, tuple[float, ...]]] = {}
     if spec.kind is VariantKind.NAIVE:
         pool = participants(experts, "shared", input_modalities, merge_all)
         if not pool:
@@ -361,16 +434,22 @@ def resolve_variant(spec: VariantSpec, experts: list[Expert], slots: SlotTable, 
                                    f"{' for the given inputs' if input_modalities else ''}. Select shared experts or use {DAMC}.")
         _check_covers(spec, set(pool), input_modalities)
         k = len(pool)
-        lambdas = {e.name: coefficients.lam(e.name, k) for e in pool.values()}
+        given = {e.name: coefficients.lam(e.name, k) for e in pool.values()}
+        lambdas = {n: _over_modules(v, coefficients.auto_lam(k), layout, f"λ for {n!r}") for n, v in given.items()}
         scale = coefficients.lambda_scale if coefficients.scales(lambdas) else 1.0
         mean = {e.name: 1.0 / k for e in pool.values()}  # the paper's, kept by the route λ does not reach
-        text, modality = {LambdaRoutes.EVERY_TOKEN: (lambdas, lambdas), LambdaRoutes.TEXT_ONLY: (lambdas, mean),
-                          LambdaRoutes.MODALITY_ONLY: (mean, lambdas)}[spec.lambda_routes]
-        routes = {TEXT_ROUTE: {slots.slot((n, "shared")): w for n, w in text.items()},
-                  **{m: {slots.slot((e.name, "shared")): modality[e.name] for e in pool.values()} for m in pool}}
+        pick = {LambdaRoutes.EVERY_TOKEN: lambda d: (d, d), LambdaRoutes.TEXT_ONLY: lambda d: (d, mean),
+                LambdaRoutes.MODALITY_ONLY: lambda d: (mean, d)}[spec.lambda_routes]
+        text, modality = pick(lambdas)
+        for n, w in text.items():
+            _put(routes, module_routes, TEXT_ROUTE, slots.slot((n, "shared")), w)
+        for m in pool:
+            for e in pool.values():
+                _put(routes, module_routes, m, slots.slot((e.name, "shared")), modality[e.name])
+        shown_text, shown_modality = pick(given)
         split = spec.lambda_routes is not LambdaRoutes.EVERY_TOKEN
-        return ResolvedVariant(spec, routes, pool, dict(text), modality_lambdas=dict(modality) if split else {},
-                               lambda_scale=scale)
+        return ResolvedVariant(spec, routes, pool, dict(shown_text), modality_lambdas=dict(shown_modality) if split else {},
+                               lambda_scale=scale, module_routes=module_routes)
 
     # DAMC and the registry methods: decoupled experts when there are any, else shared ones.
     pool, decoupled = text_merge_pool(experts, input_modalities, merge_all)
@@ -382,24 +461,32 @@ def resolve_variant(spec: VariantSpec, experts: list[Expert], slots: SlotTable, 
     _check_covers(spec, set(pool), input_modalities)
     text_delta = "text" if decoupled else "shared"
     k = len(pool)
-    lambdas = {e.name: coefficients.lam(e.name, k) for e in pool.values()}
+    given = {e.name: coefficients.lam(e.name, k) for e in pool.values()}
+    lambdas = {n: _over_modules(v, coefficients.auto_lam(k), layout, f"λ for {n!r}") for n, v in given.items()}
     scale = coefficients.lambda_scale if coefficients.scales(lambdas) else 1.0
     weights = {slots.slot((e.name, text_delta)): lambdas[e.name] for e in pool.values()}
     mus = {m: coefficients.mu(m) for m in pool} if decoupled else {}
-    modality_routes = {m: {slots.slot((e.name, "modality")): mus[m]} for m, e in pool.items()} if decoupled else {}
+    for m, e in pool.items() if decoupled else ():
+        _put(routes, module_routes, m, slots.slot((e.name, "modality")), _over_modules(mus[m], 1.0, layout, f"μ for {m!r}"))
 
     from .methods import get_method
 
     method = None if spec.kind is VariantKind.DAMC else get_method(spec.method)
     if method is not None and method.linear:  # exact in either space: the weights route the low-rank slots directly
-        weights = dict(zip(weights, method.linear_weights(list(weights.values()))))
-        lambdas = dict(zip(lambdas, weights.values()))
+        weights = _linear_over_modules(method, weights)
+        if not any(isinstance(v, Schedule) for v in given.values()):
+            given = dict(zip(given, weights.values()))  # the coefficients applied (normalized, for weight_average)
     if method is None or method.linear:
-        text = dict(weights)
-        if not decoupled:
-            modality_routes = {m: dict(weights) for m in pool}
-        return ResolvedVariant(spec, {TEXT_ROUTE: text, **modality_routes}, pool, lambdas, mus, lambda_scale=scale)
-    request = DenseRequest(spec.method, dict(spec.hyper), list(weights), list(weights.values()), space=spec.space)
+        for route in (TEXT_ROUTE, *(() if decoupled else pool)):
+            for slot, w in weights.items():
+                _put(routes, module_routes, route, slot, w)
+        return ResolvedVariant(spec, routes, pool, given, mus, lambda_scale=scale, module_routes=module_routes)
+    scheduled = any(isinstance(w, tuple) for w in weights.values())
+    n_modules = len(layout.modules) if scheduled else 0
+    module_weights = tuple(w if isinstance(w, tuple) else (w,) * n_modules for w in weights.values()) if scheduled else None
+    flat = [sum(w) / len(w) if isinstance(w, tuple) else w for w in weights.values()]
+    request = DenseRequest(spec.method, dict(spec.hyper), list(weights), flat, space=spec.space, module_weights=module_weights)
     dense_routes = (TEXT_ROUTE,) if decoupled else (TEXT_ROUTE, *pool)
-    routes = {TEXT_ROUTE: {}, **modality_routes, **{m: {} for m in pool if not decoupled}}
-    return ResolvedVariant(spec, routes, pool, lambdas, mus, dense=request, dense_routes=dense_routes, lambda_scale=scale)
+    routes.update({m: {} for m in pool if not decoupled})
+    return ResolvedVariant(spec, routes, pool, given, mus, dense=request, dense_routes=dense_routes, lambda_scale=scale,
+                           module_routes=module_routes)

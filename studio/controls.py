@@ -10,6 +10,11 @@ a modality or a method adds controls here without a signature to edit anywhere.
 experts that get an input (the engine's rule, asked here, never worked out again), and
 follows the inputs; moving it unticks "auto" and the value is the user's, kept whatever
 inputs come. Ticking "auto" again hands it back to the engine.
+
+Each λ slider and each μ slider has a text box ("advanced") for a schedule over the layers
+(``0, 0.5, 1``, or YAML entries with module filters, ``composition.schedules``): while it
+holds one, the schedule is that coefficient and the slider is locked; emptying it hands the
+coefficient back to the slider.
 """
 from __future__ import annotations
 
@@ -20,7 +25,8 @@ from composition.config import CompositionConfig
 from composition.errors import CompositionError
 from composition.methods import list_methods
 from composition.methods.registry import GROUPS
-from composition.variants import Coefficients, applied_lambdas, in_prompt_order, text_merge_pool
+from composition.schedules import Schedule, parse_text
+from composition.variants import COEF_RANGE, Coefficients, applied_lambdas, in_prompt_order, text_merge_pool
 from modalities import MODALITY_NAMES
 
 MAX_LAMBDA_SLOTS = 8  # the UI pre-builds this many λ sliders; more selected experts is an error
@@ -42,6 +48,14 @@ def lambda_auto_name(i: int) -> str:
 
 def mu_name(modality: str) -> str:
     return f"mu_{modality}"
+
+
+def lambda_schedule_name(i: int) -> str:
+    return f"lambda_schedule_{i}"
+
+
+def mu_schedule_name(modality: str) -> str:
+    return f"mu_schedule_{modality}"
 
 
 def media_name(modality: str) -> str:
@@ -94,10 +108,19 @@ def mu_names_all() -> list[str]:
     return [mu_name(m) for m in MODALITY_NAMES]
 
 
+def lambda_schedule_names_all() -> list[str]:
+    return [lambda_schedule_name(i) for i in range(MAX_LAMBDA_SLOTS)]
+
+
+def mu_schedule_names_all() -> list[str]:
+    return [mu_schedule_name(m) for m in MODALITY_NAMES]
+
+
 def control_names() -> list[str]:
     """Every composition control, by name: what a settings value set must hold."""
-    return [SELECTED, *lambda_names_all(), *lambda_auto_names_all(), *mu_names_all(), MERGE_ALL, *method_names_all(),
-            *[param_name(m, p) for m, p in param_keys()], *GENERATION]
+    return [SELECTED, *lambda_names_all(), *lambda_auto_names_all(), *lambda_schedule_names_all(), *mu_names_all(),
+            *mu_schedule_names_all(), MERGE_ALL, *method_names_all(), *[param_name(m, p) for m, p in param_keys()],
+            *GENERATION]
 
 
 def media_names() -> list[str]:
@@ -156,12 +179,16 @@ def lambda_views(experts: Mapping, selected: Sequence[str], values: Mapping[str,
     """
     slots = lambda_slots(experts, selected)
     names = [n for n in slots if n]
-    user = {n: float(v) for n, v in (values or {}).items() if n in names and v is not None}
-    applied = applied_lambdas(selected_experts(experts, selected), set(present), Coefficients(user), merge_all)
+    user = {n: v if isinstance(v, Schedule) else float(v) for n, v in (values or {}).items() if n in names and v is not None}
+    coefficients = Coefficients(user)
+    applied = applied_lambdas(selected_experts(experts, selected), set(present), coefficients, merge_all)
     views = []
     for n in slots:
         if n is None:
             views.append(SliderView(False, "λ (unused)", 0.0, auto=True))
+        elif isinstance(user.get(n), Schedule):  # the schedule in its advanced box is this λ: the slider is locked
+            views.append(SliderView(True, f"{_lambda_label(n, experts[n].modality)}: over the layers (advanced)",
+                                    coefficients.auto_lam(max(len(applied), 1)), interactive=False, auto=False))
         elif n in applied:
             views.append(SliderView(True, _lambda_label(n, experts[n].modality), float(applied[n]), auto=n not in user))
         else:
@@ -185,9 +212,32 @@ def mu_views(experts: Mapping, selected: Sequence[str], values: Mapping[str, flo
     views = []
     for m in MODALITY_NAMES:
         idle = bool(present) and m not in present
-        label = f"μ {m} (modality)" + (f": no {m} input" if idle else "")
-        views.append(SliderView(m in have, label, float(values.get(m, 1.0)), interactive=not idle))
+        scheduled = isinstance(values.get(m), Schedule)
+        label = f"μ {m} (modality)" + (f": no {m} input" if idle else "") + (": over the layers (advanced)" if scheduled else "")
+        views.append(SliderView(m in have, label, 1.0 if scheduled else float(values.get(m, 1.0)),
+                                interactive=not idle and not scheduled))
     return views
+
+
+def schedule_text(value) -> str:
+    """What an advanced box shows for a coefficient: '' for a number (the slider holds it), else the schedule
+    as typed: ``0, 0.5, 1`` for anchors, YAML flow for module filters."""
+    if not isinstance(value, Schedule):
+        return ""
+    plain = value.plain()
+    if all(isinstance(v, (int, float)) for v in plain):
+        return ", ".join(f"{v:g}" for v in plain)
+    import yaml
+
+    return yaml.safe_dump(plain, default_flow_style=True, width=10_000).strip()
+
+
+def _box(values: Mapping, name: str, what: str):
+    """A schedule typed in an advanced box (None when it is empty: the slider holds the value)."""
+    text = values.get(name)
+    if not isinstance(text, str) or not text.strip():
+        return None
+    return parse_text(text, what, COEF_RANGE)
 
 
 def settings_from_values(experts: Mapping, values: Mapping[str, object]) -> CompositionConfig:
@@ -197,9 +247,16 @@ def settings_from_values(experts: Mapping, values: Mapping[str, object]) -> Comp
         raise CompositionError(f"the page sent no value for {missing[0]!r}; reload the page.")
     selected = [n for n in (values[SELECTED] or []) if n in experts]
     names = [n for n in lambda_slots(experts, selected) if n]
-    lambdas = {n: None if values[lambda_auto_name(i)] else float(values[lambda_name(i)]) for i, n in enumerate(names)}
+    lambdas = {}
+    for i, n in enumerate(names):
+        scheduled = _box(values, lambda_schedule_name(i), f"λ for {n!r}")
+        lambdas[n] = scheduled if scheduled is not None else None if values[lambda_auto_name(i)] else float(values[lambda_name(i)])
     mu_have = {e.modality for e in selected_experts(experts, selected) if e.training == "decoupled"}
-    mus = {m: float(values[mu_name(m)]) for m in MODALITY_NAMES if m in mu_have}
+    mus = {}
+    for m in MODALITY_NAMES:
+        if m in mu_have:
+            scheduled = _box(values, mu_schedule_name(m), f"μ for {m!r}")
+            mus[m] = scheduled if scheduled is not None else float(values[mu_name(m)])
     methods = [m for n in method_names_all() for m in (values[n] or [])]
     chosen = {m.partition("@")[0] for m in methods}  # ties and ties@core share ties' sliders
     params: dict[str, dict[str, float]] = {}
@@ -223,7 +280,10 @@ def values_from_settings(experts: Mapping, settings: CompositionConfig, present:
     lams = lambda_views(experts, selected, settings.lambdas, present, settings.merge_all_experts)
     out.update(zip(lambda_names_all(), lams))
     out.update(zip(lambda_auto_names_all(), (v.auto for v in lams)))
+    slots = lambda_slots(experts, selected)
+    out.update({lambda_schedule_name(i): schedule_text(settings.lambdas.get(n)) if n else "" for i, n in enumerate(slots)})
     out.update(zip(mu_names_all(), mu_views(experts, selected, settings.mus, present)))
+    out.update({mu_schedule_name(m): schedule_text(settings.mus.get(m)) for m in MODALITY_NAMES})
     out[MERGE_ALL] = settings.merge_all_experts
     for method, name in param_keys():
         out[param_name(method, name)] = settings.hyper(method)[name]

@@ -104,6 +104,23 @@ def recompose(studio: Studio, values: Mapping, answered_with: str = "") -> tuple
     return timing, formulas_markdown(studio, settings, present)
 
 
+def lambda_curves(studio: Studio, values: Mapping) -> list:
+    """Per λ slider, its coefficient over the layers (attention and MLP) as the current plan applies it:
+    what each expert's "advanced" plot shows (None where that slider is hidden or its expert takes no part)."""
+    from composition.errors import CompositionError
+
+    from .controls import lambda_slots
+    from .schedule_plot import lambda_curves as curves
+
+    settings = settings_of(studio, values)
+    slots = lambda_slots(studio.cm.experts, settings.experts or [])
+    try:
+        plan = settings.plan(studio.cm, present_modalities(values)) if settings.experts else None
+    except CompositionError:
+        plan = None  # the compose line says why; the plots stay empty
+    return curves(studio.cm, plan, slots)
+
+
 def answered_with(studio: Studio, values: Mapping) -> str:
     """The coefficients a Compare with these controls and inputs applies, in words (kept next to the answers)."""
     present = present_modalities(values)

@@ -10,14 +10,24 @@ from composition.config import CompositionConfig
 from composition.inputs import ModalInput
 from composition.errors import CompositionError
 from composition.prompt import placeholder_pattern, tokenize_segments
+from composition.schedules import Schedule
 from composition.variants import DAMC, NAIVE, TEXT_ROUTE
 
 
 ROUTE_COLOURS = {"text": "#e0e7ff", "image": "#fde68a", "audio": "#bbf7d0", "video": "#fbcfe8", "point": "#bae6fd"}
 
 
-def _term(coef: float, symbol: str) -> str:
+def _term(coef, symbol: str) -> str:
+    """``0.5 T_image``; a coefficient scheduled over layers is ``λ(ℓ) T_image`` (its values are listed below the formula)."""
+    if isinstance(coef, Schedule):
+        return f"\\lambda(\\ell)\\,{symbol}"
     return f"{coef:.3g}\\,{symbol}"
+
+
+def _schedules(coefficients: dict, symbol: str) -> list[str]:
+    """One line per coefficient that varies by layer or module: what it is."""
+    return [f"- {symbol} for **{name}** over the layers ℓ: {value.describe()}" for name, value in coefficients.items()
+            if isinstance(value, Schedule)]
 
 
 def _sub(name: str) -> str:
@@ -39,6 +49,7 @@ def formulas_markdown(studio, settings: CompositionConfig, present: set[str] = f
     if naive is not None:
         terms = " + ".join(_term(v, f"D_{{{_sub(n)}}}") for n, v in naive.lambdas.items())
         out.append(f"$$W_{{\\text{{NaiveMC}}}} = W + {terms}$$")
+        out += _schedules(naive.lambdas, "λ")
     else:
         out.append("$$W + \\tfrac{1}{K}\\sum_i D_i$$  *(no shared expert takes part)*")
     out += ["### DAMC — decoupled text and modality deltas",
@@ -47,8 +58,10 @@ def formulas_markdown(studio, settings: CompositionConfig, present: set[str] = f
     if damc is not None:
         text = " + ".join(_term(v, f"T_{{{_sub(n)}}}") for n, v in damc.lambdas.items())
         out.append(f"$$W_{{\\text{{text}}}} = W + {text}$$")
+        out += _schedules(damc.lambdas, "λ")
         for modality, expert in damc.block_experts.items():
             out.append(f"$$W_{{{_sub(modality)}}} = W + {_term(damc.mus[modality], f'M_{{{_sub(expert.name)}}}')}$$")
+        out += _schedules(damc.mus, "μ")
         out.append("These are the values the current inputs use: λ left at its default is $1/K$ over the "
                    f"experts that **get an input** (here K = {len(damc.lambdas)}).")
     else:
@@ -68,9 +81,12 @@ def _slot_names(view: ComposedModel) -> dict[int, str]:
             for (expert, delta), slot in view.slots.index.items()}
 
 
-def route_formula(routes: dict[int, float], names: dict[int, str]) -> str:
-    terms = [f"{c:.3g}·{names.get(s, f'slot {s}')}" for s, c in routes.items() if c]
-    return "W + " + " + ".join(terms) if terms else "W (no delta)"
+def route_formula(routes: dict[int, float], names: dict[int, str], per_module: dict | None = None) -> str:
+    """``W + 0.5·T[image] + ...``; a coefficient that varies by layer shows its mean, marked ``(mean over layers)``."""
+    per_module = per_module or {}
+    terms = [f"{c:.3g}{'ᵐ' if s in per_module else ''}·{names.get(s, f'slot {s}')}" for s, c in routes.items() if c]
+    note = " (ᵐ: mean over layers and modules)" if any(s in per_module for s in routes) else ""
+    return ("W + " + " + ".join(terms) if terms else "W (no delta)") + note
 
 
 def routing_html(studio, question: str, inputs: Sequence[ModalInput], variant: str, settings: CompositionConfig) -> str:
@@ -86,7 +102,7 @@ def routing_html(studio, question: str, inputs: Sequence[ModalInput], variant: s
     segments = pieces[0::2]
     ids = tokenize_segments(tokenizer, segments)
     spans, pos = [], 0
-    text_title = html.escape(route_formula(rv.routes.get(TEXT_ROUTE, {}), names))
+    text_title = html.escape(route_formula(rv.routes.get(TEXT_ROUTE, {}), names, rv.module_routes.get(TEXT_ROUTE)))
     for i, seg_ids in enumerate(ids):
         for tid in seg_ids:
             tok = tokenizer.decode([tid])
@@ -98,11 +114,11 @@ def routing_html(studio, question: str, inputs: Sequence[ModalInput], variant: s
             n = 0
             while pos + n < len(row.routes) and row.routes[pos + n] == modality:
                 n += 1
-            formula = html.escape(route_formula(rv.routes.get(modality, {}), names))
+            formula = html.escape(route_formula(rv.routes.get(modality, {}), names, rv.module_routes.get(modality)))
             spans.append(f'<span class="mc-tok" style="background:{ROUTE_COLOURS.get(modality, "#eee")};font-weight:600" '
                          f'title="{modality} → {formula}">[{modality} block: {n} tokens → {formula}]</span>')
             pos += n
-    legend = "".join(f'<span style="background:{ROUTE_COLOURS.get(r, "#eee")}">{r}: {html.escape(route_formula(rv.routes.get(r, {}), names))}</span>'
+    legend = "".join(f'<span style="background:{ROUTE_COLOURS.get(r, "#eee")}">{r}: {html.escape(route_formula(rv.routes.get(r, {}), names, rv.module_routes.get(r)))}</span>'
                      for r in (TEXT_ROUTE, *[m for m in ROUTE_COLOURS if m in rv.block_experts]))
     return (f'<div class="mc-legend"><b>{html.escape(rv.name)}</b> · {len(row.routes)} prompt tokens · {legend}</div>'
             f'<div style="margin-top:10px;font-family:monospace">{"".join(spans)}</div>'

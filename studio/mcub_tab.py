@@ -1,7 +1,9 @@
-"""The Benchmark tab (MCUB accuracy; the speed figures are `python -m composition bench`): accuracy by variant, a DAMC sweep.
+"""The Benchmark tab (MCUB accuracy; the speed figures are `python -m composition bench`): accuracy by variant with
+paired statistics (and, optionally, what each variant keeps of the base's text skills), a DAMC sweep, the λ/μ
+choice on validation items with labels, and the same choice without labels (AdaMMS's criterion).
 
-Both run ``composition.evaluation.evaluate`` on the per-request model view; ``progress`` is any
-``callable(fraction, desc)`` (the app passes gr.Progress).
+Every run uses the per-request model view; ``progress`` is any ``callable(fraction, desc)`` (the app passes
+gr.Progress).
 """
 from __future__ import annotations
 
@@ -65,28 +67,72 @@ def _evaluate(studio: Studio, settings: CompositionConfig, items: list, variants
     return evaluate(view, items, variants, coefficients, config, batch_items=4, progress=report)
 
 
-def run_mcub(studio: Studio, settings: CompositionConfig, items: list, progress: Progress | None = None):
-    """(plotly bar chart, markdown summary, result JSON) of accuracy by variant."""
+def run_mcub(studio: Studio, settings: CompositionConfig, items: list, progress: Progress | None = None,
+             retention: bool = False):
+    """(plotly bar chart with 95 % intervals, markdown summary, result JSON) of accuracy by variant.
+
+    The summary is a table: accuracy, its 95 % bootstrap interval, and (``retention``) what each variant
+    keeps of the base's right answers on the text-only retention set; then every pair of variants on the
+    same items (right-alone counts, exact McNemar p). The JSON has ``statistics`` (and ``retention``).
+    """
+    from composition.evaluation.paired import markdown_tables
+
     present = {m for item in items for m in item.modalities}
     plan = settings.plan(studio.cm, present)
     result = _evaluate(studio, settings, items, plan.specs, settings.coefficients(studio.cm.experts, present), progress,
                        "benchmark")
     acc = result.accuracy()
+    stats = result.statistics()
+    out = result.to_json()
+    lines = markdown_tables(stats)
+    if retention:
+        kept = _retention(studio, settings, list(acc), progress)
+        out["retention"] = kept
+        lines = _with_retention_column(lines, kept, len(acc))
     summary = (f"**{result.n_items} items**, {len(acc)} variants in {result.seconds:.1f} s "
                f"({result.items_per_second:.2f} items/s). Chance is 25 %." +
-               "".join(f"\n- skipped {n}: {why}" for n, why in plan.skipped.items()))
-    return accuracy_chart(acc, result.n_items), summary, result.to_json()
+               "".join(f"\n- skipped {n}: {why}" for n, why in plan.skipped.items()) + "\n\n" + "\n".join(lines))
+    intervals = {n: stats["variants"][n]["ci95"] for n in acc}
+    return accuracy_chart(acc, result.n_items, intervals), summary, out
 
 
-def accuracy_chart(acc: dict[str, float], n_items: int):
+def _retention(studio: Studio, settings: CompositionConfig, variants: list[str], progress: Progress | None) -> dict:
+    from composition.evaluation.retention import measure_retention
+
+    view = studio.cm.subset(settings.experts)
+    report = measure_retention(view, variants, coefficients=settings.coefficients(studio.cm.experts, set()),
+                               progress=(lambda d, t: progress(d / t, desc=f"retention: {d}/{t} items"))
+                               if progress else None)
+    return report.to_json()
+
+
+def _with_retention_column(lines: list[str], kept: dict, n_variants: int) -> list[str]:
+    """The accuracy table (its first ``2 + n_variants`` lines) with a column: the share of the base's right
+    text-only answers each variant keeps."""
+    out = list(lines)
+    out[0] += " keeps of the base's text answers |"
+    out[1] += "---|"
+    for k in range(2, 2 + n_variants):
+        s = kept["variants"].get(out[k].split(" | ")[0][2:])
+        share = "n/a" if s is None or s["retention"] is None else f"{100 * s['retention']:.0f} % ({s['kept']}/{s['base_right']})"
+        out[k] += f" {share} |"
+    return out
+
+
+def accuracy_chart(acc: dict[str, float], n_items: int, intervals: dict[str, list[float]] | None = None):
     import plotly.graph_objects as go
 
     names = list(acc)
     colours = [KIND_COLOURS[VariantSpec.parse(n).kind.value] for n in names]
+    error = None
+    if intervals:  # asymmetric error bars: the 95 % bootstrap interval around each accuracy
+        error = {"type": "data", "symmetric": False, "array": [100 * (intervals[n][1] - acc[n]) for n in names],
+                 "arrayminus": [100 * (acc[n] - intervals[n][0]) for n in names]}
     fig = go.Figure(go.Bar(x=names, y=[100 * acc[n] for n in names], text=[f"{100 * acc[n]:.0f} %" for n in names],
-                           textposition="outside", marker_color=colours))
+                           textposition="outside", marker_color=colours, error_y=error))
     fig.add_hline(y=25, line_dash="dot", annotation_text="chance (25 %)")
-    fig.update_layout(title=f"MCUB accuracy by variant ({n_items} items)", yaxis_title="accuracy (%)",
+    fig.update_layout(title=f"MCUB accuracy by variant ({n_items} items{', 95 % intervals' if intervals else ''})",
+                      yaxis_title="accuracy (%)",
                       yaxis_range=[0, 110], height=380, margin={"l": 50, "r": 20, "t": 50, "b": 60})
     return fig
 
@@ -161,3 +207,61 @@ def run_tune(studio: Studio, settings: CompositionConfig, validation: list, test
                f"(the paper's default λ = 1/K, μ = 1: {100 * result.default_test_accuracy:.1f} %). "
                "The sliders now hold the chosen values." + "".join(f"\n- {n}" for n in result.notes))
     return summary, result.to_json(), applied
+
+
+def run_search(studio: Studio, settings: CompositionConfig, validation: list, test: list, scales: list[float],
+               mus: list[float], progress: Progress | None = None, apply: str = "unsupervised",
+               sample: int | None = 100) -> tuple[str, dict, CompositionConfig]:
+    """DAMC's λ/μ chosen two ways from one grid run on ``validation`` (every cell in one batch): by validation
+    accuracy (labels) and by AdaMMS's criterion (no labels: the cell whose answers change least against its
+    neighbouring cells); both and the paper's default are then scored on the disjoint ``test`` items with
+    paired statistics.
+
+    Returns (markdown summary, result JSON, the settings with the ``apply`` choice on the sliders:
+    "unsupervised" or "labelled").
+    """
+    from composition.evaluation.paired import markdown_tables
+    from composition.evaluation.unsupervised import search_coefficients
+    from composition.generate import GenerationConfig
+
+    if apply not in ("unsupervised", "labelled"):
+        raise CompositionError(f"apply={apply!r}; expected unsupervised or labelled.")
+    view = studio.cm.subset(settings.experts)
+
+    def report(done: int, total: int, label: str) -> None:
+        if progress:
+            progress(done / max(total, 1), desc=label)
+
+    result = search_coefficients(view, validation, test, scales=scales, mus=mus, variant="DAMC", rule=RULES["letter"],
+                                 config=GenerationConfig(max_new_tokens=4), batch_items=4, sample=sample, progress=report)
+    cell = result.unsupervised if apply == "unsupervised" else result.labelled
+    modalities = sorted({m for item in test for m in item.modalities})
+    from composition.evaluation.tune import coefficients_at
+
+    chosen = coefficients_at(view, modalities, cell.scale, cell.mu)
+    mus_applied = {e.modality: cell.mu for e in view.experts.values() if e.training == "decoupled"}
+    applied = settings.replace(lambdas=dict(chosen.lambdas), mus=mus_applied)
+    out = result.to_json()
+    summary = (f"**Searched on {result.n_search} validation items** ({len(result.cells)} cells, every cell in one batch). "
+               f"With labels (best validation accuracy): {result.labelled.label}. Without labels (AdaMMS: fewest answers "
+               f"that change against the neighbouring cells, {result.differences[result.unsupervised]:g} of "
+               f"{result.n_search}): {result.unsupervised.label}. **On {result.n_test} disjoint test items:**\n\n"
+               + "\n".join(markdown_tables(result.test)) +
+               f"\n\nThe sliders now hold the {apply} choice." + "".join(f"\n- {n}" for n in result.notes))
+    return summary, out, applied
+
+
+def run_retention(studio: Studio, settings: CompositionConfig, progress: Progress | None = None) -> tuple[str, dict]:
+    """What each selected variant keeps of the base's text-only skills (option-letter lookup, chat checks, facts,
+    arithmetic), scored against the base alone: (markdown table, result JSON)."""
+    kept = _retention(studio, settings, list(settings.variants or []), progress)
+    base = kept["base"]
+    lines = [f"The base alone answers {100 * base['accuracy']:.0f} % of the {sum(kept['parts'].values())} text-only items "
+             f"right ({', '.join(f'{p} {100 * a:.0f} %' for p, a in base['parts'].items())}).", "",
+             "| variant | right | 95 % interval | keeps of the base's right answers | lost | gained | McNemar p vs base |",
+             "|---|---|---|---|---|---|---|"]
+    for v, s in kept["variants"].items():
+        share = "n/a" if s["retention"] is None else f"{100 * s['retention']:.0f} % ({s['kept']}/{s['base_right']})"
+        lines.append(f"| {v} | {100 * s['accuracy']:.0f} % | {100 * s['ci95'][0]:.0f}–{100 * s['ci95'][1]:.0f} % | {share} | "
+                     f"{s['lost']} | {s['gained']} | {s['p_value_vs_base']:.3g} |")
+    return "\n".join(lines), kept

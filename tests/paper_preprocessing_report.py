@@ -62,7 +62,7 @@ def videos(tmp: Path) -> list[str]:
     from modalities import get_modality
     from modalities.encoders import encoder_spec, get_encoder
     from modalities.encoders.languagebind_video import video_input
-    from test_paper_encoders import tiny_languagebind_config, tiny_languagebind_state, write_languagebind_folder
+    from tests.test_paper_encoders import tiny_languagebind_config, tiny_languagebind_state, write_languagebind_folder
 
     config = tiny_languagebind_config()
     config["vision_config"]["image_size"] = 224  # the released input size, so the pixel figures are the real ones
@@ -91,8 +91,8 @@ def points(tmp: Path) -> list[str]:
     from modalities import get_modality
     from modalities.encoders import encoder_spec, get_encoder
     from modalities.encoders.point_bert import point_bert_input
-    from test_paper_encoders import tiny_point_bert_state
-    from test_paper_preprocessing import TINY_8192_YAML
+    from tests.test_paper_encoders import tiny_point_bert_state
+    from tests.test_paper_preprocessing import TINY_8192_YAML
 
     (tmp / "pb").mkdir()
     torch.save(tiny_point_bert_state(seed=2), tmp / "pb" / "point_bert_tiny.pt")
@@ -113,7 +113,7 @@ def points(tmp: Path) -> list[str]:
 def audio() -> list[str]:
     from modalities import get_modality
     from modalities.encoders.kaldi_fbank import kaldi_fbank
-    from test_paper_encoders import reference_fbank
+    from tests.test_paper_encoders import reference_fbank
 
     lines = ["| audio | seconds at 16 kHz | fbank Δ (max abs) | fbank Δ (rel.) |", "|---|---|---|---|"]
     for path in media_files("audio"):

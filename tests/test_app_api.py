@@ -86,6 +86,19 @@ def test_chat_is_stateless_and_takes_files_in_any_turn(client):
                        experts=None, variants=None, lambdas=None, mus=None, max_new_tokens=4, api_name="/chat")
 
 
+def test_chat_takes_lambda_schedules_and_refuses_one_that_cannot_apply(client):
+    """A λ over the layers (anchors) or by module ({filter, value} entries) travels as JSON, and the answer
+    says which schedule was applied; a filter that matches no module is refused by name."""
+    question = [{"role": "user", "content": "Name a shape."}]
+    schedule = [{"filter": "self_attn", "value": [0, 1]}, {"value": 0.25}]
+    out = client.predict(messages=question, experts=None, variants=["DAMC"], lambdas={"image": schedule, "audio": [0.5, 0]},
+                         mus=None, max_new_tokens=4, api_name="/chat")
+    assert out["variants"][0]["coefficients"]["lambdas"] == {"image": schedule, "audio": [0.5, 0.0]}
+    with pytest.raises(Exception, match="λ for 'image': filter 'cross_attn' matches no module"):
+        client.predict(messages=question, experts=None, variants=["DAMC"], lambdas={"image": [{"filter": "cross_attn", "value": 1}]},
+                       mus=None, max_new_tokens=4, api_name="/chat")
+
+
 def test_a_blind_round_and_its_vote_over_the_api(client):
     round_ = client.predict(messages=[{"role": "user", "content": "Which shape is best?"}], experts=None, max_new_tokens=4,
                             api_name="/arena_round")

@@ -27,7 +27,9 @@ def test_page_config_has_the_tabs_and_controls(app_url):  # noqa: F811
     assert any(str(l).startswith("λ image") for l in labels) and any(str(l).startswith("μ point") for l in labels)
     names = {d.get("api_name") for d in config["dependencies"]}
     assert {"compare", "compare_ui", "recompose", "benchmark", "sweep", "token_routing", "save_config", "load_config",
-            "export_model", "add_expert"} <= names
+            "export_model", "add_expert", "schedule_typed", "retention", "tune_without_labels", "interference_rerun"} <= names
+    assert {"λ schedule", "Stored run", "also: what each variant keeps of the base's text skills "
+            "(retention, ~100 text-only questions)"} <= labels
     assert all(d.get("api_name") for d in config["dependencies"]), "every event needs an api_name"
 
 
@@ -150,3 +152,23 @@ def test_the_compare_tab_after_a_run_with_the_bundled_experts(bundled_app_url): 
         page.screenshot(path=str(SHOTS / "compare.png"), full_page=False)
     assert names == ["NaiveMC", "DAMC", "expert:image", "expert:image-shared", "expert:audio", "expert:audio-shared"], names
     assert "λ image 0.50, audio 0.50" in cards[1], cards[1]
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (apt-get install chromium; "
+                                             "./studio.sh test installs packages-test.txt)")
+def test_a_typed_lambda_schedule_locks_the_slider_and_plots_it_per_layer(app_url):  # noqa: F811
+    """In a real browser: open an expert's "advanced: over the layers" box, type anchors, press Enter: the
+    slider says the schedule is its λ now, and the plot under it draws the values per layer."""
+    with browser_page(app_url, 1400, 1800) as page:
+        page.get_by_text("Composition: λ, μ and merge methods").first.click()
+        advanced = page.get_by_text("advanced: over the layers").first
+        advanced.wait_for(timeout=120_000)
+        advanced.click()
+        box = page.get_by_label("λ schedule").first
+        box.fill("0, 1")
+        box.press("Enter")
+        page.locator("label", has_text="λ image (text): over the layers (advanced)").first.wait_for(timeout=120_000)
+        plot = page.locator(".vega-embed svg").first
+        plot.wait_for(timeout=120_000)
+        assert plot.is_visible()
+        page.screenshot(path=str(SHOTS / "schedule.png"), full_page=True)

@@ -69,7 +69,7 @@ def test_a_file_written_before_auto_existed_still_loads(cm):
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"lambdas": {"image": "half"}}, "λ for 'image' is 'half'; expected a number or 'auto'"),
+    ({"lambdas": {"image": "half"}}, "λ for 'image' is 'half'; expected a number, a list of anchors"),
     ({"lambdas": {"image": True}}, "λ for 'image' is True"),
     ({"variants": ["DAMC", "nonsense"]}, "unknown variant 'nonsense'"),
     ({"experts": "image"}, "experts must be a list"),
@@ -114,3 +114,47 @@ def test_cli_flags_override_the_config_file(tmp_path, cm):
     args.lambdas, args.method_params = [], ["ties.density=0.3"]
     with pytest.raises(CompositionError, match="--method-param given for 'ties', which is not among the variants"):
         composition_config(args, entries)
+
+
+# --- λ = s·(1/K) (issue 36) -------------------------------------------------------------------------
+def test_a_lambda_scale_scales_every_auto_lambda_and_no_number(cm):
+    config = CompositionConfig(lambdas={"image": 0.5}, lambda_scale=2)
+    assert config.lambda_scale == 2.0
+    plan = config.plan(cm, {"image", "audio"})
+    assert plan.variant("DAMC").lambdas == {"image": 0.5, "audio": 1.0}
+    assert plan.variant("NaiveMC").lambdas == {"image-shared": 1.0, "audio-shared": 1.0}
+    assert config.coefficients(cm.experts, {"image", "audio"}).lambda_scale == 2.0
+    assert CompositionConfig().plan(cm, {"image", "audio"}).variant("NaiveMC").lambdas == {"image-shared": 0.5,
+                                                                                            "audio-shared": 0.5}
+
+
+def test_lambda_scale_round_trips_through_yaml_and_older_files_read_as_1(cm):
+    config = CompositionConfig(experts=["image", "audio"], lambda_scale=1.5)
+    text = config.to_yaml(cm.experts)
+    assert yaml.safe_load(text)["coefficients"]["lambda_scale"] == 1.5
+    again, _ = CompositionConfig.from_yaml(text, cm.experts)
+    assert again == config
+    plain = CompositionConfig(experts=["image"]).to_yaml(cm.experts)
+    assert "lambda_scale" not in plain and CompositionConfig.from_yaml(plain, cm.experts)[0].lambda_scale == 1.0
+    typo = text.replace("lambda_scale", "lambda_scael")
+    with pytest.raises(CompositionError, match="coefficients key 'lambda_scael' is unknown; expected lambdas, mus, lambda_scale"):
+        CompositionConfig.from_yaml(typo, cm.experts)
+
+
+@pytest.mark.parametrize("value", [-1, 9, "auto", True, float("inf")])
+def test_a_bad_lambda_scale_is_refused_by_name(value):
+    with pytest.raises(CompositionError, match=r"lambda_scale is .*; expected a finite number in \[0, 4\]"):
+        CompositionConfig(lambda_scale=value)
+
+
+def test_cli_lambda_scale_flag(cm, tmp_path):
+    from composition.cli.common import add_composition_args, composition_config
+    from composition.discovery import ExpertEntry
+
+    parser = argparse.ArgumentParser()
+    add_composition_args(parser)
+    entries = [ExpertEntry(tmp_path / n, e.config) for n, e in cm.experts.items()]
+    args = parser.parse_args(["--lambda-scale", "2", "--lambda", "image=0.3"])
+    config = composition_config(args, entries)
+    assert config.lambda_scale == 2.0 and config.lambdas == {"image": 0.3}
+    assert composition_config(parser.parse_args([]), entries).lambda_scale == 1.0

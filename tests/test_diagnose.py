@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from composition.composer import ComposedModel
-from training.diagnose import answer_breakdown, main, named_option
+from composition.evaluation.scoring import named_option
+from training.diagnose import answer_breakdown, main
 from training.lookup import letter_lookup_accuracy
 from composition.random_models import random_expert, tiny_base
 

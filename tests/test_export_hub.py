@@ -5,7 +5,6 @@ import json
 
 import pytest
 import torch
-import yaml
 
 from composition.card import check_card, hub_ids
 from composition.composer import ComposedModel
@@ -94,6 +93,31 @@ def test_the_card_passes_huggingface_hubs_reading_and_holds_the_recipe(cm, tmp_p
                     "Adu2021/ModelCompose/sub"]) == ["HuggingFaceTB/SmolLM2-135M-Instruct", "Adu2021/ModelCompose"]
     with pytest.raises(CompositionError, match="export form 'zip'"):
         export_composition(cm, VariantSpec.parse("DAMC"), tmp_path / "bad", form="zip")
+
+
+SCHEDULED = Coefficients(lambdas={"image": [0.0, 1.0], "audio": [{"filter": "mlp", "value": 0.6}, {"value": 0.1}],
+                                  "point": 0.2}, mus={"audio": [1.0, 0.5]})
+
+
+@pytest.mark.parametrize("form", ["adapter", "full"])
+def test_both_forms_honour_schedules_over_layers_and_modules(cm, tmp_path, form):
+    """A λ over the layers (anchors) and by module (filters) is written into the export as the studio applies
+    it online: peft (adapter) and the reloaded checkpoint (full) answer the text tokens as the studio does,
+    and the card's coefficients hold the schedules as typed."""
+    config = CompositionConfig(lambdas=dict(SCHEDULED.lambdas), mus=dict(SCHEDULED.mus))
+    folder = export_composition(cm, VariantSpec.parse("DAMC"), tmp_path / form, coefficients=SCHEDULED, form=form,
+                                recipe_yaml=config.to_yaml(cm.experts, base_name=cm.base.name))
+    expected = cm.logits(QUESTION, [], ["DAMC"], SCHEDULED)[0]
+    assert not torch.allclose(expected, cm.logits(QUESTION, [], ["DAMC"], COEF)[0], atol=1e-4)  # the schedule matters
+    if form == "adapter":
+        got = peft_logits(folder, text_ids(cm))
+    else:  # the folder's own checkpoint: the schedule written into its weights
+        reloaded, variant = load_exported(folder, feature_fn=features_as_data)
+        got = reloaded.logits(QUESTION, [], [variant])[0]
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    manifest = json.loads((folder / "composition.json").read_text())
+    assert manifest["coefficients"]["lambdas"]["image"] == [0.0, 1.0]
+    assert manifest["coefficients"]["lambdas"]["audio"] == [{"filter": "mlp", "value": 0.6}, {"value": 0.1}]
 
 
 def test_the_adapter_export_reloads_in_the_studio(cm, tmp_path):

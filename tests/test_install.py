@@ -10,7 +10,6 @@ import json
 import os
 import site
 import subprocess
-import sys
 import venv
 from pathlib import Path
 
@@ -51,6 +50,8 @@ def test_only_the_library_reaches_site_packages(installed):
     assert {"composition", "modalities"} <= tops
     assert not tops & {"checks.py", "checks", "training", "studio", "app.py", "tests", "assets", "examples"}
     assert (packages / "composition" / "bundled" / "experts" / "image" / "expert.json").is_file()
+    tasks = packages / "composition" / "evaluation" / "lmms_bridge" / "tasks" / "mcub"  # lmms-eval reads these files
+    assert {"mcub.yaml", "mcub_synth.yaml", "_default_template_yaml", "utils.py"} <= {p.name for p in tasks.iterdir()}
 
 
 def test_mcstudio_lists_and_composes_the_bundled_experts(installed, tmp_path):

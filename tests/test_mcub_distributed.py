@@ -191,7 +191,9 @@ ctx = init_distributed("cpu")
 load_base_llm({base!r}, device="cpu")  # what the CLI does next: transformers imports torch.distributed.nn
 assert all_gather_json(ctx.rank, ctx) == [0, 1]
 ctx.close()
-print("RANK", ctx.rank, "threads after teardown:", native_threads(), flush=True)
+# one file per rank: two ranks printing to one pipe interleave their lines
+with open(os.path.join({out!r}, f"rank{{ctx.rank}}.txt"), "w") as f:
+    f.write(f"RANK {{ctx.rank}} threads after teardown: {{native_threads()}}")
 """
 
 
@@ -200,11 +202,30 @@ def test_tearing_down_the_process_group_ends_its_threads(tiny_world, tmp_path):
     interpreter's own teardown to destroy (a model load imported torch.distributed.nn after the group
     existed, whose default arguments kept the group alive)."""
     script = tmp_path / "rank.py"
-    script.write_text(RANK_SCRIPT.format(repo=str(REPO), base=str(tiny_world / "base")))
+    script.write_text(RANK_SCRIPT.format(repo=str(REPO), base=str(tiny_world / "base"), out=str(tmp_path)))
     torchrun = Path(sys.executable).with_name("torchrun")
     result = run([str(torchrun), "--standalone", "--nproc-per-node", "2", str(script)])
     assert result.returncode == 0, result.stderr[-3000:]
-    lines = [line for line in result.stdout.splitlines() if line.startswith("RANK")]
-    assert len(lines) == 2, result.stdout
+    lines = [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)]
     for line in lines:
         assert "gloo" not in line, line
+
+
+def test_without_device_a_single_process_group_starts_on_what_the_machine_has(monkeypatch):
+    """--device left out (None): cuda when the machine has one, else gloo on the CPU (the device check runs
+    before the group starts, with torch bound in the function that also imports torch.distributed.nn)."""
+    import socket
+
+    from composition.evaluation.distributed import init_distributed
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for key, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": str(port)}.items():
+        monkeypatch.setenv(key, value)
+    ctx = init_distributed(None)
+    try:
+        assert ctx.backend == ("nccl" if torch.cuda.is_available() else "gloo") and ctx.world_size == 1
+    finally:
+        ctx.close()

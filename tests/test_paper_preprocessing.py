@@ -9,7 +9,6 @@ checked to be unchanged.
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -145,7 +144,7 @@ def test_clip_reads_the_checkpoints_own_preprocessor_config(clip_folder):
 
 @pytest.fixture(scope="module")
 def languagebind(tmp_path_factory):
-    from test_paper_encoders import tiny_languagebind_config, tiny_languagebind_state, write_languagebind_folder
+    from tests.test_paper_encoders import tiny_languagebind_config, tiny_languagebind_state, write_languagebind_folder
 
     folder = write_languagebind_folder(tmp_path_factory.mktemp("lb") / "LanguageBind_Video_merge",
                                        tiny_languagebind_state(tiny_languagebind_config(), seed=3))
@@ -205,7 +204,7 @@ npoints: 8192
 @pytest.fixture(scope="module")
 def point_bert(tmp_path_factory):
     """The tiny Point-BERT of test_paper_encoders, configured for 8192 points as the released one is."""
-    from test_paper_encoders import tiny_point_bert_state
+    from tests.test_paper_encoders import tiny_point_bert_state
 
     folder = tmp_path_factory.mktemp("pb8192")
     torch.save(tiny_point_bert_state(seed=2), folder / "point_bert_tiny.pt")

@@ -302,3 +302,96 @@ def test_a_folder_of_experts_ships_its_coefficients(tmp_path):
     assert settings.lambdas == {"image": 0.6, "point": 0.4} and settings.mus["point"] == 0.8
     damc = next(v for v in handlers.compare_api(studio, "hi")["variants"] if v["name"] == "DAMC")
     assert damc["coefficients"]["lambdas"] == {"image": 0.6, "point": 0.4} and damc["coefficients"]["mus"]["point"] == 0.8
+
+
+# --- one weight for both kinds: λ = s·(1/K) (issue 36) --------------------------------------------
+def test_a_lambda_scale_moves_the_shared_composition_and_damc_together(cm):
+    from composition.variants import LambdaRoutes
+
+    plan = cm.plan({"image", "audio"}, ["NaiveMC", "DAMC"], Coefficients(lambda_scale=2.0))
+    naive, damc = plan.variant("NaiveMC"), plan.variant("DAMC")
+    assert naive.lambdas == {"image-shared": 1.0, "audio-shared": 1.0} and damc.lambdas == {"image": 1.0, "audio": 1.0}
+    shared = {cm.slots.index[(n, "shared")] for n in ("image-shared", "audio-shared")}
+    for route in (TEXT_ROUTE, "image", "audio"):  # NaiveMC: Σ λ_i D_i on every token
+        assert naive.routes[route] == {s: 1.0 for s in shared}
+    assert damc.routes["image"] == {cm.slots.index[("image", "modality")]: 1.0}  # μ, not λ, on DAMC's modality tokens
+    assert naive.coefficients_json() == {"lambdas": {"image-shared": 1.0, "audio-shared": 1.0}, "mus": {}, "lambda_scale": 2.0}
+    assert naive.spec.lambda_routes is LambdaRoutes.EVERY_TOKEN
+    # The paper's default stays NaiveMC's exact mean, with nothing new in what the cards show.
+    paper = cm.plan({"image", "audio"}, ["NaiveMC"]).variant("NaiveMC")
+    assert paper.lambdas == {"image-shared": 0.5, "audio-shared": 0.5} and "lambda_scale" not in paper.coefficients_json()
+
+
+def test_a_lambda_the_user_set_is_never_scaled_and_naivemc_takes_it(cm):
+    coef = Coefficients({"image-shared": 0.3, "image": 0.7}, lambda_scale=3.0)
+    plan = cm.plan({"image", "audio"}, ["NaiveMC", "DAMC"], coef)
+    assert plan.variant("NaiveMC").lambdas == {"image-shared": 0.3, "audio-shared": 1.5}
+    assert plan.variant("DAMC").lambdas == {"image": 0.7, "audio": 1.5}
+    explicit = cm.plan({"image"}, ["NaiveMC"], Coefficients({"image-shared": 0.3}, lambda_scale=3.0)).variant("NaiveMC")
+    assert explicit.lambdas == {"image-shared": 0.3} and "lambda_scale" not in explicit.coefficients_json()  # nothing auto
+
+
+def test_naivemc_at_a_scale_is_task_arithmetic_over_the_shared_experts(cm):
+    """Σ λ_i·D_i: NaiveMC at s/K equals the task-arithmetic method over the shared experts alone at the same λ."""
+    given = inputs("image", "audio")
+    naive = cm.logits("hi", given, ["NaiveMC"], Coefficients(lambda_scale=1.5))[0]
+    shared_only = cm.subset(["image-shared", "audio-shared"])
+    task = shared_only.logits("hi", given, ["task_arithmetic"], Coefficients({"image-shared": 0.75, "audio-shared": 0.75}))[0]
+    assert torch.allclose(naive, task, atol=1e-5)
+    assert not torch.allclose(naive, cm.logits("hi", given, ["NaiveMC"])[0], atol=1e-3)  # the scale changed something
+
+
+def test_lambda_on_text_tokens_only_keeps_the_modality_tokens_at_the_mean(cm):
+    from composition.variants import NAIVE_TEXT_LAMBDA, LambdaRoutes
+
+    spec = VariantSpec.parse(NAIVE_TEXT_LAMBDA)
+    assert spec == VariantSpec.naive(LambdaRoutes.TEXT_ONLY) and spec.kind is VariantKind.NAIVE
+    rv = cm.plan({"image", "audio"}, [spec], Coefficients(lambda_scale=2.0)).variants[0]
+    shared = {cm.slots.index[(n, "shared")] for n in ("image-shared", "audio-shared")}
+    assert rv.routes[TEXT_ROUTE] == {s: 1.0 for s in shared}
+    assert rv.routes["image"] == rv.routes["audio"] == {s: 0.5 for s in shared}
+    assert rv.coefficients_json()["modality_lambdas"] == {"image-shared": 0.5, "audio-shared": 0.5}
+    from composition.plan import describe_coefficients
+
+    assert describe_coefficients(rv.coefficients_json()) == ("λ image-shared 1.00, audio-shared 1.00 · auto λ = 2·(1/K) · "
+                                                             "λ on modality tokens image-shared 0.50, audio-shared 0.50")
+    given = inputs("image", "audio")
+    # At s = 1 both routes hold 1/K: the variant is NaiveMC itself; at s = 2 it differs from both NaiveMC variants.
+    one = cm.logits("hi", given, ["NaiveMC", NAIVE_TEXT_LAMBDA])
+    assert torch.allclose(one[0], one[1])
+    two = cm.logits("hi", given, ["NaiveMC", NAIVE_TEXT_LAMBDA], Coefficients(lambda_scale=2.0))
+    assert not torch.allclose(two[0], two[1], atol=1e-3) and not torch.allclose(two[1], one[0], atol=1e-3)
+    # Without inputs there are no modality tokens: the two are the same composition.
+    text = cm.logits("hi", [], ["NaiveMC", NAIVE_TEXT_LAMBDA], Coefficients(lambda_scale=2.0))
+    assert torch.allclose(text[0], text[1])
+
+
+def test_scale_and_route_options_are_refused_by_name():
+    from composition.variants import LambdaRoutes
+
+    for bad in (-0.5, 4.5, float("nan"), True, "2"):
+        with pytest.raises(CompositionError, match="lambda_scale is .*expected a finite number in \\[0, 4\\]"):
+            Coefficients(lambda_scale=bad)
+    with pytest.raises(CompositionError, match="applies to NaiveMC only"):
+        VariantSpec("DAMC", VariantKind.DAMC, lambda_routes=LambdaRoutes.TEXT_ONLY)
+    with pytest.raises(CompositionError, match="lambda_routes is 'text-only'; expected one of"):
+        VariantSpec("NaiveMC", VariantKind.NAIVE, lambda_routes="text-only")
+
+
+def test_lambda_on_modality_tokens_only_is_the_other_half(cm):
+    from composition.variants import NAIVE_MODALITY_LAMBDA, LambdaRoutes
+
+    spec = VariantSpec.parse(NAIVE_MODALITY_LAMBDA)
+    assert spec == VariantSpec.naive(LambdaRoutes.MODALITY_ONLY)
+    rv = cm.plan({"image", "audio"}, [spec], Coefficients(lambda_scale=2.0)).variants[0]
+    shared = {cm.slots.index[(n, "shared")] for n in ("image-shared", "audio-shared")}
+    assert rv.routes[TEXT_ROUTE] == {s: 0.5 for s in shared} and rv.routes["image"] == {s: 1.0 for s in shared}
+    assert rv.coefficients_json() == {"lambdas": {"image-shared": 0.5, "audio-shared": 0.5}, "mus": {},
+                                      "lambda_scale": 2.0, "modality_lambdas": {"image-shared": 1.0, "audio-shared": 1.0}}
+    given = inputs("image", "audio")
+    both = cm.logits("hi", given, ["NaiveMC", NAIVE_MODALITY_LAMBDA], Coefficients(lambda_scale=2.0))
+    paper = cm.logits("hi", given, ["NaiveMC"])[0]
+    assert not torch.allclose(both[1], both[0], atol=1e-3) and not torch.allclose(both[1], paper, atol=1e-3)
+    # No input, no modality token: λ reaches nothing, so this is the paper's NaiveMC.
+    text = cm.logits("hi", [], ["NaiveMC", NAIVE_MODALITY_LAMBDA], Coefficients(lambda_scale=2.0))
+    assert torch.allclose(text[1], cm.logits("hi", [], ["NaiveMC"])[0])

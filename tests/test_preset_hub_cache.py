@@ -101,7 +101,7 @@ def modelcompose_release(staging: Path) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def hub_cache(tmp_path_factory):
     from composition.random_models import ModelShape, synthetic_base
-    from test_paper_encoders import tiny_languagebind_config, tiny_languagebind_state, tiny_point_bert_state, write_languagebind_folder
+    from tests.test_paper_encoders import tiny_languagebind_config, tiny_languagebind_state, tiny_point_bert_state, write_languagebind_folder
 
     tmp = tmp_path_factory.mktemp("hub")
     cache = tmp / "hub-cache"

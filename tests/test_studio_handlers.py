@@ -224,7 +224,7 @@ def test_yaml_config_round_trip():
     ("format: [unclosed", "not valid YAML at line 1"),
     ("format: something-else\n", "expected 'mllm-composition-studio/1'"),
     (f"format: {CONFIG_FORMAT}\nexperts: [{{name: smell, folder: smell}}]\n", "uses expert 'smell' (folder 'smell'), which is not loaded"),
-    (f"format: {CONFIG_FORMAT}\nexperts: [image]\ncoefficients: {{lambdas: {{image: 12}}}}\n", "λ for 'image' is 12.0"),
+    (f"format: {CONFIG_FORMAT}\nexperts: [image]\ncoefficients: {{lambdas: {{image: 12}}}}\n", "λ for 'image' is 12; expected"),
     (f"format: {CONFIG_FORMAT}\ngeneration: {{beams: 4}}\n", "generation key 'beams' is unknown"),
     (f"format: {CONFIG_FORMAT}\nexperts: [[1, 2]]\n", "has no name string"),
     (f"format: {CONFIG_FORMAT}\nexperts: [image]\nmethods: {{ties: [1]}}\n", "key 'ties' must be a mapping"),
@@ -304,3 +304,40 @@ def test_tuning_chooses_on_validation_reports_on_test_and_fills_the_sliders():
     k = 4  # every item has all four modalities: λ_i = scale/K
     assert applied.lambdas == {n: pytest.approx(result["best"]["lambda_scale"] / k) for n in ("image", "audio", "video", "point")}
     assert set(applied.mus.values()) == {1.0}
+
+
+
+# --- coefficients over the layers ("advanced" boxes) ---------------------------------
+def test_a_typed_schedule_locks_its_slider_and_the_plot_shows_it_per_layer():
+    from studio.controls import lambda_schedule_name, mu_schedule_name
+
+    studio = make_studio()
+    values = ask("", [CHEETAH, None, None, None], False, controls(studio))
+    values[lambda_schedule_name(0)] = "0, 1"
+    values[mu_schedule_name("image")] = "[{filter: mlp, value: 0.5}, {value: 1}]"
+    lams, mus = handlers.slider_views(studio, values)
+    assert not lams[0].interactive and "over the layers" in lams[0].label and not lams[0].auto
+    assert not mus[0].interactive and "over the layers" in mus[0].label
+    curves = handlers.lambda_curves(studio, values)
+    image = curves[0]
+    layers = sorted(set(image["layer"]))
+    assert set(image["modules"]) == {"attention", "MLP"}
+    first, last = (image[image["layer"] == layer]["λ"].tolist() for layer in (layers[0], layers[-1]))
+    assert first == [0.0, 0.0] and last == pytest.approx([1.0, 1.0])  # mergekit's gradient: the last layer is t = 1
+    audio = curves[1]  # audio has no input: the plan applies none of its delta, the plot says so by its absence
+    assert audio is None or set(audio["λ"]) == {0.0}
+    timing, formulas = handlers.recompose(studio, values)
+    assert "λ for **image** over the layers" in formulas
+    settings = handlers.settings_of(studio, values)
+    assert settings.lambdas["image"].plain() == [0.0, 1.0]
+    assert controls(studio, settings)[lambda_schedule_name(0)] == "0, 1"  # a saved config shows the box as typed
+
+
+def test_a_schedule_box_that_cannot_parse_names_the_box_and_the_fix():
+    from studio.controls import lambda_schedule_name
+
+    studio = make_studio()
+    values = controls(studio)
+    values[lambda_schedule_name(1)] = "0, lots"
+    with pytest.raises(CompositionError, match=r"λ for 'audio'.*'lots'"):
+        handlers.settings_of(studio, values)

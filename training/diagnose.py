@@ -33,22 +33,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 from typing import Iterable, Mapping
 
+from composition.evaluation.scoring import named_option
+
 from .instructions import LETTERS
-
-
-def named_option(answer: str, options: list[str]) -> str | None:
-    """The option the answer names first ("cone (C)" -> "cone"), matched as a whole word, or None."""
-    best: tuple[int, str] | None = None
-    for option in options:
-        match = re.search(rf"(?<![a-z]){re.escape(option.lower())}(?![a-z])", answer.lower())
-        if match and (best is None or match.start() < best[0]):
-            best = (match.start(), option)
-    return best[1] if best else None
 
 
 def answer_breakdown(items: Iterable[Mapping], predictions: Iterable[Mapping]) -> dict[str, dict[str, float]]:

@@ -66,7 +66,7 @@ PEAK_BANDWIDTH = (("H200", 4.8e12), ("H100 NVL", 3.9e12), ("H100 PCIe", 2.0e12),
 SECTIONS = ("side_by_side_one_input", "side_by_side_all_inputs", "recompose_online", "recompose_materialized", "mcub",
             "chat", "methods", "gpu")
 FIGURE_TARGETS = {"side_by_side_one_input": 1.5, "side_by_side_all_inputs": 2.5, "side_by_side_all_inputs_seconds": 5.0,
-           "side_by_side_gpu": 1.15, "materialize_gpu_ms": 15.0, "decode_vs_floor": 2.0}
+           "side_by_side_gpu": 1.15, "materialize_gpu_ms": 15.0, "decode_vs_floor": 2.0, "mcub_batched_vs_one": 2.0}
 
 
 @dataclass(frozen=True)
@@ -268,17 +268,34 @@ def coefficient_series(cm: ComposedModel, n: int = 4) -> list[Coefficients]:
                          mus={m: round(0.6 + 0.1 * i, 2) for m in MODALITIES}) for i in range(n)]
 
 
+def schedule_series(cm: ComposedModel, n: int = 4) -> list[Coefficients]:
+    """Distinct λ schedules over the layers (and one by module), as ``coefficient_series`` has numbers."""
+    names = [e.name for e in cm.experts.values() if e.training == "decoupled"]
+    def schedule(i: int, k: int):
+        rising = [round(0.1 * ((i + k) % 4), 2), 0.3, round(0.5 - 0.05 * i, 2)]
+        return rising if k % 2 == 0 else [{"filter": "self_attn", "value": rising}, {"value": round(0.2 + 0.1 * i, 2)}]
+
+    return [Coefficients(lambdas={name: schedule(i, k) for k, name in enumerate(names)},
+                         mus={m: round(0.6 + 0.1 * i, 2) for m in MODALITIES}) for i in range(n)]
+
+
 def recompose_online(setup: Setup, config: BenchConfig) -> dict:
-    """A coefficient change online: resolve the variants and rebuild the coefficient table."""
+    """A coefficient change online: resolve the variants and rebuild the coefficient table; the same with λ
+    schedules over the layers (the table gets a module axis), and what that axis costs a decode step."""
     cm, present = setup.cm, {i.modality for i in setup.inputs}
     variants = bench_variants(cm, sorted(present))
-    series, step = coefficient_series(cm), iter(range(10 ** 9))
-
-    def once():
-        return cm.compose(cm.plan(present, variants, series[next(step) % len(series)]))
-
-    seconds, table = measure(once, repeats=max(config.repeats, 20), warmup=max(config.warmup, 2), device=setup.device)
-    return {"variants": len(variants), "table_shape": list(table.shape), "seconds": seconds}
+    timing = dict(repeats=max(config.repeats, 20), warmup=max(config.warmup, 2), device=setup.device)
+    out: dict = {"variants": len(variants)}
+    for key, series in (("", coefficient_series(cm)), ("schedule_", schedule_series(cm))):
+        step = iter(range(10 ** 9))
+        seconds, table = measure(lambda: cm.compose(cm.plan(present, variants, series[next(step) % len(series)])), **timing)
+        out.update({f"{key}table_shape": list(table.shape), f"{key}seconds": seconds})
+    out["schedule_vs_scalar"] = out["schedule_seconds"] / out["seconds"]
+    decode = {key: decode_ms_per_token(setup, [DAMC], config, coefficients)[0]
+              for key, coefficients in (("scalar", coefficient_series(cm)[0]), ("schedule", schedule_series(cm)[0]))}
+    out.update({"decode_ms_scalar": decode["scalar"], "decode_ms_schedule": decode["schedule"],
+                "decode_schedule_vs_scalar": decode["schedule"] / decode["scalar"]})
+    return out
 
 
 def text_route_coefficients(cm: ComposedModel, coefficients: Coefficients, present: set[str], variant: str = DAMC) -> dict[int, float]:
@@ -381,10 +398,11 @@ def hf_generate_ms_per_token(base, prompt_tokens: int, new_tokens: int, config: 
     return statistics.median(samples)
 
 
-def decode_ms_per_token(setup: Setup, variants: Sequence[str], config: BenchConfig) -> tuple[float, int]:
+def decode_ms_per_token(setup: Setup, variants: Sequence[str], config: BenchConfig,
+                        coefficients: Coefficients | None = None) -> tuple[float, int]:
     """The engine's decode: ms between generated tokens (after prefill), and the prompt length of the first row."""
     cm = setup.cm
-    plan = cm.plan({i.modality for i in setup.inputs}, variants, Coefficients())
+    plan = cm.plan({i.modality for i in setup.inputs}, variants, coefficients or Coefficients())
     request = RowRequest(QUESTION, tuple(setup.inputs))
     # Every step is timed, as many as asked for: the model never stops at an end-of-text token here.
     generation = GenerationConfig(max_new_tokens=1 + config.new_tokens)
@@ -468,19 +486,101 @@ def mcub_items(quick: bool, limit: int) -> tuple[list, str]:
     return load_mcub(path)[:limit], f"MCUB-synth-4 (seed 0, {path.parent.name})"
 
 
+class PartTimer:
+    """Wall seconds spent in named functions while active (the MCUB figure's "where the time goes").
+
+    Wraps module attributes for the duration of a ``with`` block and restores them after; the
+    functions still run as before, each call timed.
+    """
+
+    def __init__(self, targets: dict[str, tuple[object, str]]) -> None:
+        self.targets = targets
+        self.seconds = {name: 0.0 for name in targets}
+        self._saved: list[tuple[object, str, object]] = []
+
+    def __enter__(self) -> "PartTimer":
+        for name, (owner, attr) in self.targets.items():
+            real = getattr(owner, attr)
+
+            def timed(*args, _real=real, _name=name, **kwargs):
+                start = time.perf_counter()
+                try:
+                    return _real(*args, **kwargs)
+                finally:
+                    self.seconds[_name] += time.perf_counter() - start
+
+            self._saved.append((owner, attr, real))
+            setattr(owner, attr, timed)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for owner, attr, real in reversed(self._saved):
+            setattr(owner, attr, real)
+        self._saved.clear()
+
+
+def mcub_parts() -> PartTimer:
+    """Timers on the MCUB path: reading the items' files, the encoders, prefill and decode."""
+    from .. import composer, generate
+    from ..evaluation import runner
+
+    return PartTimer({"files": (runner, "_load_item_inputs"), "encoders": (composer.ComposedModel, "encode_inputs"),
+                      "prefill": (generate, "prefill"), "prefill_shared": (generate, "prefill_shared"),
+                      "decode": (generate, "decode")})
+
+
 def mcub_throughput(setup: Setup, config: BenchConfig) -> dict:
-    """Items/s of ``evaluate``: all items and variants in one batch vs one item (all its variants) at a time."""
+    """Items/s of ``evaluate``: all items and variants in one batch vs one item (all its variants) at a time,
+    and where each run's time goes (files read and decoded, encoders, prefill, decode, the rest)."""
     from ..evaluation import DEFAULT_CONFIG, evaluate
 
     items, source = mcub_items(config.quick, config.mcub_items)
     cm = setup.cm
     variants = bench_variants(cm, MODALITIES)
     timing = dict(repeats=config.repeats, warmup=config.warmup, device=setup.device)
-    batched_s, _ = measure(lambda: evaluate(cm, items, variants, config=DEFAULT_CONFIG, batch_items=len(items)), **timing)
-    single_s, _ = measure(lambda: evaluate(cm, items, variants, config=DEFAULT_CONFIG, batch_items=1), **timing)
+    parts = {}
+
+    def run(batch_items: int, key: str):
+        with mcub_parts() as timer:
+            start = time.perf_counter()
+            result = evaluate(cm, items, variants, config=DEFAULT_CONFIG, batch_items=batch_items)
+            total = time.perf_counter() - start
+        seconds = dict(timer.seconds)
+        seconds["prefill"] += seconds.pop("prefill_shared")
+        seconds["other"] = max(total - sum(seconds.values()), 0.0)
+        parts.setdefault(key, []).append(seconds)
+        return result
+
+    batched_s, batched = measure(lambda: run(len(items), "batched"), **timing)
+    single_s, single = measure(lambda: run(1, "one_at_a_time"), **timing)
+    same = [p.answer for p in batched.predictions] == [p.answer for p in single.predictions]
+    # The breakdown of the run nearest the median (the warm-up runs are left out).
+    breakdown = {}
+    for key, median_s in (("batched", batched_s), ("one_at_a_time", single_s)):
+        runs = parts[key][config.warmup:]
+        best = min(runs, key=lambda r: abs(sum(r.values()) - median_s))
+        breakdown[key] = {k: round(v, 3) for k, v in best.items()}
+    prompt_tokens = _mcub_prompt_tokens(cm, items, variants)
     return {"data": source, "items": len(items), "variants": variants, "new_tokens": DEFAULT_CONFIG.max_new_tokens,
             "batched_items_per_s": len(items) / batched_s, "one_item_at_a_time_items_per_s": len(items) / single_s,
-            "speedup": single_s / batched_s}
+            "speedup": single_s / batched_s, "batched_s": batched_s, "one_item_at_a_time_s": single_s,
+            "seconds_by_part": breakdown, "same_answers": same, **prompt_tokens}
+
+
+def _mcub_prompt_tokens(cm: ComposedModel, items: list, variants: Sequence[str]) -> dict:
+    """Prompt tokens of all rows, and those a batch of every item prefills once its shared prefixes are shared."""
+    from ..composer import RowRequest, shared_prefixes
+    from ..evaluation.runner import _load_item_inputs
+    from ..inputs import decoder_needs
+
+    plan = cm.plan(set(items[0].modalities), variants)
+    needs = decoder_needs(cm.experts.values())
+    with cm.lock:
+        rows = [row for item in items
+                for row, _ in cm._request_rows(RowRequest(item.question, _load_item_inputs(item, needs)), plan.variants)]
+    total = sum(r.length for r in rows)
+    saved = sum((len(members) - 1) * length for members, length in shared_prefixes(rows, len(plan.variants)))
+    return {"prompt_tokens": total, "prompt_tokens_prefilled_batched": total - saved}
 
 
 # --- the sections together ----------------------------------------------------------
@@ -599,7 +699,10 @@ def format_chat(f: dict) -> list[str]:
 
 def format_online(f: dict) -> list[str]:
     return [f"recompose online (resolve {f['variants']} variants + coefficient table {f['table_shape']}): "
-            f"{1000 * f['seconds']:.3f} ms"]
+            f"{1000 * f['seconds']:.3f} ms",
+            f"  with λ schedules over the layers (table {f['schedule_table_shape']}): {1000 * f['schedule_seconds']:.3f} ms "
+            f"({f['schedule_vs_scalar']:.2f}x a scalar change); DAMC decode {f['decode_ms_schedule']:.1f} ms/token with a "
+            f"schedule vs {f['decode_ms_scalar']:.1f} scalar ({f['decode_schedule_vs_scalar']:.2f}x)"]
 
 
 def format_materialized(f: dict) -> list[str]:
@@ -610,9 +713,17 @@ def format_materialized(f: dict) -> list[str]:
 
 
 def format_mcub(f: dict) -> list[str]:
-    return [f"MCUB ({f['data']}, {f['items']} items x {len(f['variants'])} variants, {f['new_tokens']} new tokens): "
-            f"batched {f['batched_items_per_s']:.3f} items/s vs one item at a time {f['one_item_at_a_time_items_per_s']:.3f} "
-            f"items/s ({f['speedup']:.2f}x)"]
+    lines = [f"MCUB ({f['data']}, {f['items']} items x {len(f['variants'])} variants, {f['new_tokens']} new tokens): "
+             f"batched {f['batched_items_per_s']:.3f} items/s vs one item at a time {f['one_item_at_a_time_items_per_s']:.3f} "
+             f"items/s ({f['speedup']:.2f}x; target ≥ {FIGURE_TARGETS['mcub_batched_vs_one']:g}x)"]
+    if "seconds_by_part" in f:
+        for key, label in (("batched", "batched"), ("one_at_a_time", "one at a time")):
+            p = f["seconds_by_part"][key]
+            lines.append(f"  {label}: files {p['files']:.2f} s, encoders {p['encoders']:.2f} s, prefill {p['prefill']:.2f} s, "
+                         f"decode {p['decode']:.2f} s, other {p['other']:.2f} s")
+        lines.append(f"  prompt tokens {f['prompt_tokens']}, of which a batch prefills {f['prompt_tokens_prefilled_batched']} "
+                     f"(shared prefixes once per variant); same answers both ways: {f['same_answers']}")
+    return lines
 
 
 def format_gpu(f: dict) -> list[str]:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 
@@ -14,9 +16,15 @@ def add_composition_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base", default=None, help="base LLM: a local folder, a .gguf file or a hub id (default: the offline SmolLM2-135M-Instruct)")
     p.add_argument("--lambda", dest="lambdas", nargs="+", default=[], metavar="NAME=V",
                    help="text merge coefficient per expert, e.g. image=0.4 audio=0.3, or image=auto "
-                        "(default: auto, 1/K over the experts with an input)")
+                        "(default: auto, 1/K over the experts with an input); a schedule over the layers: "
+                        "image=0,0.5,1 (anchors, interpolated as mergekit does), or YAML with module filters: "
+                        "image='[{filter: self_attn, value: [0, 1]}, {value: 0}]'")
+    p.add_argument("--lambda-scale", dest="lambda_scale", type=float, default=None, metavar="S",
+                   help="every auto λ becomes S·(1/K) per expert, for the shared composition (NaiveMC) and DAMC alike; "
+                        "a λ given with --lambda is never scaled (default 1: the paper's 1/K)")
     p.add_argument("--mu", dest="mus", nargs="+", default=[], metavar="MODALITY=V",
-                   help="modality delta coefficient per modality, e.g. audio=0.8 (default 1)")
+                   help="modality delta coefficient per modality, e.g. audio=0.8 (default 1); a schedule too, "
+                        "e.g. audio=1,0.5")
     p.add_argument("--method-param", dest="method_params", nargs="+", default=[], metavar="METHOD.PARAM=V",
                    help="a merge method's hyper-parameter, e.g. ties.density=0.3")
     p.add_argument("--merge-all-experts", action="store_true", default=None,
@@ -40,23 +48,29 @@ def add_input_args(p: argparse.ArgumentParser) -> None:
         p.add_argument(f"--{modality}", action="append", default=[], metavar="FILE", help=f"{modality} input file (repeatable)")
 
 
-def parse_assignments(items: Sequence[str], what: str, *, auto: bool = False) -> dict[str, float | None]:
-    """``NAME=NUMBER`` items (``NAME=auto`` too when ``auto``: None)."""
+def parse_assignments(items: Sequence[str], what: str, *, auto: bool = False, schedules: bool = False) -> dict:
+    """``NAME=NUMBER`` items (``NAME=auto`` too when ``auto``: None). With ``schedules`` a value may be a
+    schedule over layers: anchors ``image=0,0.5,1`` or YAML ``image='[{filter: self_attn, value: 1}]'``."""
     from ..errors import CompositionError
+    from ..schedules import parse_text
+    from ..variants import COEF_RANGE
 
     values = {}
     for item in items:
         key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise CompositionError(f"{what} {item!r} is not NAME=NUMBER (e.g. image=0.5{' or image=auto' if auto else ''}"
+                                   f"{' or image=0,0.5,1 over the layers' if schedules else ''}).")
         if auto and raw.strip().lower() == "auto":
-            value = None
+            values[key] = None
+        elif schedules:
+            values[key] = parse_text(raw, f"{what} {key}", COEF_RANGE)
         else:
             try:
-                value = float(raw)
+                values[key] = float(raw)
             except ValueError:
-                value = "bad"
-        if not sep or not key or value == "bad":
-            raise CompositionError(f"{what} {item!r} is not NAME=NUMBER (e.g. image=0.5{' or image=auto' if auto else ''}).")
-        values[key] = value
+                raise CompositionError(f"{what} {item!r} is not NAME=NUMBER (e.g. image=0.5"
+                                       f"{' or image=auto' if auto else ''}).") from None
     return values
 
 
@@ -81,7 +95,7 @@ def variant_names(names: Sequence[str] | None) -> list[str] | None:
 def composition_config(args: argparse.Namespace, entries):
     """The composition this command runs: what the expert folders ship with (composition.json), then
     ``--config FILE``, then the flags. Every name is checked against the expert folders found."""
-    from ..config import CompositionConfig, load_config_file, shipped_config
+    from ..config import load_config_file, shipped_config
     from ..errors import CompositionError
 
     names = {e.config.name: e for e in entries}
@@ -92,17 +106,19 @@ def composition_config(args: argparse.Namespace, entries):
             print(f"note: {note}", file=sys.stderr)
         config = given.replace(lambdas={**config.lambdas, **given.lambdas}, mus={**config.mus, **given.mus},
                                merge_all_experts=config.merge_all_experts or given.merge_all_experts)
-    flag_lambdas = parse_assignments(args.lambdas, "--lambda", auto=True)
+    flag_lambdas = parse_assignments(args.lambdas, "--lambda", auto=True, schedules=True)
     unknown = sorted(set(flag_lambdas) - set(names))
     if unknown:
         raise CompositionError(f"--lambda names expert {unknown[0]!r}, which is not loaded; loaded experts: {sorted(names)}.")
     lambdas = {**config.lambdas, **flag_lambdas}
     params = method_params_from(args.method_params)
     variants = variant_names(getattr(args, "variants", None)) or config.variants
-    changes = dict(lambdas=lambdas, mus={**config.mus, **parse_assignments(args.mus, "--mu")}, variants=variants,
+    changes = dict(lambdas=lambdas, mus={**config.mus, **parse_assignments(args.mus, "--mu", schedules=True)}, variants=variants,
                    method_params={**config.method_params, **{m: {**config.method_params.get(m, {}), **p} for m, p in params.items()}})
     if getattr(args, "merge_all_experts", None):
         changes["merge_all_experts"] = True
+    if getattr(args, "lambda_scale", None) is not None:
+        changes["lambda_scale"] = args.lambda_scale
     for key in ("max_new_tokens", "temperature", "top_p", "seed"):
         if getattr(args, key, None) is not None:
             changes[key] = getattr(args, key)
@@ -139,3 +155,58 @@ def input_files(args: argparse.Namespace) -> dict[str, list[str]]:
     from modalities import MODALITY_NAMES
 
     return {m: getattr(args, m) for m in MODALITY_NAMES if getattr(args, m)}
+
+
+@dataclass
+class StudyItems:
+    """What a paired study (``interference``, ``schedules``) runs on: items, their scoring rule, and where its
+    predictions files go."""
+
+    items: list
+    rule: object  # evaluation.scoring.ScoringRule
+    stem: str
+    data: dict  # what the items are, recorded in the result
+    first_path: Path  # the first question file (the predictions go next to it by default)
+
+
+def study_items(args, stem_suffix: str = "") -> StudyItems:
+    """``--data`` (a question file, or an MCUB-synth kind with ``--seed``/``--synth-items``), ``--limit``: the items
+    and their scoring rule, every gold answer checked, before anything loads."""
+    from ..errors import CompositionError
+    from ..evaluation import SYNTH_KINDS, load_question_set, synth_sets
+    from ..evaluation.scoring import default_scoring, detect_family, rule_for
+
+    if args.data in SYNTH_KINDS:
+        if args.answers or args.data_root:
+            raise CompositionError("--answers and --data-root apply to question files; MCUB-synth sets carry their answers.")
+        sets = [load_question_set(p) for p in synth_sets(args.data, args.seed, args.synth_items).values()]
+        stem = f"mcub-{args.data.replace('-', '')}-seed{args.seed}"
+        data = {"data": args.data, "seed": args.seed, "synth_items": args.synth_items}
+    else:
+        sets = [load_question_set(args.data, answers=args.answers, data_root=args.data_root)]
+        stem = Path(args.data).stem
+        data = {"data": Path(args.data).name}
+    items = [item for s in sets for item in s.items[: args.limit]]
+    data.update({"limit": args.limit, "items": len(items)})
+    family, _ = detect_family(sets[0].names, [i.answer for i in items], all(i.synth for i in items))
+    rule = rule_for(default_scoring(family), family)
+    for item in items:
+        rule.check_gold(item.answer, f"item {item.id!r}")
+    return StudyItems(items, rule, stem + stem_suffix, data, sets[0].path)
+
+
+def study_settings(args, cm, entries, study: StudyItems, variants: list[str], coefficients) -> tuple[Path, dict]:
+    """(the predictions folder, the run settings a resumed study must match: the experts' digests, the base,
+    the prompt, the scoring, the batch, the variants, the coefficients and the items)."""
+    from ..discovery import folder_digest
+    from ..evaluation import DEFAULT_CONFIG
+    from ..evaluation import predictions as files
+
+    folder, _ = files.output_paths(study.first_path, study.stem)
+    folder = Path(args.predictions_dir) if args.predictions_dir else folder.parent
+    settings = files.run_settings(
+        experts={e.config.name: folder_digest(e.folder) for e in entries}, base_sha256=getattr(cm.base, "sha256", None),
+        prompt="studio", config=DEFAULT_CONFIG, template=cm.base.template.name, scoring=study.rule.name,
+        batch_items=args.batch_items, variants=variants, coefficients=coefficients, method_params=[], processes=1)
+    settings["items"] = [item.id for item in study.items]  # a resumed run must answer the same items
+    return folder, settings

@@ -3,6 +3,8 @@
     python -m composition mcub --data MCUB-4.json --answers MCUB-answer.json --data-root data --prompt paper --json
     torchrun --standalone --nproc-per-node 2 -m composition mcub --data ...      # items sharded over processes
     python -m composition mcub --data synth-4 --tune                             # λ/μ on seed 1, reported on seed 0
+    python -m composition mcub --data synth-4 --tune --unsupervised              # + AdaMMS's choice without labels
+    python -m composition mcub --retention                                       # the base's text skills kept, per variant
 
 Writes ``<stem>-predictions.jsonl`` (one line per item and variant; what ``--resume``
 continues from) and ``<stem>-paper/<variant>.jsonl`` (the paper's predictions-file format,
@@ -23,9 +25,9 @@ from .registry import command
 
 @command("mcub", "score compositions and experts on MCUB-style files (MCUB, AVQA, MUSIC-AVQA) or the MCUB-synth sets")
 def build_mcub(p: argparse.ArgumentParser):
-    p.add_argument("--data", required=True, metavar="FILE|synth-3|synth-4",
+    p.add_argument("--data", default=None, metavar="FILE|synth-3|synth-4",
                    help="a question JSON (the released MCUB/AVQA/MUSIC-AVQA files as they are), or synth-4 / synth-3 "
-                        "(sets built by python -m training.mcub_synth into .cache/mcub-synth)")
+                        "(sets built by python -m training.mcub_synth into .cache/mcub-synth); needed unless --retention")
     p.add_argument("--answers", default=None, metavar="FILE",
                    help="the gold answers file (e.g. MCUB-answer.json), joined on id; default: the gpt turns hold the gold")
     p.add_argument("--data-root", default=None, metavar="DIR",
@@ -55,6 +57,18 @@ def build_mcub(p: argparse.ArgumentParser):
                    help="the predictions .jsonl (default <data stem>-predictions.jsonl next to the data)")
     p.add_argument("--resume", action="store_true",
                    help="continue a run that was stopped: keep the answers already in the predictions file")
+    p.add_argument("--full-answers", action="store_true",
+                   help="generate every answer to its end; by default a batch stops once every answer's score is settled "
+                        "(e.g. the letter rule has its letter): the same scores, shorter answer texts")
+    p.add_argument("--vlmevalkit", default=None, metavar="DIR",
+                   help="also write each variant's predictions as VLMEvalKit's multiple-choice TSV (<variant>_MCUB.tsv in DIR)")
+    p.add_argument("--stats-from", nargs="+", default=None, metavar="PREDICTIONS",
+                   help="no model: the paired statistics (95 %% intervals, right-alone counts, exact McNemar) of predictions "
+                        "files written earlier (<stem>-predictions.jsonl; several files of the same items are joined), for "
+                        "--variants (default: all their variants)")
+    p.add_argument("--retention", action="store_true",
+                   help="instead of MCUB: ask the fixed text-only set (option-letter lookup, chat checks, facts, arithmetic) "
+                        "of the base alone and of every variant, and report what each keeps of the base's right answers")
     g = p.add_argument_group("λ/μ search (--tune)")
     g.add_argument("--tune", action="store_true",
                    help="search λ and μ on a validation split, report accuracy with the best setting on the (disjoint) test items")
@@ -65,6 +79,12 @@ def build_mcub(p: argparse.ArgumentParser):
     g.add_argument("--tune-variant", default="DAMC", help="the variant whose coefficients are searched (default DAMC)")
     g.add_argument("--tune-scales", default=None, metavar="S,S,..", help="λ scales (λ_i = scale/K), default 0.5,0.75,1,1.25,1.5")
     g.add_argument("--tune-mus", default=None, metavar="M,M,..", help="μ values (every modality), default 0.5,0.75,1,1.25")
+    g.add_argument("--unsupervised", action="store_true",
+                   help="with --tune: also choose λ/μ without labels (AdaMMS: the cell whose answers change least against "
+                        "its neighbouring cells), from the same grid run; report both choices and the paper's default on "
+                        "the test items with paired statistics")
+    g.add_argument("--search-sample", type=int, default=100, metavar="N",
+                   help="with --unsupervised: at most N search items (a seeded sample, as AdaMMS's script; default 100)")
     add_composition_args(p)
     p.add_argument("--json", action="store_true",
                    help="print JSON: {\"items\", \"accuracy\": {variant: fraction}, \"subsets\"?, \"task\", \"settings\", "
@@ -123,6 +143,16 @@ def run_mcub(args: argparse.Namespace) -> int:
     if args.skip < 0:
         raise CompositionError(f"--skip {args.skip}; expected 0 or a positive integer.")
     distributed = launched_by_torchrun()
+    if args.stats_from:
+        return _run_stats_from(args)
+    if args.retention:
+        if args.tune or args.resume or distributed:
+            raise CompositionError("--retention runs alone in one process: drop --tune, --resume and torchrun.")
+        return _run_retention(args)
+    if args.data is None:
+        raise CompositionError("--data is required: a question file, synth-4 or synth-3 (or give --retention).")
+    if args.unsupervised and not args.tune:
+        raise CompositionError("--unsupervised chooses λ/μ: give it with --tune.")
     if args.tune and (distributed or args.resume):
         raise CompositionError("--tune runs in one process and does not resume; drop torchrun / --resume for it.")
     default_tokens = (PAPER_CONFIG if args.prompt == "paper" else DEFAULT_CONFIG).max_new_tokens
@@ -173,7 +203,7 @@ def run_mcub(args: argparse.Namespace) -> int:
                 if mine:
                     evaluate(cm, mine, specs, coefficients, config, batch_items=args.batch_items, rule=rule,
                              prompt=args.prompt, previous=previous, on_chunk=log, merge_all_experts=merge_all,
-                             progress=lambda done, total: bar.update(done - bar.n))
+                             progress=lambda done, total: bar.update(done - bar.n), stop_when_scored=not args.full_answers)
         finally:
             log.close()
         answers = dict(previous)
@@ -192,6 +222,11 @@ def run_mcub(args: argparse.Namespace) -> int:
         for part in files.part_paths(pred):
             part.unlink(missing_ok=True)
         paper_files = result.write_paper_predictions(paper_dir, items)
+        if args.vlmevalkit:
+            from ..evaluation.vlmevalkit import write_vlmevalkit_tsv
+
+            tsv = write_vlmevalkit_tsv(result, items, args.vlmevalkit)
+            print(f"VLMEvalKit TSV: {', '.join(str(p) for p in tsv.values())}", file=sys.stderr)
         print(f"predictions: {written}", file=sys.stderr)
         print(f"paper-format predictions: {paper_dir}", file=sys.stderr)
         summary = {**result.to_json(), "task": task, "settings": settings,
@@ -220,7 +255,7 @@ def _validation_items(args, test_items: list) -> list:
     """The validation items: --val-data, another MCUB-synth seed, or a seeded split (then removed from the test items)."""
     from ..errors import CompositionError
     from ..evaluation import SYNTH_KINDS, load_question_set, synth_sets
-    from ..tune import split_items
+    from ..evaluation.tune import split_items
 
     if args.val_data:
         return load_question_set(args.val_data, answers=args.val_answers, data_root=args.data_root).items
@@ -245,6 +280,8 @@ def _run_tune(args, cm, val_items, test_items, rule, config, task) -> int:
 
     scales = _parse_grid(args.tune_scales, DEFAULT_SCALES, "--tune-scales")
     mus = _parse_grid(args.tune_mus, DEFAULT_MUS, "--tune-mus")
+    if args.unsupervised:
+        return _run_search(args, cm, val_items, test_items, rule, config, task, scales, mus)
     result = tune_coefficients(cm, val_items, test_items, scales=scales, mus=mus, variant=args.tune_variant, rule=rule,
                                config=config, prompt=args.prompt, batch_items=args.batch_items,
                                progress=lambda done, total, label: print(f"[{done}/{total}] {label}", file=sys.stderr))
@@ -258,6 +295,73 @@ def _run_tune(args, cm, val_items, test_items, rule, config, task) -> int:
               f"μ {result.best_mu:g}: {100 * result.validation_accuracy:.1f} %")
         print(f"on {result.n_test} test items: {100 * result.test_accuracy:.1f} % "
               f"(paper default λ = 1/K, μ = 1: {100 * result.default_test_accuracy:.1f} %)")
+        if result.test_statistics is not None:
+            from ..evaluation.paired import format_report
+
+            print("\n".join(format_report(result.test_statistics)))
+    return 0
+
+
+def _run_search(args, cm, val_items, test_items, rule, config, task, scales, mus) -> int:
+    """--tune --unsupervised: one grid run on the validation items gives the labelled and the AdaMMS choice."""
+    from ..errors import CompositionError
+    from ..evaluation.unsupervised import search_coefficients
+
+    if args.search_sample < 1:
+        raise CompositionError(f"--search-sample {args.search_sample}; expected a positive integer.")
+    result = search_coefficients(cm, val_items, test_items, scales=scales, mus=mus, variant=args.tune_variant, rule=rule,
+                                 config=config, prompt=args.prompt, batch_items=args.batch_items, sample=args.search_sample,
+                                 progress=lambda done, total, label: print(f"[{done}/{total}] {label}", file=sys.stderr))
+    if args.json:
+        print(json.dumps({"search": result.to_json(), "task": task}, indent=2))
+    else:
+        print("\n".join(result.format()))
+    return 0
+
+
+def _run_stats_from(args) -> int:
+    """--stats-from: paired statistics of saved predictions files, no model loaded."""
+    from ..errors import CompositionError
+    from ..evaluation.paired import format_report, paired_report
+    from .common import variant_names
+
+    rows = []
+    for name in args.stats_from:
+        path = Path(name)
+        if not path.is_file():
+            raise CompositionError(f"--stats-from {name}: no such predictions file.")
+        for k, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+            try:
+                row = json.loads(line)
+                rows.append({"id": str(row["id"]), "variant": str(row["variant"]), "correct": bool(row["correct"]),
+                             "subset": row.get("subset", "")})
+            except (ValueError, KeyError, TypeError):
+                raise CompositionError(f"{path.name} line {k + 1} is not a predictions line "
+                                       "({\"id\", \"variant\", \"correct\", ...}).") from None
+    wanted = variant_names(args.variants)
+    report = paired_report(rows, wanted)
+    out = {"files": [Path(n).name for n in args.stats_from], "statistics": report}
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        print("\n".join(format_report(report)))
+    return 0
+
+
+def _run_retention(args) -> int:
+    """--retention: the fixed text-only set, base alone against every variant."""
+    from ..discovery import scan_experts
+    from ..evaluation.retention import measure_retention
+
+    entries = scan_experts(args.experts)
+    composition = composition_config(args, entries)
+    cm = _selected(build_model(args, entries), composition)
+    report = measure_retention(cm, composition.variants, coefficients=composition.coefficients(),
+                               progress=lambda done, total: print(f"[{done}/{total}] retention items", file=sys.stderr))
+    if args.json:
+        print(json.dumps({"retention": report.to_json(), "items": report.items}, indent=2))
+    else:
+        print("\n".join(report.format()))
     return 0
 
 
@@ -278,9 +382,10 @@ def _print_mcub_table(result, summary: dict) -> None:
     task = summary["task"]
     print(f"{summary['items']} items, {result.seconds:.1f} s ({result.items_per_second:.2f} items/s); "
           f"task {task['family']} ({task['detected_by']}), scoring {task['scoring']} ({task['rule']})")
-    groups = {"all": summary["accuracy"]}
-    groups.update({name: s["accuracy"] for name, s in summary.get("subsets", {}).items()})
-    for group, acc in groups.items():
+    from ..evaluation.paired import format_report
+
+    reports = {"all": summary["statistics"]}
+    reports.update({name: s["statistics"] for name, s in summary.get("subsets", {}).items()})
+    for group, report in reports.items():
         print(f"== {group}")
-        for variant, fraction in acc.items():
-            print(f"  {variant:<28} {100 * fraction:6.1f} %")
+        print("\n".join(format_report(report)))

@@ -27,8 +27,11 @@ def method_listing() -> dict:
                         "step": p.step, "kind": p.kind, "help": p.help} for p in m.params],
             "renamed": [{"old": r.old, "new": r.new, "rule": f"{r.new} = 1 − {r.old}" if r.complement else f"{r.new} = {r.old}"}
                         for r in m.renamed],
+            "per_layer_weights": m.per_layer_weights()[0], "per_layer_note": m.per_layer_weights()[1],
         })
-    return {"groups": dict(GROUPS), "methods": methods}
+    return {"groups": dict(GROUPS), "methods": methods,
+            "paper": {"NaiveMC": {"per_layer_weights": True, "per_layer_note": "per layer and per module, routed online"},
+                      "DAMC": {"per_layer_weights": True, "per_layer_note": "λ and μ per layer and per module, routed online"}}}
 
 
 def _number(value: float, kind: str) -> str:
@@ -53,6 +56,8 @@ def format_listing(listing: dict) -> list[str]:
             for r in m["renamed"]:
                 lines.append(f"  {'':<18}(old name {r['old']}: {r['rule']})")
     lines.append("Space: 'ties' runs dense (the reference); 'ties@core' runs in the experts' low-rank core space.")
+    lines.append("Every method takes λ schedules over layers and modules (merged layer by layer); weight_average "
+                 "normalizes per layer, so a schedule all experts share cancels out there.")
     return lines
 
 

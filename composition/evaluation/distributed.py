@@ -62,6 +62,7 @@ def init_distributed(device: str | None) -> DistContext:
     ``device`` is the user's ``--device`` (None = cuda when available). On CUDA the local
     GPU is made the current device, so every ``"cuda"`` tensor of this process lands on it.
     """
+    import torch  # bound here first: the `import torch.distributed.nn` below makes `torch` a local name
     import torch.distributed as dist
 
     try:

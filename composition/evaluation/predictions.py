@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from ..errors import CompositionError
+from ..schedules import plain
 
 # How the work was split, not what was answered: a resumed run may change these.
 SPLIT_SETTINGS = ("processes", "batch_items")
@@ -43,12 +44,16 @@ def run_settings(*, experts: Mapping[str, str], base_sha256: str | None, prompt:
     """What makes two runs' answers comparable (``experts``: name -> folder digest); ``--resume`` compares it."""
     settings = {"experts": dict(experts), "base": base_sha256, "prompt": prompt, "max_new_tokens": config.max_new_tokens,
                 "temperature": config.temperature, "template": template, "scoring": scoring, "batch_items": batch_items,
-                "variants": list(variants), "lambdas": dict(coefficients.lambdas), "mus": dict(coefficients.mus), "method_params": list(method_params),
+                "variants": list(variants), "lambdas": {k: plain(v) for k, v in coefficients.lambdas.items()},
+                "mus": {k: plain(v) for k, v in coefficients.mus.items()}, "method_params": list(method_params),
                 "processes": processes}
     if labels:
         settings["labels"] = dict(labels)
     if merge_all_experts:  # only when set, so the files of runs before this option still resume
         settings["merge_all_experts"] = True
+    scale = getattr(coefficients, "lambda_scale", 1.0)
+    if scale != 1.0:  # the same: auto λ = scale/K, recorded only when it is not the paper's 1/K
+        settings["lambda_scale"] = scale
     return settings
 
 

@@ -13,15 +13,12 @@ means batched").
 from __future__ import annotations
 
 import hashlib
-import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
-from modalities.checks import check_int
 
 from ..errors import CompositionError
 from ..generate import GenerationConfig
@@ -107,12 +104,22 @@ class McubResult:
     def subset_items(self, subset: str) -> int:
         return sum(1 for p in self.predictions if p.subset == subset) // max(len(self.variants), 1)
 
+    def statistics(self, subset: str | None = None) -> dict:
+        """The paired report (``composition.evaluation.paired``): per variant its 95 % bootstrap interval,
+        per pair of variants the right-alone counts and the exact McNemar p-value, on the same items."""
+        from .paired import paired_report
+
+        chosen = [p for p in self.predictions if subset is None or p.subset == subset]
+        return paired_report(chosen, self.variants)
+
     def to_json(self) -> dict:
-        """``{"items", "accuracy", "seconds", "items_per_second"}`` plus ``"subsets"`` when items mix modality sets."""
-        out = {"items": self.n_items, "accuracy": _rounded(self.accuracy()), "seconds": round(self.seconds, 3),
-               "items_per_second": round(self.items_per_second, 4)}
+        """``{"items", "accuracy", "statistics", "seconds", "items_per_second"}`` plus ``"subsets"`` when items mix
+        modality sets (each with its own statistics)."""
+        out = {"items": self.n_items, "accuracy": _rounded(self.accuracy()), "statistics": self.statistics(),
+               "seconds": round(self.seconds, 3), "items_per_second": round(self.items_per_second, 4)}
         if len(self.subsets) > 1:
-            out["subsets"] = {s: {"items": self.subset_items(s), "accuracy": _rounded(self.accuracy(s))} for s in self.subsets}
+            out["subsets"] = {s: {"items": self.subset_items(s), "accuracy": _rounded(self.accuracy(s)),
+                                  "statistics": self.statistics(s)} for s in self.subsets}
         return out
 
     def write_predictions(self, path: str | Path) -> Path:
@@ -158,7 +165,7 @@ def evaluate(cm, items: Sequence[McubItem], variants: Sequence | None = None, co
              config: GenerationConfig | None = None, *, batch_items: int = 8, progress: Progress | None = None,
              rule: ScoringRule | None = None, prompt: str = "studio", previous: Mapping[tuple[str, str], str] | None = None,
              on_chunk: ChunkDone | None = None, coefficients_for: Callable[[tuple[str, ...]], object] | None = None,
-             merge_all_experts: bool = False) -> McubResult:
+             merge_all_experts: bool = False, stop_when_scored: bool = True) -> McubResult:
     """Answer every item with every variant and score the answers.
 
     Args:
@@ -180,6 +187,9 @@ def evaluate(cm, items: Sequence[McubItem], variants: Sequence | None = None, co
             the λ search gives each set its own ``1/K`` scale).
         merge_all_experts: compositions merge every loaded expert, whatever inputs an item has
             (the original's merged model; ``--prompt paper`` runs use it).
+        stop_when_scored: end a chunk's generation once every row's answer is settled under ``rule``
+            (``ScoringRule.settled``: no more text could change its score), the batch entry's streaming
+            stop; the scores are those of the whole answers. False: every answer runs to its end.
     Returns:
         a McubResult; predictions in the items' order, then the variants' order.
     """
@@ -223,7 +233,8 @@ def evaluate(cm, items: Sequence[McubItem], variants: Sequence | None = None, co
         chunk = [todo[k] for k in chunk]
         modalities = items[chunk[0]].modalities
         coef = coefficients_for(modalities) if coefficients_for is not None else coefficients
-        answers = _run_chunk(cm, [items[i] for i in chunk], names, coef, config, prompt, merge_all_experts)
+        settled = (lambda text: rule.settled(text, stops)) if stop_when_scored else None
+        answers = _run_chunk(cm, [items[i] for i in chunk], names, coef, config, prompt, merge_all_experts, settled)
         chunk_names = tuple(name for name, _ in answers[0])
         variant_names = variant_names or chunk_names
         new = []
@@ -242,15 +253,18 @@ def evaluate(cm, items: Sequence[McubItem], variants: Sequence | None = None, co
 
 
 def _chunks(items: Sequence[McubItem], size: int) -> list[list[int]]:
-    """Item indices in chunks of one modality set each.
+    """Item indices in chunks of one modality set each, items of similar length together.
 
     One set per chunk means one ``resolve`` per chunk, and merge methods with a dense result
-    (TIES, DARE) keep theirs for the whole chunk (the engine caches only a few of them).
+    (TIES, DARE) keep theirs for the whole chunk (the engine caches only a few of them). Within a
+    set, items are taken in order of their question's length (then file order), so the rows of a
+    chunk pad little in the engine's length buckets; results keep the items' order.
     """
     groups: dict[tuple[str, ...], list[int]] = {}
     for i, item in enumerate(items):
         groups.setdefault(item.modalities, []).append(i)
-    return [group[s:s + size] for group in groups.values() for s in range(0, len(group), size)]
+    ordered = [sorted(group, key=lambda i: (len(items[i].prompt), i)) for group in groups.values()]
+    return [group[s:s + size] for group in ordered for s in range(0, len(group), size)]
 
 
 def _load_item_inputs(item: McubItem, needs: Mapping[str, list] | None = None) -> tuple:
@@ -267,12 +281,15 @@ def _load_item_inputs(item: McubItem, needs: Mapping[str, list] | None = None) -
 
 
 def _run_chunk(cm, chunk: list[McubItem], names: Sequence, coefficients, config: GenerationConfig,
-               prompt: str = "studio", merge_all_experts: bool = False) -> list[list[tuple[str, str]]]:
+               prompt: str = "studio", merge_all_experts: bool = False,
+               settled: Callable[[str], bool] | None = None) -> list[list[tuple[str, str]]]:
     """Every (item, variant) of a chunk in one batch of the engine's batch entry.
 
     Prompt lengths differ (a single expert sees one input, a composition all of them); the
     engine prefills them in length buckets, so short rows are not padded to the longest (on a
-    CPU, prefill cost is the padded token count), and decodes every row together.
+    CPU, prefill cost is the padded token count), prefills once what one variant's rows share
+    (the template's system prompt), and decodes every row together. ``settled(text)``: the
+    generation stops once it holds for every row's text so far (the streaming stop).
     """
     from ..composer import RowRequest
     from ..inputs import decoder_needs
@@ -282,5 +299,42 @@ def _run_chunk(cm, chunk: list[McubItem], names: Sequence, coefficients, config:
     plan = cm.plan(set(chunk[0].modalities), names, coefficients, merge_all_experts=merge_all_experts)
     requests = [RowRequest(item.prompt, item_inputs, message_fn=paper_message) if prompt == "paper"
                 else RowRequest(item.question, item_inputs) for item, item_inputs in zip(chunk, inputs)]
-    answers = cm.generate_rows(requests, plan, config)
+    texts: list[list[str]] = []
+    on_step = should_stop = None
+    if settled is not None:
+        def on_step(step: list[list[str]]) -> None:
+            texts[:] = step
+
+        def should_stop() -> bool:
+            return bool(texts) and all(settled(text) for row in texts for text in row)
+    answers = cm.generate_rows(requests, plan, config, on_step=on_step, should_stop=should_stop)
     return [[(a.variant.name, a.text) for a in row] for row in answers]
+
+
+def evaluate_to_file(cm, items: Sequence[McubItem], variants: Sequence, coefficients, path: str | Path | None,
+                     settings: dict, *, resume: bool = False, progress: Callable[[int, int], None] | None = None,
+                     **options) -> tuple["McubResult", int]:
+    """``evaluate`` with its answers kept in a predictions file: (result, answers reused).
+
+    With ``resume``, answers already in ``path`` under the same ``settings`` are reused; every chunk
+    is appended as it is answered (a stopped run loses at most one chunk), and the whole file is
+    rewritten in item order at the end. ``path`` None: no file. ``options`` go to ``evaluate``.
+    """
+    from . import predictions as pred_files
+
+    previous, log = {}, None
+    if path is not None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if resume:
+            previous = pred_files.read_previous(path, settings, {item.id for item in items})
+        pred_files.write_settings(path, settings)
+        log = pred_files.ProgressLog(path, fresh=not resume)
+    try:
+        result = evaluate(cm, items, variants, coefficients, previous=previous, on_chunk=log, progress=progress, **options)
+    finally:
+        if log is not None:
+            log.close()
+    if path is not None:
+        pred_files.write_lines(path, (p.to_json() for p in result.predictions))
+    return result, len(previous)

@@ -30,6 +30,7 @@ LETTERS = ("A", "B", "C", "D")
 # --- the studio's letter rule --------------------------------------------------------
 _UPPER_LETTER = re.compile(r"(?<![A-Za-z0-9])([A-D])(?![A-Za-z0-9])")
 _LEADING_LOWER = re.compile(r"^[\s(\[{\"'*]*([a-d])(?:[\s.):\]}\"'*,;!]*)$|^[\s(\[{\"'*]*([a-d])[.):\]]")
+_LOWER_PREFIX = re.compile(r"^[\s(\[{\"'*]*([a-d])[.):\]]")  # the second form of _LEADING_LOWER alone
 
 
 def score_answer(text: str) -> str | None:
@@ -141,6 +142,11 @@ class ScoringRule:
     def target(self, gold: str) -> str:
         return gold
 
+    def settled(self, text: str, stop_strings: Sequence[str] = ()) -> bool:
+        """Whether no text appended to ``text`` can change ``predicted``: generation may stop there
+        (the runner's streaming stop). False unless a rule can tell; the whole answer is then made."""
+        return False
+
     def correct(self, text: str, gold: str, stop_strings: Sequence[str] = ()) -> bool:
         predicted = self.predicted(text, stop_strings)
         return predicted is not None and predicted == self.target(gold)
@@ -159,10 +165,30 @@ class LetterRule(ScoringRule):
     def target(self, gold: str) -> str:
         return score_answer(gold) or ""
 
+    def settled(self, text: str, stop_strings: Sequence[str] = ()) -> bool:
+        """Settled once an upper-case option letter stands with a character after it that is not a letter
+        or digit ("star (C)" after the ")"): a later character cannot undo that match, and no earlier
+        candidate can become one. A lower-case leading letter ("b)") is settled by the same reasoning."""
+        t = strip_output(text, stop_strings)
+        if t != text.strip():  # a trailing stop string: more text could make it ordinary text again
+            return False
+        if _LOWER_PREFIX.match(t):  # "b)" and the like: decided by the text's start alone
+            return True
+        if _LEADING_LOWER.match(t):  # "b" alone matches only while nothing else follows
+            return False
+        upper = _UPPER_LETTER.search(t)
+        return upper is not None and upper.end() < len(t)
+
 
 class FirstCharRule(ScoringRule):
     def predicted(self, text: str, stop_strings: Sequence[str] = ()) -> str | None:
         return strip_output(text, stop_strings)[:1]
+
+    def settled(self, text: str, stop_strings: Sequence[str] = ()) -> bool:
+        """Settled once the stripped text has a first character and is not the start of a stop string
+        (a stop string at the very end is dropped before scoring, which could empty the text)."""
+        t = text.strip()
+        return bool(t) and not any(s and s.startswith(t) for s in stop_strings)
 
     # The paper compares with the gold value as it is in the answers file: no processing.
 
@@ -228,3 +254,15 @@ def rule_for(scoring: str, family: str) -> ScoringRule:
 def default_scoring(family: str) -> str:
     """MCUB-synth is scored with the letter rule (its experts answer "star (C)"), the rest as the paper does."""
     return "letter" if family == "mcub-synth" else "paper"
+
+
+def named_option(answer: str, options: Sequence[str]) -> str | None:
+    """The option the answer names first ("cone (C)" -> "cone"), as a whole word, else None: what an
+    MCUB-synth answer recognised, apart from the letter it writes (``python -m training.diagnose answers``
+    and the interference curve read it)."""
+    best: tuple[int, str] | None = None
+    for option in options:
+        match = re.search(rf"(?<![a-z]){re.escape(option.lower())}(?![a-z])", answer.lower())
+        if match and (best is None or match.start() < best[0]):
+            best = (match.start(), option)
+    return best[1] if best else None

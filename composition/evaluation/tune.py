@@ -51,6 +51,7 @@ class TuneResult:
     n_test: int
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    test_statistics: dict | None = None  # the best cell against the paper's default on the test items (paired.py)
 
     def coefficients(self, cm, modalities: Sequence[str]):
         return coefficients_at(cm, modalities, self.best_scale, self.best_mu, self.variant)
@@ -60,7 +61,8 @@ class TuneResult:
                 "validation_accuracy": round(self.validation_accuracy, 4), "test_accuracy": round(self.test_accuracy, 4),
                 "default_test_accuracy": round(self.default_test_accuracy, 4),
                 "validation_items": self.n_validation, "test_items": self.n_test,
-                "grid": [{**c, "accuracy": round(c["accuracy"], 4)} for c in self.grid], "seconds": round(self.seconds, 3)}
+                "grid": [{**c, "accuracy": round(c["accuracy"], 4)} for c in self.grid], "seconds": round(self.seconds, 3),
+                **({"test_statistics": self.test_statistics} if self.test_statistics is not None else {})}
 
 
 def split_items(items: Sequence, fraction: float, seed: int = 0) -> tuple[list, list]:
@@ -127,9 +129,13 @@ def tune_coefficients(cm, validation: Sequence, test: Sequence, *, scales: Seque
     check_disjoint(validation, test)
     start = time.perf_counter()
 
+    test_runs = {}
+
     def run(items, scale, mu) -> float:
         result = evaluate(cm, items, [variant], rule=rule, config=config, prompt=prompt, batch_items=batch_items,
                           coefficients_for=lambda modalities: coefficients_at(cm, modalities, scale, mu, variant))
+        if items is test:
+            test_runs[(scale, mu)] = result
         return result.accuracy()[result.variants[0]]
 
     grid, cells = [], len(scales) * len(mus)
@@ -145,5 +151,14 @@ def tune_coefficients(cm, validation: Sequence, test: Sequence, *, scales: Seque
     default_acc = test_acc if (best["scale"], best["mu"]) == (1.0, 1.0) else run(test, 1.0, 1.0)
     if progress is not None:
         progress(cells + 2, cells + 2, "test items, paper default")
+    from .paired import paired_report
+
+    statistics = None
+    if (best["scale"], best["mu"]) != (1.0, 1.0):  # the same setting twice needs no test
+        names = {f"best (λ scale {best['scale']:g}, μ {best['mu']:g})": (best["scale"], best["mu"]),
+                 "paper default (λ scale 1, μ 1)": (1.0, 1.0)}
+        rows = [{"id": p.item_id, "variant": name, "correct": p.correct}
+                for name, key in names.items() for p in test_runs[key].predictions]
+        statistics = paired_report(rows, list(names))
     return TuneResult(variant, grid, best["scale"], best["mu"], best["accuracy"], test_acc, default_acc,
-                      len(validation), len(test), time.perf_counter() - start)
+                      len(validation), len(test), time.perf_counter() - start, test_statistics=statistics)

@@ -252,6 +252,20 @@ class MergeMethod:
                 values[key] = declared[key].validate(value, self.name)
         return values, notes
 
+    def per_layer_weights(self) -> tuple[bool, str]:
+        """Whether a λ schedule over layers and modules reaches this method, and how (``methods --json``).
+
+        Every method merges one layer at a time from that layer's deltas and weights, so each
+        takes the schedule's weights at that layer; a normalized one divides them by their sum
+        there, so only the ratio between experts can vary by layer.
+        """
+        if self.normalized:
+            return True, ("per layer, normalized there (w_i / Σ_j w_j at each module): a schedule every expert shares "
+                          "cancels out; only the ratio between experts varies by layer")
+        if self.linear:
+            return True, "per layer: Σ_i w_i(layer)·ΔW_i, routed online like DAMC"
+        return True, "per layer: each layer's merge is computed with the weights at that layer (one dense result per schedule)"
+
     def linear_weights(self, weights: Sequence[float]) -> list[float]:
         """The coefficients ``c_i`` of a linear method's ``Σ_i c_i·ΔW_i`` for the user's weights ``w_i``.
 
