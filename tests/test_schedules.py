@@ -260,3 +260,19 @@ def test_the_study_runs_each_schedule_on_the_same_items_and_pairs_it_with_the_sc
     mixed = items[:1] + load_mcub(build_mcub_synth("synth-3", seed=12, n_items=1, out_dir=tmp_path / "three"))
     with pytest.raises(CompositionError, match="items of one modality set"):
         study_coefficients(cm, mixed)
+
+
+@pytest.mark.slow
+def test_the_schedules_command_prints_the_study_and_refuses_an_unknown_schedule(cli, base_cache_dir, tmp_path):
+    """python -m composition schedules on the bundled experts: a table line per schedule, paired with the scalar."""
+    from training.mcub_synth import build_mcub_synth
+
+    data = build_mcub_synth("synth-4", seed=21, n_items=2, out_dir=tmp_path / "set")
+    result = cli("schedules", "--data", data, "--only", "rising", "--predictions-dir", tmp_path / "pred",
+                 "--resamples", 200, cache=base_cache_dir, timeout=900)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("2 items (mcub-synth4.json), DAMC, a = 1/K")
+    assert [line.split()[0] for line in lines[2:]] == ["scalar", "rising"] and "right only here" in lines[3]
+    refused = cli("schedules", "--data", data, "--only", "zigzag", cache=base_cache_dir)
+    assert refused.returncode == 2 and "--only 'zigzag' is not a schedule of the study" in refused.stderr

@@ -195,6 +195,12 @@ def study_items(args, stem_suffix: str = "") -> StudyItems:
     return StudyItems(items, rule, stem + stem_suffix, data, sets[0].path)
 
 
+def items_line(data: dict, n_items: int) -> str:
+    """"200 items (synth-4 seed 6173)": what a study ran on, for its text output."""
+    seed = "" if data.get("seed") is None else f" seed {data['seed']}"
+    return f"{n_items} items ({data.get('data')}{seed})"
+
+
 def study_settings(args, cm, entries, study: StudyItems, variants: list[str], coefficients) -> tuple[Path, dict]:
     """(the predictions folder, the run settings a resumed study must match: the experts' digests, the base,
     the prompt, the scoring, the batch, the variants, the coefficients and the items)."""

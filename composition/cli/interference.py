@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
                                            table_lines)
     from ..evaluation.tune import parse_grid
     from ..variants import Coefficients
-    from .common import build_model, parse_assignments, study_items, study_settings
+    from .common import build_model, items_line, parse_assignments, study_items, study_settings
 
     if args.copy_examples and not args.replot:
         raise CompositionError("--copy-examples copies the examples of stored runs: give it with --replot JSON ...")
@@ -122,8 +122,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(out, indent=1, ensure_ascii=False))
         return 0
-    print(f"{out['items']} items ({data.get('data')}{'' if data.get('seed') is None else ' seed ' + str(data['seed'])}), "
-          f"{result.seconds:.0f} s; λ_i = s·(1/K) for every expert of each composition")
+    print(f"{items_line(data, out['items'])}, {result.seconds:.0f} s; λ_i = s·(1/K) for every expert of each composition")
     for line in table_lines(out):
         print(line)
     criterion = out["criterion"]

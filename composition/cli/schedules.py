@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation import DEFAULT_CONFIG, SYNTH_KINDS
     from ..evaluation.schedule_study import SCALAR, SCHEDULES, StudyFiles, run_schedule_study, table_lines
     from ..variants import Coefficients
-    from .common import build_model, study_items, study_settings
+    from .common import build_model, items_line, study_items, study_settings
 
     for flag, value in (("--limit", args.limit), ("--batch-items", args.batch_items), ("--synth-items", args.synth_items)):
         if value is not None and value < 1:
@@ -81,8 +81,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(out, indent=1, ensure_ascii=False))
         return 0
-    print(f"{out['items']} items ({data.get('data')}{'' if data.get('seed') is None else ' seed ' + str(data['seed'])}), "
-          f"DAMC, a = {args.scale:g}/K, {out['seconds']:.0f} s")
+    print(f"{items_line(data, out['items'])}, DAMC, a = {args.scale:g}/K, {out['seconds']:.0f} s")
     for line in table_lines(out):
         print(line)
     return 0
