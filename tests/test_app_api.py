@@ -93,7 +93,9 @@ def test_chat_takes_lambda_schedules_and_refuses_one_that_cannot_apply(client):
     schedule = [{"filter": "self_attn", "value": [0, 1]}, {"value": 0.25}]
     out = client.predict(messages=question, experts=None, variants=["DAMC"], lambdas={"image": schedule, "audio": [0.5, 0]},
                          mus=None, max_new_tokens=4, api_name="/chat")
-    assert out["variants"][0]["coefficients"]["lambdas"] == {"image": schedule, "audio": [0.5, 0.0]}
+    # A text-only question: DAMC merges every expert, the two not given keep the paper's 1/K.
+    assert out["variants"][0]["coefficients"]["lambdas"] == {"image": schedule, "audio": [0.5, 0.0], "video": 0.25,
+                                                            "point": 0.25}
     with pytest.raises(Exception, match="λ for 'image': filter 'cross_attn' matches no module"):
         client.predict(messages=question, experts=None, variants=["DAMC"], lambdas={"image": [{"filter": "cross_attn", "value": 1}]},
                        mus=None, max_new_tokens=4, api_name="/chat")
