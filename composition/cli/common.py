@@ -157,6 +157,26 @@ def input_files(args: argparse.Namespace) -> dict[str, list[str]]:
     return {m: getattr(args, m) for m in MODALITY_NAMES if getattr(args, m)}
 
 
+def add_study_args(p: argparse.ArgumentParser, data_metavar: str, data_help: str, experts_help: str,
+                   files_what: str) -> None:
+    """The options every paired study (``interference``, ``schedules``) shares: its items, the model, the
+    batch, the predictions files and resuming, the bootstrap."""
+    p.add_argument("--data", default="synth-4", metavar=data_metavar, help=data_help)
+    p.add_argument("--answers", default=None, metavar="FILE", help="the gold answers file of --data, joined on id")
+    p.add_argument("--data-root", default=None, metavar="DIR", help="folder the file's relative paths resolve against")
+    p.add_argument("--seed", type=int, default=0, help="MCUB-synth seed (default 0)")
+    p.add_argument("--synth-items", type=int, default=200, help="items per MCUB-synth set (default 200)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N items")
+    p.add_argument("--experts", nargs="+", metavar="DIR", help=experts_help)
+    p.add_argument("--base", default=None, help="base LLM (default: the offline SmolLM2-135M-Instruct)")
+    p.add_argument("--device", default=None, choices=["cpu", "cuda"], help="where the model runs")
+    p.add_argument("--batch-items", type=int, default=8, help="items per batch (default 8)")
+    p.add_argument("--predictions-dir", default=None, metavar="DIR",
+                   help=f"where the {files_what} predictions files go (default: next to the data)")
+    p.add_argument("--resume", action="store_true", help="continue a stopped run from its predictions files")
+    p.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples (default 10000)")
+
+
 @dataclass
 class StudyItems:
     """What a paired study (``interference``, ``schedules``) runs on: items, their scoring rule, and where its
@@ -176,6 +196,9 @@ def study_items(args, stem_suffix: str = "") -> StudyItems:
     from ..evaluation import SYNTH_KINDS, load_question_set, synth_sets
     from ..evaluation.scoring import default_scoring, detect_family, rule_for
 
+    for flag, value in (("--limit", args.limit), ("--batch-items", args.batch_items), ("--synth-items", args.synth_items)):
+        if value is not None and value < 1:
+            raise CompositionError(f"{flag} {value}; expected a positive integer.")
     if args.data in SYNTH_KINDS:
         if args.answers or args.data_root:
             raise CompositionError("--answers and --data-root apply to question files; MCUB-synth sets carry their answers.")

@@ -17,20 +17,16 @@ import json
 import sys
 from pathlib import Path
 
+from .common import add_study_args
 from .registry import command
 
 
 @command("interference", "the shared composition and DAMC at λ = s·(1/K) on the same items: accuracy with intervals, "
                          "paired McNemar tests and a plot (why decoupling helps)")
 def build_interference(p: argparse.ArgumentParser):
-    p.add_argument("--data", default="synth-4", metavar="FILE|synth-4|synth-3",
-                   help="a question JSON (MCUB layout) or an MCUB-synth set built by python -m training.mcub_synth "
-                        "(default synth-4)")
-    p.add_argument("--answers", default=None, metavar="FILE", help="the gold answers file of --data, joined on id")
-    p.add_argument("--data-root", default=None, metavar="DIR", help="folder the file's relative paths resolve against")
-    p.add_argument("--seed", type=int, default=0, help="MCUB-synth seed (default 0)")
-    p.add_argument("--synth-items", type=int, default=200, help="items per MCUB-synth set (default 200)")
-    p.add_argument("--limit", type=int, default=None, help="only the first N items")
+    add_study_args(p, "FILE|synth-4|synth-3", "a question JSON (MCUB layout) or an MCUB-synth set built by python -m "
+                   "training.mcub_synth (default synth-4)",
+                   "expert folders with shared and decoupled experts (default: the bundled experts)", "per-scale")
     p.add_argument("--scales", default="1,1.5,2,3,4", metavar="S,S,..",
                    help="s in λ_i = s·(1/K) per expert (default 1,1.5,2,3,4; 1 is the paper's NaiveMC and DAMC)")
     p.add_argument("--no-route-check", dest="route_check", action="store_false",
@@ -42,14 +38,6 @@ def build_interference(p: argparse.ArgumentParser):
                    help="also ask the text-only retention set (no input; the base alone as reference) of both "
                         "compositions at every scale: what a larger λ costs the base's own skills")
     p.add_argument("--mu", dest="mus", nargs="+", default=[], metavar="MODALITY=V", help="DAMC's μ per modality (default 1)")
-    p.add_argument("--experts", nargs="+", metavar="DIR",
-                   help="expert folders with shared and decoupled experts (default: the bundled experts)")
-    p.add_argument("--base", default=None, help="base LLM (default: the offline SmolLM2-135M-Instruct)")
-    p.add_argument("--device", default=None, choices=["cpu", "cuda"], help="where the model runs")
-    p.add_argument("--batch-items", type=int, default=8, help="items per batch (default 8)")
-    p.add_argument("--predictions-dir", default=None, metavar="DIR",
-                   help="where the per-scale predictions files go (default: next to the data, else the working directory)")
-    p.add_argument("--resume", action="store_true", help="continue a stopped run from its predictions files")
     p.add_argument("--plot", default=None, metavar="PNG", help="the plot (default <predictions dir>/<stem>-interference.png)")
     p.add_argument("--replot", nargs="+", default=None, metavar="JSON",
                    help="only draw the plot of stored runs (--json outputs), one column each, into --plot; runs nothing")
@@ -58,7 +46,6 @@ def build_interference(p: argparse.ArgumentParser):
                         "them from assets/interference-examples where the MCUB-synth set is not built)")
     p.add_argument("--examples", type=int, default=3, metavar="N",
                    help="items per scale kept where the shared merge fails and DAMC does not (default 3)")
-    p.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples (default 10000)")
     p.add_argument("--json", action="store_true", help="print the result as JSON (what docs/data/interference-*.json hold)")
     return run
 
@@ -77,9 +64,6 @@ def run(args: argparse.Namespace) -> int:
         raise CompositionError("--copy-examples copies the examples of stored runs: give it with --replot JSON ...")
     if args.replot:
         return _replot(args)
-    for flag, value in (("--limit", args.limit), ("--batch-items", args.batch_items), ("--synth-items", args.synth_items)):
-        if value is not None and value < 1:
-            raise CompositionError(f"{flag} {value}; expected a positive integer.")
     if args.examples < 0:
         raise CompositionError(f"--examples {args.examples}; expected 0 or more.")
     scales = check_scales(parse_grid(args.scales, "--scales"))

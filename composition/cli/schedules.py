@@ -15,32 +15,20 @@ import argparse
 import json
 import sys
 
+from .common import add_study_args
 from .registry import command
 
 
 @command("schedules", "DAMC with the paper's scalar λ against λ schedules over the layers (rising, falling, "
                       "attention-only) on the same MCUB items, with paired statistics")
 def build_schedules(p: argparse.ArgumentParser):
-    p.add_argument("--data", default="synth-4", metavar="FILE|synth-4",
-                   help="a question JSON of one modality set (MCUB layout) or MCUB-synth-4 (default)")
-    p.add_argument("--answers", default=None, metavar="FILE", help="the gold answers file of --data, joined on id")
-    p.add_argument("--data-root", default=None, metavar="DIR", help="folder the file's relative paths resolve against")
-    p.add_argument("--seed", type=int, default=0, help="MCUB-synth seed (default 0)")
-    p.add_argument("--synth-items", type=int, default=200, help="items of the MCUB-synth set (default 200)")
-    p.add_argument("--limit", type=int, default=None, help="only the first N items")
+    add_study_args(p, "FILE|synth-4", "a question JSON of one modality set (MCUB layout) or MCUB-synth-4 (default)",
+                   "expert folders (default: the bundled experts)", "per-schedule")
     p.add_argument("--scale", type=float, default=1.0, metavar="S",
                    help="a = S/K: every schedule's level (default 1, the paper's λ = 1/K; 2 is where the interference "
                         "curve separates the compositions)")
     p.add_argument("--only", default=None, metavar="NAME,NAME",
                    help="the schedules to run (default all: scalar, rising, falling, attention-only; scalar always runs)")
-    p.add_argument("--experts", nargs="+", metavar="DIR", help="expert folders (default: the bundled experts)")
-    p.add_argument("--base", default=None, help="base LLM (default: the offline SmolLM2-135M-Instruct)")
-    p.add_argument("--device", default=None, choices=["cpu", "cuda"], help="where the model runs")
-    p.add_argument("--batch-items", type=int, default=8, help="items per batch (default 8)")
-    p.add_argument("--predictions-dir", default=None, metavar="DIR",
-                   help="where the per-schedule predictions files go (default: next to the data)")
-    p.add_argument("--resume", action="store_true", help="continue a stopped run from its predictions files")
-    p.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples (default 10000)")
     p.add_argument("--json", action="store_true", help="print the result as JSON (what docs/data/schedules-*.json hold)")
     return run
 
@@ -53,9 +41,6 @@ def run(args: argparse.Namespace) -> int:
     from ..variants import Coefficients
     from .common import build_model, items_line, study_items, study_settings
 
-    for flag, value in (("--limit", args.limit), ("--batch-items", args.batch_items), ("--synth-items", args.synth_items)):
-        if value is not None and value < 1:
-            raise CompositionError(f"{flag} {value}; expected a positive integer.")
     names = list(SCHEDULES)
     if args.only:
         asked = [n.strip() for n in args.only.split(",") if n.strip()]
