@@ -20,7 +20,7 @@ import torch
 from .errors import CompositionError
 from .expert import Expert, load_expert
 from .inputs import ModalInput
-from .generate import (GenerationConfig, RoutedBatch, RowInput, generate_batch, generate_continuing, pad_rows,
+from .generate import (GenerationConfig, RoutedBatch, RowInput, contiguous_head_input, generate_batch, generate_continuing, pad_rows,
                        prefill_logits, row_cache)
 from .kv_cache import KVCacheStore
 from .lora import LLAMA_TARGETS
@@ -164,6 +164,7 @@ class ComposedModel:
                                    "reuse that ComposedModel or load a fresh base.")
         names = [n for n, m in self.model.named_modules() if n.rsplit(".", 1)[-1] in targets and isinstance(m, torch.nn.Linear)]
         self.layers = attach_routed_linears(self.model, names, self.router)
+        contiguous_head_input(self.model)
         self.linear_shapes = {n: (layer.out_features, layer.in_features) for n, layer in self.layers.items()}
         # The coefficient table's module axis (used when a λ or μ varies by layer or module).
         n_layers = getattr(getattr(self.model, "config", None), "num_hidden_layers", None)

@@ -766,12 +766,32 @@ def bench_mcub(sources: Sources) -> list[str]:
     return (_table(["run", "items/s", "seconds", "files read", "encoders", "prefill", "decode", "other"], rows)
             + ["", f"{q['items']} items × {len(q['variants'])} variants ({', '.join(q['variants'])}), {q['new_tokens']} "
                    f"new tokens at most; batched ÷ one at a time: **{q['speedup']:.2f}×** (target ≥ "
-                   f"{d['targets']['mcub_batched_vs_one']:g}×); the batch prefills {q['prompt_tokens_prefilled_batched']} "
+                   f"{d['targets']['mcub_batched_vs_one']:g}×)"
+                   + (f", the median of {len(q['speedup_per_repeat'])} pairs of runs taken in turn "
+                      f"({', '.join(f'{r:.2f}' for r in q['speedup_per_repeat'])})" if q.get("speedup_per_repeat") else "")
+                   + f"; the batch prefills {q['prompt_tokens_prefilled_batched']} "
                    f"of {q['prompt_tokens']} prompt tokens (each variant's shared prefix once); the same answers both "
                    f"ways: {'yes' if q['same_answers'] else 'no'}. Items from {q['data']}.",
                "", sources.source(name, f"{d.get('setup', '')}; {d['cpu_threads']} thread"
                                         f"{'s' * (d['cpu_threads'] > 1)}, {d['device'].upper()}, median of "
                                         f"{d['repeats']} after {d['warmup']} warm-up. ")])
+
+
+def bench_prefill_passes(sources: Sources) -> list[str]:
+    """Prefill seconds per token of the MCUB batch's rows by the prompt tokens a pass may hold."""
+    name = "data/bench-prefill-passes.json"
+    d = sources.json(name)
+    f = d["prefill_passes"]
+    rows = [["one pass per length bucket" if p["max_tokens"] is None else f"{p['max_tokens']:,}"
+             + (" (the engine's)" if p["max_tokens"] == f["engine_max_tokens"] else ""),
+             p["passes"], f"{p['padded_tokens']:,}", f"{p['seconds']:.2f}", f"{p['ms_per_token']:.2f}",
+             f"{p['vs_one_pass_per_bucket']:.2f}"] for p in f["passes"]]
+    return (_table(["prompt tokens a pass", "passes", "padded tokens", "seconds", "ms per padded token",
+                    "× one pass per bucket"], rows)
+            + ["", f"{f['rows']} rows ({f['items']} items × every composition and expert) of {f['prompt_tokens']:,} prompt "
+                   f"tokens, prefilled whole (no shared prefix), the budgets taken in turn. Items from {f['data']}.",
+               "", sources.source(name, f"{d.get('setup', '')}; {d['cpu_threads']} threads, {d['device'].upper()}, "
+                                        f"median of {d['repeats']} after {d['warmup']} warm-up. ")])
 
 
 TABLES = {
@@ -785,6 +805,7 @@ TABLES = {
     "schedules-study": schedules_study, "interference-seed6173": interference_seed6173,
     "interference-seed8389": interference_seed8389, "interference-routes": interference_routes,
     "retention-bundled": retention_bundled, "tune-unsupervised": tune_unsupervised, "bench-mcub": bench_mcub,
+    "bench-prefill-passes": bench_prefill_passes,
 }
 
 

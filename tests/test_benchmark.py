@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 
 import pytest
 import torch
@@ -50,6 +51,17 @@ def test_quick_json_has_every_figure(capsys):
     assert data["recompose_materialized"]["experts"] == 4
     assert data["recompose_materialized"]["max_abs_diff_vs_plain_loop"] <= 1e-4  # the same merge as the plain loop
     positive(data["mcub"], {"items", "batched_items_per_s", "one_item_at_a_time_items_per_s", "speedup"})
+    # The two runs alternate; the figure is the median pair's ratio, one ratio per repeat.
+    per_repeat = data["mcub"]["speedup_per_repeat"]
+    assert len(per_repeat) == data["repeats"] and abs(data["mcub"]["speedup"] - statistics.median(per_repeat)) < 1e-3
+    assert set(data["mcub"]["seconds_by_part"]["batched"]) == {"files", "encoders", "prefill", "decode", "other"}
+    # Prefill by pass budget: smaller budgets, more passes; every row's tokens prefilled under each budget.
+    passes = data["prefill_passes"]["passes"]
+    assert [p["max_tokens"] for p in passes] == [None, 4096, 2048, 1024, 512]
+    assert [p["passes"] for p in passes] == sorted(p["passes"] for p in passes) and passes[0]["vs_one_pass_per_bucket"] == 1
+    for p in passes:
+        positive(p, {"seconds", "ms_per_token", "padded_tokens"})
+        assert p["padded_tokens"] >= data["prefill_passes"]["prompt_tokens"]
     assert "needs CUDA" in data["gpu"]["skipped"] and "app" not in data  # the app's figures: python -m studio.cold_start
     # The human-readable lines (each figure beside its baseline) went to stderr, so stdout is one JSON object.
     for words in ("x one variant", "prefill floor", "one by one", "plain per-layer loop", "memory floor", "items/s",

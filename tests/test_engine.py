@@ -203,6 +203,28 @@ def test_many_dense_methods_in_one_request_keep_their_results():
     assert all(not torch.allclose(x, base_only, atol=1e-3) for x in together)
 
 
+def test_the_vocabulary_projection_reads_a_contiguous_input():
+    """``logits_to_keep=1`` slices a strided ``(B, 1, H)`` out of the hidden states, which ``F.linear`` turns
+    into one read of the vocabulary projection per row; the engine's hook hands it a contiguous copy."""
+    from composition.generate import contiguous_head_input
+
+    cm = make()
+    head = cm.model.get_output_embeddings()
+    hooks = len(head._forward_pre_hooks)
+    contiguous_head_input(cm.model)  # a second call adds nothing
+    assert len(head._forward_pre_hooks) == hooks == 1
+    seen = []
+    handle = head.register_forward_pre_hook(lambda _m, args: seen.append((tuple(args[0].shape), args[0].is_contiguous())))
+    try:
+        cm.compare(QUESTION, inputs_for("image", "audio"), ["DAMC", "expert:image", "expert:audio"],
+                   config=GenerationConfig(max_new_tokens=2))
+    finally:
+        handle.remove()
+    prefill_shape = seen[0][0]
+    assert prefill_shape[0] > 1 and prefill_shape[1] == 1  # several rows, the last position only
+    assert all(contiguous for _, contiguous in seen), seen
+
+
 def test_bucketed_prefill_equals_one_padded_pass():
     from composition.generate import length_buckets, prefill, prefill_logits
 
@@ -217,6 +239,12 @@ def test_bucketed_prefill_equals_one_padded_pass():
     padded = prefill_logits(cm.model, cm.router, batch, table)[:, -1]
     assert (last - padded).abs().max() <= 1e-4
     assert cache.get_seq_length() == max(batch.lengths)  # one cache, every row left-padded to the longest
+    # A token budget of one longest row per pass: every row its own pass, the same numbers.
+    assert len(length_buckets(batch.lengths, max_tokens=max(batch.lengths))) == len(batch.lengths)
+    one_each, cache_each = prefill(cm.model, cm.router, batch, table, max_tokens=max(batch.lengths))
+    assert (one_each - padded).abs().max() <= 1e-4
+    for a, b in zip(cache.layers, cache_each.layers):
+        assert (a.keys - b.keys).abs().max() <= 1e-4 and (a.values - b.values).abs().max() <= 1e-4
     # Decoding from the joined cache gives what each row gives alone.
     config = GenerationConfig(max_new_tokens=6)
     together = cm.compare(QUESTION, inputs, variants, config=config)

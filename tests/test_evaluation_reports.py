@@ -126,6 +126,9 @@ def test_shared_prefixes_group_one_variants_rows_and_prefill_them_once(cm, items
     shared, cache, mask = prefill_shared(cm.model, cm.router, batch, table)
     assert torch.allclose(whole, shared, atol=1e-4)
     assert mask.sum(1).tolist() == batch.lengths  # every real position once, the padding masked
+    # A token budget that splits the rest into one pass per row: the same numbers.
+    one_each, _, mask_each = prefill_shared(cm.model, cm.router, batch, table, max_tokens=1)
+    assert torch.allclose(whole, one_each, atol=1e-4) and mask_each.sum(1).tolist() == batch.lengths
     # Through the batch entry: several requests at once equal each request alone.
     together = cm.generate_rows(requests, plan, CONFIG)
     alone = [cm.generate_rows([r], plan, CONFIG)[0] for r in requests]

@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 import composition.composer as composer
 import composition.evaluation.runner as mcub
@@ -212,6 +213,41 @@ def test_a_link_pointing_outside_the_folder_is_refused(one_item, tmp_path_factor
         load_mcub(write(folder, [{**item, "modal_inputs": {"image": "files/link.png"}}]))
 
 
+def test_a_chunks_files_are_decoded_on_threads_in_item_order(cm, items, monkeypatch):
+    import threading
+
+    from composition.inputs import decoder_needs
+
+    needs = decoder_needs(cm.experts.values())
+    chunk = items[:4]
+    threads = set()
+    real_open = mcub._open_input
+
+    def recording(*args):
+        threads.add(threading.current_thread().name)
+        return real_open(*args)
+
+    monkeypatch.setattr(mcub, "_open_input", recording)
+    threaded = mcub._load_chunk_inputs(chunk, needs)
+    assert threads and all(name.startswith("mcub-files") for name in threads)
+    monkeypatch.setattr(mcub, "_open_input", real_open)
+    alone = [mcub._load_item_inputs(item, needs) for item in chunk]
+    assert [[(i.modality, i.path) for i in row] for row in threaded] == [[(m, str(p)) for m, p in item.inputs] for item in chunk]
+    assert all(torch.equal(a.data, b.data) for row_a, row_b in zip(threaded, alone) for a, b in zip(row_a, row_b))
+
+
+def test_a_bad_file_names_the_first_such_item_of_the_chunk(cm, items, tmp_path):
+    import dataclasses
+
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"this is not an image")
+    chunk = list(items[:4])
+    for k in (2, 3):  # two bad items: the error names the first, as one thread would
+        chunk[k] = dataclasses.replace(chunk[k], id=f"bad-{k}", inputs=(("image", bad), *chunk[k].inputs[1:]))
+    with pytest.raises(CompositionError, match="item 'bad-2': .*broken.png"):
+        mcub._load_chunk_inputs(chunk)
+
+
 def test_evaluate_checks_its_arguments(cm, items):
     with pytest.raises(CompositionError, match="batch_items=0"):
         evaluate(cm, items, batch_items=0)
@@ -253,6 +289,12 @@ def test_length_buckets_bound_padding():
     for bucket in buckets:
         assert max(lengths[i] for i in bucket) <= 1.25 * min(lengths[i] for i in bucket)
     assert len(buckets) == 2
+    # A token budget per pass splits a bucket; every group keeps within it (a longer row alone).
+    capped = length_buckets(lengths + [600], max_tokens=300)
+    assert sorted(i for b in capped for i in b) == list(range(len(lengths) + 1))
+    assert [7] in capped and len(capped) == 6
+    for bucket in capped:
+        assert len(bucket) == 1 or len(bucket) * max((lengths + [600])[i] for i in bucket) <= 300
 
 
 def test_skip_and_limit_select_a_contiguous_range(one_item):

@@ -9,7 +9,8 @@ Every figure is printed beside a baseline measured in the same run:
   memory floor);
 - decode (CUDA): ms per token of a 7B-shaped model vs ``model.generate`` and the memory
   floor (bytes of weights / peak bandwidth);
-- MCUB: items/s with items and variants batched vs one item at a time;
+- MCUB: items/s with items and variants batched vs one item at a time, and the prefill of
+  that batch's rows with passes of at most N prompt tokens (``prefill_passes``);
 - merge methods: time and peak memory of every registered method, dense vs core space,
   beside the plain loop, on a 7B-shaped layer set (4 experts, r=128) on a GPU, scaled down
   on a CPU with the scaling printed (``composition/methods/profile.py``).
@@ -64,6 +65,7 @@ PEAK_BANDWIDTH = (("H200", 4.8e12), ("H100 NVL", 3.9e12), ("H100 PCIe", 2.0e12),
                   ("A100-SXM4-80GB", 2.039e12), ("A100 80GB PCIe", 1.935e12), ("A100", 1.555e12), ("L40S", 0.864e12),
                   ("A10G", 0.6e12), ("L4", 0.3e12))
 SECTIONS = ("side_by_side_one_input", "side_by_side_all_inputs", "recompose_online", "recompose_materialized", "mcub",
+            "prefill_passes",
             "chat", "methods", "gpu")
 FIGURE_TARGETS = {"side_by_side_one_input": 1.5, "side_by_side_all_inputs": 2.5, "side_by_side_all_inputs_seconds": 5.0,
            "side_by_side_gpu": 1.15, "materialize_gpu_ms": 15.0, "decode_vs_floor": 2.0, "mcub_batched_vs_one": 2.0}
@@ -524,7 +526,7 @@ def mcub_parts() -> PartTimer:
     from .. import composer, generate
     from ..evaluation import runner
 
-    return PartTimer({"files": (runner, "_load_item_inputs"), "encoders": (composer.ComposedModel, "encode_inputs"),
+    return PartTimer({"files": (runner, "_load_chunk_inputs"), "encoders": (composer.ComposedModel, "encode_inputs"),
                       "prefill": (generate, "prefill"), "prefill_shared": (generate, "prefill_shared"),
                       "decode": (generate, "decode")})
 
@@ -537,7 +539,6 @@ def mcub_throughput(setup: Setup, config: BenchConfig) -> dict:
     items, source = mcub_items(config.quick, config.mcub_items)
     cm = setup.cm
     variants = bench_variants(cm, MODALITIES)
-    timing = dict(repeats=config.repeats, warmup=config.warmup, device=setup.device)
     parts = {}
 
     def run(batch_items: int, key: str):
@@ -551,8 +552,21 @@ def mcub_throughput(setup: Setup, config: BenchConfig) -> dict:
         parts.setdefault(key, []).append(seconds)
         return result
 
-    batched_s, batched = measure(lambda: run(len(items), "batched"), **timing)
-    single_s, single = measure(lambda: run(1, "one_at_a_time"), **timing)
+    # The two runs alternate (batched, one at a time, batched, ...): this machine's speed drifts
+    # over minutes, and each pair sees the same drift; the figure is the median pair's ratio.
+    seconds: dict[str, list[float]] = {"batched": [], "one_at_a_time": []}
+    results = {}
+    for repeat in range(config.warmup + config.repeats):
+        for key, batch_items in (("batched", len(items)), ("one_at_a_time", 1)):
+            sync(setup.device)
+            start = time.perf_counter()
+            results[key] = run(batch_items, key)
+            sync(setup.device)
+            if repeat >= config.warmup:
+                seconds[key].append(time.perf_counter() - start)
+    ratios = [single / batch for batch, single in zip(seconds["batched"], seconds["one_at_a_time"])]
+    batched_s, single_s = statistics.median(seconds["batched"]), statistics.median(seconds["one_at_a_time"])
+    batched, single = results["batched"], results["one_at_a_time"]
     same = [p.answer for p in batched.predictions] == [p.answer for p in single.predictions]
     # The breakdown of the run nearest the median (the warm-up runs are left out).
     breakdown = {}
@@ -563,24 +577,69 @@ def mcub_throughput(setup: Setup, config: BenchConfig) -> dict:
     prompt_tokens = _mcub_prompt_tokens(cm, items, variants)
     return {"data": source, "items": len(items), "variants": variants, "new_tokens": DEFAULT_CONFIG.max_new_tokens,
             "batched_items_per_s": len(items) / batched_s, "one_item_at_a_time_items_per_s": len(items) / single_s,
-            "speedup": single_s / batched_s, "batched_s": batched_s, "one_item_at_a_time_s": single_s,
+            "speedup": statistics.median(ratios), "speedup_per_repeat": [round(r, 3) for r in ratios],
+            "batched_s": batched_s, "one_item_at_a_time_s": single_s,
             "seconds_by_part": breakdown, "same_answers": same, **prompt_tokens}
+
+
+def _mcub_rows(cm: ComposedModel, items: list, variants: Sequence[str]) -> tuple[list, list]:
+    """Every (item, variant) prompt row of ``items``, item by item, and the plan's resolved variants."""
+    from ..composer import RowRequest
+    from ..evaluation.runner import _load_chunk_inputs
+    from ..inputs import decoder_needs
+
+    plan = cm.plan(set(items[0].modalities), variants)
+    inputs = _load_chunk_inputs(items, decoder_needs(cm.experts.values()))
+    with cm.lock:
+        rows = [row for item, item_inputs in zip(items, inputs)
+                for row, _ in cm._request_rows(RowRequest(item.question, item_inputs), plan.variants)]
+    return rows, list(plan.variants)
 
 
 def _mcub_prompt_tokens(cm: ComposedModel, items: list, variants: Sequence[str]) -> dict:
     """Prompt tokens of all rows, and those a batch of every item prefills once its shared prefixes are shared."""
-    from ..composer import RowRequest, shared_prefixes
-    from ..evaluation.runner import _load_item_inputs
-    from ..inputs import decoder_needs
+    from ..composer import shared_prefixes
 
-    plan = cm.plan(set(items[0].modalities), variants)
-    needs = decoder_needs(cm.experts.values())
-    with cm.lock:
-        rows = [row for item in items
-                for row, _ in cm._request_rows(RowRequest(item.question, _load_item_inputs(item, needs)), plan.variants)]
+    rows, resolved = _mcub_rows(cm, items, variants)
     total = sum(r.length for r in rows)
-    saved = sum((len(members) - 1) * length for members, length in shared_prefixes(rows, len(plan.variants)))
+    saved = sum((len(members) - 1) * length for members, length in shared_prefixes(rows, len(resolved)))
     return {"prompt_tokens": total, "prompt_tokens_prefilled_batched": total - saved}
+
+
+PASS_BUDGETS = (None, 4096, 2048, 1024, 512)  # prompt tokens per prefill pass; None: one pass per length bucket
+
+
+def prefill_passes(setup: Setup, config: BenchConfig) -> dict:
+    """Prefill seconds per prompt token of the MCUB batch's rows (every item, every variant) with passes of
+    at most N tokens (``generate.PREFILL_TOKENS`` is the engine's N), the budgets taken in turn."""
+    from ..generate import PREFILL_TOKENS, length_buckets, prefill
+
+    cm = setup.cm
+    items, source = mcub_items(config.quick, config.mcub_items)
+    rows, resolved = _mcub_rows(cm, items, bench_variants(cm, MODALITIES))
+    batch = cm.routed_batch(rows)
+    table = cm.coef_table(resolved * len(items))
+    seconds: dict[str, list[float]] = {str(b): [] for b in PASS_BUDGETS}
+    for repeat in range(config.warmup + config.repeats):
+        for budget in PASS_BUDGETS:
+            with cm.lock:
+                sync(setup.device)
+                start = time.perf_counter()
+                prefill(cm.model, cm.router, batch, table, max_tokens=budget)
+                sync(setup.device)
+            if repeat >= config.warmup:
+                seconds[str(budget)].append(time.perf_counter() - start)
+    padded = {}
+    for budget in PASS_BUDGETS:
+        buckets = length_buckets(batch.lengths, max_tokens=budget)
+        padded[str(budget)] = (len(buckets), sum(len(b) * max(batch.lengths[i] for i in b) for b in buckets))
+    whole = statistics.median(seconds["None"])
+    passes = [{"max_tokens": budget, "passes": padded[str(budget)][0], "padded_tokens": padded[str(budget)][1],
+               "seconds": statistics.median(seconds[str(budget)]),
+               "ms_per_token": 1000 * statistics.median(seconds[str(budget)]) / padded[str(budget)][1],
+               "vs_one_pass_per_bucket": statistics.median(seconds[str(budget)]) / whole} for budget in PASS_BUDGETS]
+    return {"data": source, "items": len(items), "rows": len(rows), "prompt_tokens": sum(batch.lengths),
+            "engine_max_tokens": PREFILL_TOKENS, "passes": passes}
 
 
 # --- the sections together ----------------------------------------------------------
@@ -643,6 +702,7 @@ def run_benchmark(config: BenchConfig, emit: Callable[[str], None] = print) -> d
             "recompose_materialized": (lambda: recompose_materialized(setup, config, memory_bandwidth(config.device)[0]),
                                        format_materialized),
             "mcub": (lambda: mcub_throughput(setup, config), format_mcub),
+            "prefill_passes": (lambda: prefill_passes(setup, config), format_prefill_passes),
             "chat": (lambda: chat_history_reuse(setup, config), format_chat),
         }
         for name in engine:
@@ -723,6 +783,16 @@ def format_mcub(f: dict) -> list[str]:
                          f"decode {p['decode']:.2f} s, other {p['other']:.2f} s")
         lines.append(f"  prompt tokens {f['prompt_tokens']}, of which a batch prefills {f['prompt_tokens_prefilled_batched']} "
                      f"(shared prefixes once per variant); same answers both ways: {f['same_answers']}")
+    return lines
+
+
+def format_prefill_passes(f: dict) -> list[str]:
+    lines = [f"prefill passes ({f['items']} MCUB items, {f['rows']} rows, {f['prompt_tokens']} prompt tokens; "
+             f"the engine's budget: {f['engine_max_tokens']} tokens a pass):"]
+    for p in f["passes"]:
+        label = "one pass per length bucket" if p["max_tokens"] is None else f"at most {p['max_tokens']} tokens a pass"
+        lines.append(f"  {label}: {p['passes']} passes, {p['seconds']:.2f} s, {p['ms_per_token']:.3f} ms per padded token "
+                     f"({p['vs_one_pass_per_bucket']:.2f}x one pass per bucket)")
     return lines
 
 

@@ -15,8 +15,8 @@ def build_bench(p: argparse.ArgumentParser):
     p.add_argument("--quick", action="store_true", help="a fast smoke run on tiny random models (checks, not figures)")
     p.add_argument("--only", nargs="+", default=[], metavar="SECTION",
                    help="run only these sections (side_by_side_one_input, side_by_side_all_inputs, recompose_online, "
-                        "recompose_materialized, mcub, chat, methods, gpu); --only gpu needs only torch and transformers "
-                        "(with --device cpu --quick: a rehearsal of its code path)")
+                        "recompose_materialized, mcub, prefill_passes, chat, methods, gpu); --only gpu needs only torch and "
+                        "transformers (with --device cpu --quick: a rehearsal of its code path)")
     p.add_argument("--new-tokens", type=int, default=None, help="tokens generated per variant (default 32; 4 with --quick)")
     p.add_argument("--repeats", type=int, default=None, help="timed runs per figure, the median is reported (default 3; 1 with --quick)")
     p.add_argument("--mcub-items", type=int, default=4, help="MCUB items to evaluate (default 4)")

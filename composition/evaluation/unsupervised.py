@@ -152,7 +152,7 @@ def answer_cells(cm, items: Sequence, cells: Sequence[Cell], *, variant: str = "
     from ..inputs import decoder_needs
     from ..plan import Plan
     from .prompt import paper_message
-    from .runner import DEFAULT_CONFIG, _chunks, _load_item_inputs
+    from .runner import DEFAULT_CONFIG, _chunks, _load_chunk_inputs
 
     config = config or DEFAULT_CONFIG
     items = list(items)
@@ -168,8 +168,7 @@ def answer_cells(cm, items: Sequence, cells: Sequence[Cell], *, variant: str = "
         # One plan whose variants are the cells: rows k·C + c answer item k with cell c's coefficients.
         joined = Plan([p.variants[0] for p in plans], {}, {}, plans[0].present, plans[0].merge_all_experts)
         requests = []
-        for i in chunk:
-            inputs = _load_item_inputs(items[i], needs)
+        for i, inputs in zip(chunk, _load_chunk_inputs([items[i] for i in chunk], needs)):
             requests.append(RowRequest(items[i].prompt, inputs, message_fn=paper_message) if prompt == "paper"
                             else RowRequest(items[i].question, inputs))
         answers = cm.generate_rows(requests, joined, config)
