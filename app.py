@@ -91,6 +91,17 @@ def slider_updates(views):
     return [gr.update(visible=v.visible, label=v.label, value=v.value, interactive=v.interactive) for v in views]
 
 
+def box_updates(views, typed=None):
+    """The advanced box of each slider. ``typed`` None: each box shows its view's schedule ('' when the
+    slider holds the value: defaults, Reset, a loaded config). Else the boxes' text as sent: a number
+    typed there has moved onto the slider and its box empties; any other box keeps what it holds, so a
+    refresh queued before the user typed never overwrites the typing."""
+    if typed is None:
+        return [gr.update(visible=v.visible, value=v.schedule) for v in views]
+    return [gr.update(visible=v.visible, value="") if (t or "").strip() and not v.schedule else gr.update(visible=v.visible)
+            for v, t in zip(views, typed)]
+
+
 def auto_updates(views):
     """The "auto" box under each λ slider: ticked while the engine sets that λ (1/K)."""
     return [gr.update(visible=v.visible, value=bool(v.auto)) for v in views]
@@ -196,7 +207,7 @@ def coefficients_block(ui: Ui) -> None:
                                                                      container=False))
                     with gr.Accordion("advanced: over the layers", open=False, visible=v.visible) as advanced:
                         ui.add(controls.lambda_schedule_name(i), gr.Textbox(
-                            label="λ schedule", placeholder="0, 0.5, 1", lines=1, info=SCHEDULE_INFO))
+                            v.schedule, label="λ schedule", placeholder="0, 0.5, 1", lines=1, info=SCHEDULE_INFO))
                         ui.lambda_plots.append(gr.LinePlot(x="layer", y="λ", color="modules", height=180,
                                                            label="λ per layer (as applied)"))
                     ui.lambda_advanced.append(advanced)
@@ -206,7 +217,7 @@ def coefficients_block(ui: Ui) -> None:
         with gr.Accordion("advanced: μ over the layers", open=False):
             with gr.Row():
                 for name, v in zip(controls.mu_schedule_names_all(), mu_views):
-                    ui.add(name, gr.Textbox(label=v.label.split(" (")[0] + " schedule", placeholder="1, 1, 0.5",
+                    ui.add(name, gr.Textbox(v.schedule, label=v.label.split(" (")[0] + " schedule", placeholder="1, 1, 0.5",
                                             visible=v.visible, min_width=160))
         ui.add(controls.MERGE_ALL, gr.Checkbox(s.defaults.merge_all_experts, label="merge every selected expert, even those "
                                                "with no input (the original's merged checkpoints; default: only experts with an input)"))
@@ -516,10 +527,11 @@ def wire(ui: Ui) -> None:
 
     def refresh_sliders(reset: bool = False, **values):
         lams, mus = handlers.slider_views(s, values, reset=reset)
-        # A new selection or Reset empties the schedule boxes: their slots now belong to other experts.
-        box = (lambda v: gr.update(visible=v.visible, value="")) if reset else (lambda v: gr.update(visible=v.visible))
+        # A new selection or Reset shows the defaults' schedules (the slots now belong to other experts).
+        typed = (None, None) if reset else ([values.get(n) for n in controls.lambda_schedule_names_all()],
+                                            [values.get(n) for n in controls.mu_schedule_names_all()])
         return (slider_updates(lams) + auto_updates(lams) + slider_updates(mus) + [gr.update(visible=v.visible) for v in lams]
-                + [box(v) for v in lams] + [box(v) for v in mus])
+                + box_updates(lams, typed[0]) + box_updates(mus, typed[1]))
 
     # Moving a λ slider makes that λ the user's: its "auto" box is unticked in the browser at once,
     # before the release that recomposes reads it.
@@ -616,10 +628,8 @@ def wire(ui: Ui) -> None:
     def chosen(summary, result, applied, values):
         """A search's result, and its choice on the sliders (the schedule boxes emptied: a number is chosen)."""
         shown = controls.values_from_settings(s.cm.experts, applied, handlers.present_modalities(values))
-        lams = [shown[n] for n in controls.lambda_names_all()]
-        boxes = [shown[n] for n in (*controls.lambda_schedule_names_all(), *controls.mu_schedule_names_all())]
-        return [summary, result] + slider_updates(lams) + auto_updates(lams) + slider_updates(
-            [shown[n] for n in controls.mu_names_all()]) + [gr.update(value=b) for b in boxes]
+        lams, mus = [shown[n] for n in controls.lambda_names_all()], [shown[n] for n in controls.mu_names_all()]
+        return [summary, result] + slider_updates(lams) + auto_updates(lams) + slider_updates(mus) + box_updates(lams + mus)
 
     def on_tune(source, upload, n, scales, mus, progress=gr.Progress(), **values):
         validation, test = mcub_tab.tune_items(source, upload, n)
@@ -649,15 +659,19 @@ def wire(ui: Ui) -> None:
 
     ui.cfg_save.click(user_errors(on_save), outputs=ui.cfg_file, inputs_kwargs=ui.controls, api_name="save_config")
 
-    restored = [*ui.controls.values(), ui.cfg_msg]
+    restored = [*ui.controls.values(), *ui.lambda_advanced, ui.cfg_msg]
 
     def on_load_config(path, **values):
         shown, msg = handlers.load_config(s, path, values)
+        lams = [shown[n] for n in controls.lambda_names_all()]
+        boxes = dict(zip([*controls.lambda_schedule_names_all(), *controls.mu_schedule_names_all()],
+                         box_updates(lams + [shown[n] for n in controls.mu_names_all()])))
         updates = []
         for name in ui.controls:
             value = shown[name]
-            updates += slider_updates([value]) if isinstance(value, controls.SliderView) else [gr.update(value=value)]
-        return updates + [msg]
+            updates += (slider_updates([value]) if isinstance(value, controls.SliderView)
+                        else [boxes[name]] if name in boxes else [gr.update(value=value)])
+        return updates + [gr.update(visible=v.visible) for v in lams] + [msg]
 
     ui.cfg_upload.upload(user_errors(on_load_config), ui.cfg_upload, restored, inputs_kwargs=ui.media,
                          api_name="load_config").then(recompose, outputs=compose_out, inputs_kwargs=compose_kw,

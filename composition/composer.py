@@ -352,11 +352,8 @@ class ComposedModel:
         table = torch.zeros(shape)
         for v, rv in enumerate(variants):
             for r, route in enumerate(names):
-                row = table[v * len(names) + r]
-                for slot, c in rv.routes.get(route, {}).items():
-                    row[..., slot] = c
-                for slot, values in rv.module_routes.get(route, {}).items():
-                    row[:, slot] = torch.tensor(values)
+                # (slots,) broadcasts over the module axis; a route that varies by module fills it
+                table[v * len(names) + r, ..., : len(self.slots)] = self.route_coefficients(rv, route)
         if self._baseline is not None:
             base = torch.zeros(self._baseline.shape[:-1] + (n_slots,))
             base[..., : self._baseline.shape[-1]] = self._baseline

@@ -335,23 +335,13 @@ def prefill_shared(model, router: Router, batch: RoutedBatch, coef_table: torch.
         logits = last.new_empty(n, last.shape[-1]) if logits is None else logits
         logits[idx] = last
         parts.append((bucket, _cache_of(out), attention))
+    # Each part's cache is as long as its mask: right-aligned in the widest, the caches join as prefill's do.
     width = max(part_mask.shape[1] for _, _, part_mask in parts)
     joined_mask = torch.zeros(n, width, dtype=torch.long, device=device)
-    layers = []
-    for index in range(len(parts[0][1].layers)):
-        ref = parts[0][1].layers[index].keys
-        keys = ref.new_zeros(n, ref.shape[1], width, ref.shape[3])
-        values = ref.new_zeros(n, ref.shape[1], width, ref.shape[3])
-        for rows, cache, _ in parts:
-            k, v = cache.layers[index].keys, cache.layers[index].values
-            at = torch.tensor(rows, device=device)
-            keys[at, :, width - k.shape[-2]:] = k
-            values[at, :, width - v.shape[-2]:] = v
-        layers.append((keys, values))
     for rows, _, part_mask in parts:
         joined_mask[torch.tensor(rows, device=device), width - part_mask.shape[1]:] = part_mask
     router.set(None)
-    return logits, DynamicCache(layers), joined_mask
+    return logits, _join_caches([(rows, cache) for rows, cache, _ in parts], n, width), joined_mask
 
 
 @dataclass

@@ -145,6 +145,14 @@ def random_expert(base, name: str, modality: str, training: str, seed: int, r: i
     return Expert(config, deltas, projector, torch.randn(prefix, hidden, generator=g), torch.randn(suffix, hidden, generator=g))
 
 
+def random_experts_of_both_kinds(base, modalities: Sequence[str], seed: int) -> list[Expert]:
+    """A decoupled expert (named after its modality) and a shared one (``<modality>-shared``) per modality;
+    expert ``i`` of kind ``j`` (0 decoupled, 1 shared) is drawn with seed ``seed + 10 i + j``."""
+    return [random_expert(base, m + suffix, m, kind, seed=seed + 10 * i + j)
+            for j, (kind, suffix) in enumerate((("decoupled", ""), ("shared", "-shared")))
+            for i, m in enumerate(modalities)]
+
+
 def scaled_random_expert(base, modality: str, training: str, *, rank: int, targets: Sequence[str], encoder: tuple[str, int],
                          boundary_tokens: int, seed: int) -> Expert:
     """An untrained expert initialised like a trained LoRA (A ~ 1/√in, B small), made on the base's

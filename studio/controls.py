@@ -167,6 +167,7 @@ class SliderView:
     value: float
     interactive: bool = True
     auto: bool | None = None
+    schedule: str = ""  # what the slider's advanced box shows: its schedule as typed, '' when the slider holds the value
 
 
 def lambda_views(experts: Mapping, selected: Sequence[str], values: Mapping[str, float | None] | None = None,
@@ -188,7 +189,8 @@ def lambda_views(experts: Mapping, selected: Sequence[str], values: Mapping[str,
             views.append(SliderView(False, "λ (unused)", 0.0, auto=True))
         elif isinstance(user.get(n), Schedule):  # the schedule in its advanced box is this λ: the slider is locked
             views.append(SliderView(True, f"{_lambda_label(n, experts[n].modality)}: over the layers (advanced)",
-                                    coefficients.auto_lam(max(len(applied), 1)), interactive=False, auto=False))
+                                    coefficients.auto_lam(max(len(applied), 1)), interactive=False, auto=False,
+                                    schedule=schedule_text(user[n])))
         elif n in applied:
             views.append(SliderView(True, _lambda_label(n, experts[n].modality), float(applied[n]), auto=n not in user))
         else:
@@ -215,7 +217,7 @@ def mu_views(experts: Mapping, selected: Sequence[str], values: Mapping[str, flo
         scheduled = isinstance(values.get(m), Schedule)
         label = f"μ {m} (modality)" + (f": no {m} input" if idle else "") + (": over the layers (advanced)" if scheduled else "")
         views.append(SliderView(m in have, label, 1.0 if scheduled else float(values.get(m, 1.0)),
-                                interactive=not idle and not scheduled))
+                                interactive=not idle and not scheduled, schedule=schedule_text(values.get(m))))
     return views
 
 
@@ -278,12 +280,12 @@ def values_from_settings(experts: Mapping, settings: CompositionConfig, present:
         names = {n for _, n in choices}
         out[methods_name(group)] = [m for m in settings.methods if m in names]
     lams = lambda_views(experts, selected, settings.lambdas, present, settings.merge_all_experts)
+    mus = mu_views(experts, selected, settings.mus, present)
     out.update(zip(lambda_names_all(), lams))
     out.update(zip(lambda_auto_names_all(), (v.auto for v in lams)))
-    slots = lambda_slots(experts, selected)
-    out.update({lambda_schedule_name(i): schedule_text(settings.lambdas.get(n)) if n else "" for i, n in enumerate(slots)})
-    out.update(zip(mu_names_all(), mu_views(experts, selected, settings.mus, present)))
-    out.update({mu_schedule_name(m): schedule_text(settings.mus.get(m)) for m in MODALITY_NAMES})
+    out.update({lambda_schedule_name(i): v.schedule for i, v in enumerate(lams)})
+    out.update(zip(mu_names_all(), mus))
+    out.update({mu_schedule_name(m): v.schedule for m, v in zip(MODALITY_NAMES, mus)})
     out[MERGE_ALL] = settings.merge_all_experts
     for method, name in param_keys():
         out[param_name(method, name)] = settings.hyper(method)[name]

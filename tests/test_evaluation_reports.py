@@ -16,7 +16,7 @@ from composition.evaluation.stats import mcnemar_exact
 from composition.evaluation.unsupervised import Cell, agreement_scores, answer_cells, grid_cells, search_coefficients
 from composition.evaluation.vlmevalkit import read_tsv, split_options, write_vlmevalkit_tsv
 from composition.generate import GenerationConfig
-from composition.random_models import pooled_features, random_expert, tiny_base
+from composition.random_models import pooled_features, random_experts_of_both_kinds, tiny_base
 
 MODALITIES = ("image", "audio", "video", "point")
 CONFIG = GenerationConfig(max_new_tokens=4)
@@ -39,9 +39,7 @@ def items(mcub_dir):
 @pytest.fixture(scope="module")
 def cm():
     base = tiny_base()
-    experts = [random_expert(base, m + suffix, m, kind, seed=500 + 10 * i + j)
-               for j, (kind, suffix) in enumerate((("decoupled", ""), ("shared", "-shared")))
-               for i, m in enumerate(MODALITIES)]
+    experts = random_experts_of_both_kinds(base, MODALITIES, seed=500)
     return ComposedModel(base, experts, feature_fn=pooled_features)
 
 

@@ -114,6 +114,22 @@ def test_the_json_holds_the_curve_and_says_retention_was_not_measured(run):
     assert "—" in lines[1] and "—" not in lines[2]  # the route check only where it ran
 
 
+def test_synth_items_are_answered_whole_for_the_named_option(cm, items, monkeypatch):
+    """The named option is read after the letter ("C. star"): the letter's streaming stop must not cut the
+    answers of a run that scores it; items without options keep the stop."""
+    import dataclasses
+
+    stops = []
+    real = cm.generate_rows
+    monkeypatch.setattr(cm, "generate_rows", lambda *a, **k: stops.append(k.get("should_stop")) or real(*a, **k))
+    run_interference(cm, items, scales=(2,), batch_items=3, resamples=100)
+    assert stops and all(stop is None for stop in stops)
+    stops.clear()
+    plain = [dataclasses.replace(item, synth=False) for item in items]
+    run_interference(cm, plain, scales=(2,), batch_items=3, resamples=100)
+    assert stops and all(stop is not None for stop in stops)
+
+
 def test_a_stopped_run_resumes_without_answering_again(cm, items, tmp_path, monkeypatch):
     files = RunFiles(tmp_path, "t", {"experts": {"x": "1"}})
     first = run_interference(cm, items, scales=(1.5,), batch_items=2, resamples=500, files=files)

@@ -17,7 +17,7 @@ from composition.evaluation import (RULES, McubFormatError, McubItem, McubResult
                               score_answer)
 from composition.variants import Coefficients
 from tests.cli_runner import run_cli
-from composition.random_models import pooled_features, random_expert, tiny_base
+from composition.random_models import pooled_features, random_experts_of_both_kinds, tiny_base
 
 MODALITIES = ("image", "audio", "video", "point")
 CONFIG = GenerationConfig(max_new_tokens=4)
@@ -44,9 +44,7 @@ def items(mcub_dir):
 @pytest.fixture(scope="module")
 def cm():
     base = tiny_base()
-    experts = [random_expert(base, m + suffix, m, kind, seed=200 + 10 * i + j)
-               for j, (kind, suffix) in enumerate((("decoupled", ""), ("shared", "-shared")))
-               for i, m in enumerate(MODALITIES)]
+    experts = random_experts_of_both_kinds(base, MODALITIES, seed=200)
     return ComposedModel(base, experts, feature_fn=pooled_features)
 
 

@@ -139,6 +139,25 @@ def test_a_constant_schedule_equals_the_scalar(variant):
     assert not torch.allclose(scalar, cm.logits(QUESTION, inputs, [variant], rising)[0], atol=1e-4)
 
 
+def test_a_long_pass_gathers_each_layers_coefficients_with_the_same_numbers(monkeypatch):
+    """Past ``PER_MODULE_GATHER`` a schedule's rank coefficients are gathered layer by layer, not for every
+    module at once: the logits do not change."""
+    import composition.routing as routing
+
+    cm = make(kinds=("decoupled", "shared"))
+    inputs = inputs_for("image", "audio", "point")
+    rising = Coefficients(lambdas=both_kinds({"image": [0.0, 1.0], "audio": [0.3, 0.1], "point": 0.4}), mus={"audio": [0.7, 1]})
+    at_once = cm.logits(QUESTION, inputs, ["DAMC", "NaiveMC"], rising)
+    monkeypatch.setattr(routing, "PER_MODULE_GATHER", 0)
+    gathers = []
+    real = routing.Router.rank_coef
+    monkeypatch.setattr(routing.Router, "rank_coef",
+                        lambda self, *a: gathers.append(len(self._expanded)) or real(self, *a))
+    by_layer = cm.logits(QUESTION, inputs, ["DAMC", "NaiveMC"], rising)
+    assert gathers and set(gathers) == {0}  # nothing cached: each layer gathered its own
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(at_once, by_layer))
+
+
 def _outputs(cm, coefficients, variant="DAMC"):
     """Every routed layer's input and output for a text-only question (every token on the text route)."""
     seen = {}

@@ -331,6 +331,37 @@ def test_a_typed_schedule_locks_its_slider_and_the_plot_shows_it_per_layer():
     settings = handlers.settings_of(studio, values)
     assert settings.lambdas["image"].plain() == [0.0, 1.0]
     assert controls(studio, settings)[lambda_schedule_name(0)] == "0, 1"  # a saved config shows the box as typed
+    assert lams[0].schedule == "0, 1" and mus[0].schedule == "[{filter: mlp, value: 0.5}, {value: 1.0}]"
+
+
+def test_a_number_typed_in_a_schedule_box_moves_onto_its_slider():
+    """A plain number is no schedule: the slider takes it (unlocked, no longer auto) and the box empties,
+    so a later slider move is not overridden by the box."""
+    from studio.controls import lambda_schedule_name, mu_schedule_name
+
+    studio = make_studio()
+    values = ask("", [CHEETAH, None, None, None], False, controls(studio))
+    values[lambda_schedule_name(0)] = "0.3"
+    values[mu_schedule_name("image")] = "0.7"
+    lams, mus = handlers.slider_views(studio, values)
+    assert (lams[0].value, lams[0].interactive, lams[0].auto, lams[0].schedule) == (pytest.approx(0.3), True, False, "")
+    assert (mus[0].value, mus[0].interactive, mus[0].schedule) == (pytest.approx(0.7), True, "")
+
+
+def test_a_schedule_the_defaults_hold_fills_its_box():
+    """A schedule shipped as a default (composition.json, or a Reset to it) shows in its box, so the
+    locked slider's value is on screen and the next recompose reads it back."""
+    from composition.schedules import parse_coefficient
+    from studio.controls import lambda_views, mu_views
+
+    studio = make_studio()
+    names = list(studio.cm.experts)
+    schedule = parse_coefficient([0, 0.5, 1], "λ", (-1.0, 2.0))
+    lams = lambda_views(studio.cm.experts, names, {names[0]: schedule})
+    assert not lams[0].interactive and lams[0].schedule == "0, 0.5, 1"
+    modality = studio.cm.experts[names[0]].modality
+    mus = mu_views(studio.cm.experts, names, {modality: schedule})
+    assert [v.schedule for v in mus if v.schedule] == ["0, 0.5, 1"]
 
 
 def test_a_schedule_box_that_cannot_parse_names_the_box_and_the_fix():
@@ -341,3 +372,17 @@ def test_a_schedule_box_that_cannot_parse_names_the_box_and_the_fix():
     values[lambda_schedule_name(1)] = "0, lots"
     with pytest.raises(CompositionError, match=r"λ for 'audio'.*'lots'"):
         handlers.settings_of(studio, values)
+
+
+def test_a_refresh_empties_only_a_box_whose_number_moved_onto_its_slider():
+    """Boxes as a refresh sends them back: a typed number empties its box (the slider holds it now); a box
+    with a schedule, or one empty when the refresh was queued, is left as the user has it."""
+    import app
+    from studio.controls import SliderView
+
+    number, schedule, empty = (SliderView(True, "λ", 0.3), SliderView(True, "λ", 0.5, False, False, "0, 1"),
+                               SliderView(True, "λ", 0.5))
+    typed = app.box_updates([number, schedule, empty], ["0.3", "0,1", ""])
+    assert typed[0]["value"] == "" and "value" not in typed[1] and "value" not in typed[2]
+    shown = app.box_updates([number, schedule, empty])  # defaults, Reset, a loaded config: the views' schedules
+    assert [u["value"] for u in shown] == ["", "0, 1", ""]

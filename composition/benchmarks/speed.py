@@ -495,8 +495,9 @@ class PartTimer:
     functions still run as before, each call timed.
     """
 
-    def __init__(self, targets: dict[str, tuple[object, str]]) -> None:
+    def __init__(self, targets: dict[str, tuple[object, str]], device="cpu") -> None:
         self.targets = targets
+        self.device = device
         self.seconds = {name: 0.0 for name in targets}
         self._saved: list[tuple[object, str, object]] = []
 
@@ -509,6 +510,7 @@ class PartTimer:
                 try:
                     return _real(*args, **kwargs)
                 finally:
+                    sync(self.device)  # a GPU's kernels finish inside the part that queued them
                     self.seconds[_name] += time.perf_counter() - start
 
             self._saved.append((owner, attr, real))
@@ -521,14 +523,14 @@ class PartTimer:
         self._saved.clear()
 
 
-def mcub_parts() -> PartTimer:
+def mcub_parts(device="cpu") -> PartTimer:
     """Timers on the MCUB path: reading the items' files, the encoders, prefill and decode."""
     from .. import composer, generate
     from ..evaluation import runner
 
     return PartTimer({"files": (runner, "_load_chunk_inputs"), "encoders": (composer.ComposedModel, "encode_inputs"),
                       "prefill": (generate, "prefill"), "prefill_shared": (generate, "prefill_shared"),
-                      "decode": (generate, "decode")})
+                      "decode": (generate, "decode")}, device)
 
 
 def mcub_throughput(setup: Setup, config: BenchConfig) -> dict:
@@ -542,15 +544,18 @@ def mcub_throughput(setup: Setup, config: BenchConfig) -> dict:
     parts = {}
 
     def run(batch_items: int, key: str):
-        with mcub_parts() as timer:
+        """One timed evaluation: (its result, its wall seconds); its parts are kept under ``key``."""
+        with mcub_parts(setup.device) as timer:
+            sync(setup.device)
             start = time.perf_counter()
             result = evaluate(cm, items, variants, config=DEFAULT_CONFIG, batch_items=batch_items)
+            sync(setup.device)
             total = time.perf_counter() - start
         seconds = dict(timer.seconds)
         seconds["prefill"] += seconds.pop("prefill_shared")
         seconds["other"] = max(total - sum(seconds.values()), 0.0)
         parts.setdefault(key, []).append(seconds)
-        return result
+        return result, total
 
     # The two runs alternate (batched, one at a time, batched, ...): this machine's speed drifts
     # over minutes, and each pair sees the same drift; the figure is the median pair's ratio.
@@ -558,12 +563,9 @@ def mcub_throughput(setup: Setup, config: BenchConfig) -> dict:
     results = {}
     for repeat in range(config.warmup + config.repeats):
         for key, batch_items in (("batched", len(items)), ("one_at_a_time", 1)):
-            sync(setup.device)
-            start = time.perf_counter()
-            results[key] = run(batch_items, key)
-            sync(setup.device)
+            results[key], total = run(batch_items, key)
             if repeat >= config.warmup:
-                seconds[key].append(time.perf_counter() - start)
+                seconds[key].append(total)
     ratios = [single / batch for batch, single in zip(seconds["batched"], seconds["one_at_a_time"])]
     batched_s, single_s = statistics.median(seconds["batched"]), statistics.median(seconds["one_at_a_time"])
     batched, single = results["batched"], results["one_at_a_time"]

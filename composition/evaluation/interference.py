@@ -322,10 +322,14 @@ def _run_part(cm, items, specs, coefficients, files: RunFiles | None, scale: flo
 
     names = [s.name for s in specs]
     report = None if progress is None else (lambda n, _total: progress(done + n, total, label))
+    # The named option is read from the whole answer: the streaming stop, which ends an answer once
+    # its letter is settled, would cut "C. star" to "C." (the bundled experts answer "star (C)").
+    named = all(synth_options(item) is not None for item in items)
     result, reused = evaluate_to_file(
         cm, items, specs, coefficients, files.path(scale, part) if files else None,
         files.settings_for(scale, names) if files else {}, resume=bool(files and files.resume), progress=report,
-        config=options["config"], batch_items=options["batch_items"], rule=options["rule"], prompt=options["prompt"])
+        config=options["config"], batch_items=options["batch_items"], rule=options["rule"], prompt=options["prompt"],
+        stop_when_scored=not named)
     if progress is not None:
         progress(done + len(items), total, label)
     return result, reused

@@ -78,10 +78,7 @@ def doc_to_target_index(doc):
 def _score(rule_name, doc, results):
     from composition.evaluation.scoring import RULES
 
-    rule = RULES[rule_name]
-    answer = results[0] if results else ""
-    predicted = rule.predicted(answer)
-    return {"accuracy": float(predicted is not None and predicted == rule.target(doc["answer"]))}
+    return {"accuracy": float(RULES[rule_name].correct(results[0] if results else "", doc["answer"]))}
 
 
 def process_letter(doc, results):
